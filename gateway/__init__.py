@@ -1,0 +1,1 @@
+"""Sealpost gateway: SMTP in, seal (DKIM + CMS), durable spool, delivery, retries, DSN."""

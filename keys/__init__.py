@@ -1,0 +1,1 @@
+"""Sealpost key store: DKIM keys and CMS certificates, their lifecycle, the public archive."""

@@ -1,0 +1,1 @@
+"""Sealpost verifier: tells an insurer whether a received statement email is authentic."""
