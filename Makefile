@@ -15,7 +15,7 @@ $(STAMP): requirements.lock pyproject.toml
 	touch $@
 
 run: $(STAMP)
-	$(BIN)/python -m sealpost_run
+	BIN=$(BIN) scripts/run.sh
 
 test: lint typecheck unit
 
