@@ -1,0 +1,150 @@
+"""DKIM signing (RFC 6376, RFC 8463): dkimpy's canonicalisation, OpenSSL's arithmetic.
+
+dkimpy is the reference for what gets hashed (its parser, relaxed canonicalisation and
+header selection are used as they are), but its RSA is pure-Python big-number code at
+about 19 ms a message. Here the header hash is computed the way dkimpy computes it and
+handed to OpenSSL through `cryptography`: RSASSA-PKCS1-v1_5 over the SHA-256 digest, and
+for Ed25519 (RFC 8463) a signature over that same SHA-256 digest. The body hash, the
+costly part on a 27 KB message, is computed once for every signature.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import dkim
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa, utils
+from dkim.canonicalization import CanonicalizationPolicy
+
+# Headers an attacker would add or change to make a sealed statement say something else.
+SIGNED_HEADERS = (
+    b"from",
+    b"to",
+    b"cc",
+    b"subject",
+    b"date",
+    b"message-id",
+    b"reply-to",
+    b"mime-version",
+    b"content-type",
+)
+CANONICALIZATION = b"relaxed/relaxed"
+HEADER_NAME = b"DKIM-Signature"
+# RFC 5322 recommends lines of at most 78 characters; the signature header is folded so.
+_LINE = 78
+
+SigningKey = rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
+
+
+@dataclass(frozen=True)
+class Signer:
+    selector: str
+    key: SigningKey
+
+
+def oversigned(headers: Sequence[tuple[bytes, bytes]]) -> tuple[bytes, ...]:
+    """h= list: each signed name once more than the message has it.
+
+    Verifiers take signed names from the bottom up and treat an extra name as an empty
+    header, so any header of these names added after signing breaks the signature.
+    """
+    counts: dict[bytes, int] = {}
+    for field, _ in headers:
+        lowered = field.lower()
+        counts[lowered] = counts.get(lowered, 0) + 1
+    names: list[bytes] = []
+    for name in SIGNED_HEADERS:
+        names.extend([name] * (counts.get(name, 0) + 1))
+    return tuple(names)
+
+
+def signature_headers(
+    message: bytes, domain: str, signers: Sequence[Signer], timestamp: int
+) -> bytes:
+    """The DKIM-Signature header fields for `message` (CRLF line ends), one per signer,
+    each ending in CRLF, to be put on top of the message in the order given.
+
+    Raises dkim.DKIMException (or a subclass) when the message cannot be parsed.
+    """
+    headers, body = dkim.rfc822_parse(message)
+    policy = CanonicalizationPolicy.from_c_value(CANONICALIZATION)
+    canonical_headers = policy.canonicalize_headers(headers)
+    include = oversigned(headers)
+    body_hash = base64.b64encode(hashlib.sha256(policy.canonicalize_body(body)).digest())
+    return b"".join(
+        _signature_header(signer, domain, timestamp, include, body_hash, policy, canonical_headers)
+        for signer in signers
+    )
+
+
+def _signature_header(
+    signer: Signer,
+    domain: str,
+    timestamp: int,
+    include: tuple[bytes, ...],
+    body_hash: bytes,
+    policy: CanonicalizationPolicy,
+    canonical_headers: list[tuple[bytes, bytes]],
+) -> bytes:
+    algorithm = b"rsa-sha256" if isinstance(signer.key, rsa.RSAPrivateKey) else b"ed25519-sha256"
+    domain_bytes = domain.encode("ascii")
+    # The tags and their order are dkimpy's; no l= (a body must not be extendable) and no
+    # x= (a statement must stay verifiable for years).
+    tags = [
+        (b"v", b"1"),
+        (b"a", algorithm),
+        (b"c", CANONICALIZATION),
+        (b"d", domain_bytes),
+        (b"i", b"@" + domain_bytes),
+        (b"q", b"dns/txt"),
+        (b"s", signer.selector.encode("ascii")),
+        (b"t", str(timestamp).encode("ascii")),
+        (b"h", b" : ".join(include)),
+        (b"bh", body_hash),
+    ]
+    # The value is folded once, with b= left empty, and those exact bytes are both signed
+    # and sent: folding again after signing could move whitespace the hash covered.
+    unsigned = _fold(b" ".join(b"%s=%s;" % tag for tag in tags) + b" b=", len(HEADER_NAME) + 2)
+    hasher = hashlib.sha256()
+    dkim.hash_headers(
+        hasher, policy, canonical_headers, include, (HEADER_NAME, b" " + unsigned), None
+    )
+    digest = hasher.digest()
+    if isinstance(signer.key, rsa.RSAPrivateKey):
+        signature = signer.key.sign(digest, padding.PKCS1v15(), utils.Prehashed(hashes.SHA256()))
+    else:
+        signature = signer.key.sign(digest)
+    header = HEADER_NAME + b": " + unsigned
+    used = len(header) - (header.rfind(b"\n") + 1)
+    return header + _fold_base64(base64.b64encode(signature), used) + b"\r\n"
+
+
+def _fold(value: bytes, used: int) -> bytes:
+    """Fold at spaces so that lines stay within 78 characters; `used` is the width
+    already taken on the first line (the header name)."""
+    lines: list[bytes] = []
+    line = b""
+    width = used
+    for word in value.split(b" "):
+        if line and width + 1 + len(word) > _LINE:
+            lines.append(line)
+            line, width = word, 1 + len(word)
+        elif line:
+            line += b" " + word
+            width += 1 + len(word)
+        else:
+            line, width = word, width + len(word)
+    lines.append(line)
+    return b"\r\n ".join(lines)
+
+
+def _fold_base64(data: bytes, used: int) -> bytes:
+    """Fold the b= value; folding whitespace inside it is allowed and ignored."""
+    room = max(_LINE - used, 0)
+    step = _LINE - 1
+    pieces = [data[:room]] + [data[i : i + step] for i in range(room, len(data), step)]
+    return b"\r\n ".join(pieces)

@@ -1,0 +1,327 @@
+"""Sealing: a CMS `.p7s` next to each statement document, then two DKIM signatures.
+
+Every byte of the original parts stays as it was. The email package is used only to read
+headers (content types, boundaries, RFC 2231/2047 file names); the message itself is
+never re-serialised, because Python's generator rewrites headers and re-wraps bodies.
+Instead the MIME tree is located as byte offsets in the raw message and each new part is
+spliced in just before the delimiter that closes its document.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import email.errors
+import fnmatch
+import quopri
+import re
+import secrets
+from dataclasses import dataclass
+from email import policy
+from email.message import EmailMessage, Message, MIMEPart
+from email.parser import BytesHeaderParser
+
+import dkim
+
+from gateway import cms, dkim_sign
+from keys.signing import SigningMaterial
+
+CRLF = b"\r\n"
+# Deeper than any real mail client nests; a bound on the work a hostile message can cause.
+MAX_DEPTH = 32
+_BARE_LF = re.compile(rb"(?<!\r)\n")
+# compat32 reads content types and boundaries several times faster than the header
+# registry; policy.default is used only where its decoding matters, for file names.
+_STRUCTURE_PARSER = BytesHeaderParser(policy=policy.compat32)
+_NAME_PARSER = BytesHeaderParser(policy=policy.default)
+# A file name that fits a quoted string as it is, on a header line of at most 78.
+_SEALED_ELSEWHERE = ("multipart/signed", "multipart/encrypted")
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9 !#$%&'()*+,\-./:;<=>?@\[\]^_`{|}~]{1,60}")
+
+
+class SealError(Exception):
+    """The message cannot be sealed; the text says why, for the SMTP reply."""
+
+
+@dataclass(frozen=True)
+class DocumentRules:
+    """Which parts are statement documents: by content type, or by file name pattern."""
+
+    content_types: tuple[str, ...] = ("application/pdf",)
+    filename_globs: tuple[str, ...] = ()
+
+    def matches_type(self, content_type: str) -> bool:
+        lowered = content_type.lower()
+        return any(lowered == wanted.lower() for wanted in self.content_types)
+
+    def matches_name(self, filename: str | None) -> bool:
+        if filename is None:
+            return False
+        lowered = filename.lower()
+        return any(fnmatch.fnmatchcase(lowered, glob.lower()) for glob in self.filename_globs)
+
+
+@dataclass(frozen=True)
+class Sealed:
+    data: bytes
+    documents: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class _Part:
+    header_block: bytes  # its header lines, each with its CRLF
+    body_start: int  # first byte of its body
+    end: int  # one past its last byte; the CRLF before the next delimiter is not the part's
+    headers: Message
+    boundary: bytes | None  # set when the part is a multipart whose children were read
+    children: tuple[_Part, ...]
+
+
+def seal(
+    raw: bytes,
+    material: SigningMaterial,
+    rules: DocumentRules,
+    now: dt.datetime | None = None,
+) -> Sealed:
+    """Seal one message: `.p7s` for each document, then DKIM RSA-SHA256 and Ed25519-SHA256.
+
+    Raises SealError with a readable reason; nothing is half-sealed.
+    """
+    # SMTP delivers CRLF; only mail from elsewhere (a file, a test) needs rewriting.
+    message = raw if raw.count(b"\n") == raw.count(CRLF) else _BARE_LF.sub(CRLF, raw)
+    try:
+        root = _read_part(message, 0, len(message), depth=0)
+        if root.headers.get("from") is None:
+            raise SealError("the message has no From header, so it cannot be DKIM-signed")
+        if root.boundary is None and _is_document(root, rules):
+            message, documents = _wrap_single_document(message, root, material)
+        else:
+            message, documents = _attach_signatures(message, root, material, rules)
+        timestamp = int((now or dt.datetime.now(dt.UTC)).timestamp())
+        signers = (
+            dkim_sign.Signer(material.rsa_selector, material.rsa_key),
+            dkim_sign.Signer(material.ed25519_selector, material.ed25519_key),
+        )
+        headers = dkim_sign.signature_headers(message, material.domain, signers, timestamp)
+    except SealError:
+        raise
+    except (ValueError, LookupError, email.errors.MessageError, dkim.DKIMException) as error:
+        raise SealError(f"cannot seal the message: {error}") from error
+    return Sealed(headers + message, documents)
+
+
+# --- reading the MIME structure as byte offsets --------------------------------------------
+
+
+def _read_part(message: bytes, start: int, end: int, depth: int) -> _Part:
+    if depth > MAX_DEPTH:
+        raise SealError(f"MIME parts are nested more than {MAX_DEPTH} levels deep")
+    if message.startswith(CRLF, start, end):
+        header_end, body_start = start, start + 2  # no headers: a text/plain part
+    else:
+        blank = message.find(CRLF + CRLF, start, end)
+        header_end, body_start = (end, end) if blank < 0 else (blank + 2, blank + 4)
+    headers = _STRUCTURE_PARSER.parsebytes(message[start:header_end])
+    boundary = headers.get_boundary() if headers.get_content_maintype() == "multipart" else None
+    if not boundary:
+        return _Part(message[start:header_end], body_start, end, headers, None, ())
+    encoded = boundary.encode("utf-8", "surrogateescape")
+    children = tuple(
+        _read_part(message, child_start, child_end, depth + 1)
+        for child_start, child_end in _child_spans(message, body_start, end, encoded)
+    )
+    return _Part(message[start:header_end], body_start, end, headers, encoded, children)
+
+
+def _child_spans(message: bytes, start: int, end: int, boundary: bytes) -> list[tuple[int, int]]:
+    """Byte spans of a multipart's children (RFC 2046 5.1.1): each starts after its
+    delimiter line and ends before the CRLF that precedes the next delimiter."""
+    delimiter = re.compile(rb"^--" + re.escape(boundary) + rb"(--)?[ \t]*(?=\r\n|\Z)", re.MULTILINE)
+    spans: list[tuple[int, int]] = []
+    child_start: int | None = None
+    for match in delimiter.finditer(message, start, end):
+        if child_start is not None:
+            spans.append((child_start, max(child_start, match.start() - 2)))
+            child_start = None
+        if match.group(1):  # the close delimiter; what follows is the epilogue
+            return spans
+        child_start = min(match.end() + 2, end)
+    if child_start is not None:  # no close delimiter: a truncated message, read what is there
+        child_end = end - 2 if message.endswith(CRLF, child_start, end) else end
+        spans.append((child_start, max(child_start, child_end)))
+    return spans
+
+
+def _documents(part: _Part, rules: DocumentRules) -> list[tuple[_Part, bytes]]:
+    """Documents in message order, each with the boundary of the multipart holding it.
+
+    message/rfc822 parts are not entered: a forwarded mail's attachments are not the
+    fund's statements. Nor are multipart/signed and multipart/encrypted: their content
+    is under someone else's seal, which an added part would break.
+    """
+    found: list[tuple[_Part, bytes]] = []
+    if part.boundary is None or part.headers.get_content_type() in _SEALED_ELSEWHERE:
+        return found
+    for child in part.children:
+        if child.boundary is not None:
+            found.extend(_documents(child, rules))
+        elif _is_document(child, rules):
+            found.append((child, part.boundary))
+    return found
+
+
+def _is_document(part: _Part, rules: DocumentRules) -> bool:
+    if part.headers.get_content_maintype() in ("multipart", "message"):
+        return False
+    if rules.matches_type(part.headers.get_content_type()):
+        return True
+    return bool(rules.filename_globs) and rules.matches_name(_filename(part))
+
+
+def _filename(part: _Part) -> str | None:
+    # compat32 decodes RFC 2231 names; RFC 2047 encoded words in a quoted name (not
+    # standard, but what many clients send) and raw 8-bit names need the header registry.
+    name = part.headers.get_filename()
+    if name is not None and ("=?" in name or not name.isascii()):
+        headers = _NAME_PARSER.parsebytes(part.header_block)
+        assert isinstance(headers, EmailMessage)
+        name = headers.get_filename()
+    if name is None:
+        return None
+    # Raw 8-bit names (common in SMTPUTF8 mail) come back with surrogate escapes.
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+# --- signing and splicing ------------------------------------------------------------------
+
+
+def _attach_signatures(
+    message: bytes, root: _Part, material: SigningMaterial, rules: DocumentRules
+) -> tuple[bytes, tuple[str, ...]]:
+    documents = _documents(root, rules)
+    names = tuple(_name(part, index) for index, (part, _) in enumerate(documents, 1))
+    insertions = [
+        (part.end, CRLF + b"--" + boundary + CRLF + _signature_part(message, part, name, material))
+        for (part, boundary), name in zip(documents, names, strict=True)
+    ]
+    pieces: list[bytes] = []
+    cursor = 0
+    for offset, insertion in insertions:
+        pieces += [message[cursor:offset], insertion]
+        cursor = offset
+    pieces.append(message[cursor:])
+    return b"".join(pieces), names
+
+
+def _wrap_single_document(
+    message: bytes, root: _Part, material: SigningMaterial
+) -> tuple[bytes, tuple[str, ...]]:
+    """A message that is itself the document has no multipart to hold the `.p7s`.
+
+    This is the one case where original headers move: the message becomes
+    multipart/mixed, and its Content-* fields go down with the body into the first part,
+    since they describe the document and no longer the message. Everything else (From,
+    Subject, ...) stays at the top in its order; the body bytes are unchanged.
+    """
+    name = _name(root, 1)
+    top: list[bytes] = []
+    inner: list[bytes] = []
+    for field in _fields(root.header_block):
+        lowered = field.split(b":", 1)[0].strip().lower()
+        (inner if lowered.startswith(b"content-") else top).append(field)
+    if not any(f.split(b":", 1)[0].strip().lower() == b"mime-version" for f in top):
+        top.append(b"MIME-Version: 1.0" + CRLF)
+    boundary = _new_boundary(message)
+    top.append(b'Content-Type: multipart/mixed; boundary="' + boundary + b'"' + CRLF)
+    delimiter = b"--" + boundary
+    wrapped = b"".join(
+        [
+            *top,
+            CRLF,
+            delimiter + CRLF,
+            *inner,
+            CRLF,
+            message[root.body_start :],
+            CRLF + delimiter + CRLF,
+            _signature_part(message, root, name, material),
+            CRLF + delimiter + b"--" + CRLF,
+        ]
+    )
+    return wrapped, (name,)
+
+
+def _fields(header_block: bytes) -> list[bytes]:
+    """Header fields as raw bytes, each with its continuation lines and final CRLF."""
+    fields: list[bytes] = []
+    for line in header_block.split(CRLF):
+        if not line:
+            continue
+        if line[:1] in (b" ", b"\t") and fields:
+            fields[-1] += line + CRLF
+        else:
+            fields.append(line + CRLF)
+    return fields
+
+
+def _new_boundary(message: bytes) -> bytes:
+    while True:
+        boundary = b"=_sealpost_" + secrets.token_hex(16).encode("ascii")
+        if boundary not in message:
+            return boundary
+
+
+def _name(part: _Part, index: int) -> str:
+    return _filename(part) or f"document-{index}"
+
+
+def _signature_part(message: bytes, part: _Part, name: str, material: SigningMaterial) -> bytes:
+    """The `.p7s` part, without the CRLF that ends its body (that one is the next
+    delimiter's)."""
+    document = _decoded_body(message, part, name)
+    signature = cms.detached_signature(
+        document, material.certificate, material.certificate_key, material.chain
+    )
+    if _PLAIN_NAME.fullmatch(name):
+        # The common case, written directly: the email package's header machinery costs
+        # more than the CMS signature itself.
+        encoded = base64.encodebytes(signature).replace(b"\n", CRLF).removesuffix(CRLF)
+        quoted = f'"{name}.p7s"'.encode("ascii")
+        return (
+            b"Content-Type: application/pkcs7-signature;" + CRLF + b" name=" + quoted + CRLF
+            + b"Content-Transfer-Encoding: base64" + CRLF
+            + b"Content-Disposition: attachment;" + CRLF + b" filename=" + quoted + CRLF
+            + CRLF
+            + encoded
+        )  # fmt: skip
+    sibling = MIMEPart(policy=policy.SMTP)
+    # The email package writes RFC 2231 parameters for names that need them, so the
+    # `.p7s` carries the document's name in whatever form a client can read.
+    sibling.set_content(
+        signature,
+        "application",
+        "pkcs7-signature",
+        disposition="attachment",
+        filename=f"{name}.p7s",
+        params={"name": f"{name}.p7s"},
+        cte="base64",
+    )
+    return sibling.as_bytes().removesuffix(CRLF)
+
+
+def _decoded_body(message: bytes, part: _Part, name: str) -> bytes:
+    """The document's bytes as any MIME reader decodes them; that is what gets signed."""
+    body = message[part.body_start : part.end]
+    encoding = str(part.headers.get("content-transfer-encoding", "7bit")).strip().lower()
+    if encoding == "base64":
+        try:
+            # Strict, unlike the email package, which skips what it cannot read: a
+            # signature over a guess at a damaged document would vouch for the guess.
+            return base64.b64decode(body.translate(None, b" \t\r\n"), validate=True)
+        except binascii.Error as error:
+            raise SealError(f"document {name!r} is not valid base64 ({error})") from error
+    if encoding == "quoted-printable":
+        return quopri.decodestring(body)
+    if encoding in ("7bit", "8bit", "binary"):
+        return body
+    raise SealError(f"document {name!r} has an unknown transfer encoding {encoding!r}")

@@ -1,0 +1,128 @@
+"""DKIM signing through OpenSSL gives exactly what dkimpy's own signer gives.
+
+RSASSA-PKCS1-v1_5 and Ed25519 are deterministic, so with the same key, time, header list
+and canonicalisation, the b= values must be equal byte for byte to those of dkimpy's
+reference (pure-Python) signer.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import time
+
+import dkim
+import pytest
+from cryptography.hazmat.primitives import serialization
+
+from gateway import dkim_sign
+from keys.signing import SigningMaterial
+
+TIMESTAMP = 1_772_341_207
+MESSAGE = (
+    b'From: "Caisses Sociales" <statements@caisses.example>\r\n'
+    b"To: <member@example.net>\r\n"
+    b"To: <second@example.net>\r\n"
+    b"Subject:   Votre   decompte \r\n"
+    b"Date: Sun, 01 Mar 2026 06:00:00 +0100\r\n"
+    b"Message-ID: <decompte-123@caisses.example>\r\n"
+    b"X-Mailer: statements/1.0\r\n"
+    b"\r\n"
+    b"Bonjour,  \r\n\r\nvotre decompte.\r\n\r\n\r\n"
+)
+
+
+def tags(header: bytes) -> dict[str, str]:
+    value = header.split(b":", 1)[1].decode()
+    pairs = (tag.split("=", 1) for tag in value.split(";") if "=" in tag)
+    return {name.strip(): re.sub(r"\s+", "", content) for name, content in pairs}
+
+
+def signers(material: SigningMaterial) -> list[dkim_sign.Signer]:
+    return [
+        dkim_sign.Signer(material.rsa_selector, material.rsa_key),
+        dkim_sign.Signer(material.ed25519_selector, material.ed25519_key),
+    ]
+
+
+def split_fields(headers: bytes) -> list[bytes]:
+    return [field + b"\r\n" for field in re.split(rb"\r\n(?! )", headers.rstrip(b"\r\n"))]
+
+
+def test_oversigning_counts_each_name_once_more_than_present() -> None:
+    parsed, _ = dkim.rfc822_parse(MESSAGE)
+    names = dkim_sign.oversigned(parsed)
+    assert names.count(b"to") == 3
+    assert names.count(b"from") == 2
+    assert names.count(b"cc") == 1
+    assert names.count(b"reply-to") == 1
+    assert b"x-mailer" not in names
+
+
+def test_signatures_equal_dkimpy_reference(
+    signing_material: SigningMaterial, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ours = split_fields(
+        dkim_sign.signature_headers(
+            MESSAGE, signing_material.domain, signers(signing_material), TIMESTAMP
+        )
+    )
+    parsed, _ = dkim.rfc822_parse(MESSAGE)
+    include = list(dkim_sign.oversigned(parsed))
+    monkeypatch.setattr(time, "time", lambda: float(TIMESTAMP))
+    rsa_pem = signing_material.rsa_key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.NoEncryption(),
+    )
+    ed_seed = signing_material.ed25519_key.private_bytes(
+        serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+    )
+    references = [
+        dkim.DKIM(MESSAGE).sign(
+            signing_material.rsa_selector.encode(),
+            signing_material.domain.encode(),
+            rsa_pem,
+            canonicalize=(b"relaxed", b"relaxed"),
+            include_headers=include,
+        ),
+        dkim.DKIM(MESSAGE).sign(
+            signing_material.ed25519_selector.encode(),
+            signing_material.domain.encode(),
+            base64.b64encode(ed_seed),
+            signature_algorithm=b"ed25519-sha256",
+            canonicalize=(b"relaxed", b"relaxed"),
+            include_headers=include,
+        ),
+    ]
+    assert len(ours) == 2
+    for mine, reference in zip(ours, references, strict=True):
+        assert tags(mine) == tags(reference)
+
+
+def test_headers_are_folded_within_78_columns(signing_material: SigningMaterial) -> None:
+    headers = dkim_sign.signature_headers(
+        MESSAGE, signing_material.domain, signers(signing_material), TIMESTAMP
+    )
+    lines = headers.split(b"\r\n")
+    assert lines[-1] == b""
+    assert all(0 < len(line) <= 78 for line in lines[:-1])
+    assert all(line.startswith((b"DKIM-Signature: ", b" ")) for line in lines[:-1])
+
+
+def test_the_order_of_signers_is_kept(signing_material: SigningMaterial) -> None:
+    ed_first = list(reversed(signers(signing_material)))
+    fields = split_fields(
+        dkim_sign.signature_headers(MESSAGE, signing_material.domain, ed_first, TIMESTAMP)
+    )
+    assert [tags(field)["a"] for field in fields] == ["ed25519-sha256", "rsa-sha256"]
+
+
+def test_an_unparsable_message_raises_a_dkim_error(signing_material: SigningMaterial) -> None:
+    with pytest.raises(dkim.DKIMException):
+        dkim_sign.signature_headers(
+            b"not a header line\r\n\r\nbody\r\n",
+            signing_material.domain,
+            signers(signing_material),
+            TIMESTAMP,
+        )

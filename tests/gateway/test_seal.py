@@ -1,0 +1,734 @@
+"""Sealing a statement email: what a recipient, openssl and two DKIM verifiers see.
+
+Every check here is made by an independent party on the sealed bytes: dkimpy and Perl's
+Mail::DKIM for the two DKIM signatures, `openssl cms -verify` for each `.p7s`, Python's
+email package for the MIME structure.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import email
+import hashlib
+import re
+import subprocess
+from email import policy
+from email.message import EmailMessage
+from pathlib import Path
+
+import dkim
+import pytest
+from asn1crypto import cms as asn1_cms
+from cryptography.hazmat.primitives import serialization
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from gateway.seal import DocumentRules, Sealed, SealError, seal
+from keys.signing import SigningMaterial
+from tests.conftest import make_material
+
+REFERENCE = Path("/work/shared/bench/postfix-opendkim/message.eml")
+DKIM_VERIFY_PL = Path(__file__).with_name("dkim_verify.pl")
+NOW = dt.datetime(2026, 3, 1, 5, 0, 7, tzinfo=dt.UTC)
+PDF = b"%PDF-1.4\n" + bytes(range(256)) * 40 + b"\n%%EOF\n"
+PDF_B64 = base64.encodebytes(PDF).replace(b"\n", b"\r\n")
+
+HEADERS = (
+    b'From: "Caisses Sociales" <statements@caisses.example>\r\n'
+    b"To: <member@example.net>\r\n"
+    b"Subject: Votre decompte\r\n"
+    b"Date: Sun, 01 Mar 2026 06:00:00 +0100\r\n"
+    b"Message-ID: <decompte-123@caisses.example>\r\n"
+    b"MIME-Version: 1.0\r\n"
+)
+
+
+def crlf(data: bytes) -> bytes:
+    return re.sub(rb"\r?\n", b"\r\n", data)
+
+
+def pdf_part(disposition: bytes = b'attachment; filename="decompte-123.pdf"') -> bytes:
+    return (
+        b"Content-Type: application/pdf\r\n"
+        b"Content-Transfer-Encoding: base64\r\n"
+        b"Content-Disposition: " + disposition + b"\r\n\r\n" + PDF_B64.rstrip(b"\r\n")
+    )
+
+
+def multipart(subtype: bytes, boundary: bytes, *parts: bytes) -> bytes:
+    """A multipart entity (headers and body) holding `parts` verbatim."""
+    body = b"".join(b"--" + boundary + b"\r\n" + part + b"\r\n" for part in parts)
+    return (
+        b"Content-Type: multipart/" + subtype + b'; boundary="' + boundary + b'"\r\n\r\n'
+        b"preamble\r\n" + body + b"--" + boundary + b"--\r\nepilogue\r\n"
+    )
+
+
+TEXT_PART = b"Content-Type: text/plain; charset=us-ascii\r\n\r\nBonjour,\r\nci-joint.\r\n"
+
+
+# --- independent checkers ----------------------------------------------------------------
+
+
+def dns_records(material: SigningMaterial) -> dict[str, str]:
+    rsa_public = material.rsa_key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    ed_public = material.ed25519_key.public_key().public_bytes(
+        serialization.Encoding.Raw, serialization.PublicFormat.Raw
+    )
+    domain = material.domain
+    return {
+        f"{material.rsa_selector}._domainkey.{domain}": "v=DKIM1; k=rsa; p="
+        + base64.b64encode(rsa_public).decode(),
+        f"{material.ed25519_selector}._domainkey.{domain}": "v=DKIM1; k=ed25519; p="
+        + base64.b64encode(ed_public).decode(),
+    }
+
+
+def dkimpy_results(data: bytes, records: dict[str, str]) -> list[bool]:
+    def dnsfunc(name: bytes, timeout: int = 5) -> bytes | None:
+        record = records.get(name.decode().rstrip("."))
+        return record.encode() if record else None
+
+    verifier = dkim.DKIM(data)
+    count = sum(1 for name, _ in verifier.headers if name.lower() == b"dkim-signature")
+    return [_verifies(verifier, i, dnsfunc) for i in range(count)]
+
+
+def _verifies(verifier: dkim.DKIM, index: int, dnsfunc: object) -> bool:
+    try:
+        return bool(verifier.verify(idx=index, dnsfunc=dnsfunc))
+    except dkim.ValidationError:  # how dkimpy reports some failures, a body hash mismatch
+        return False
+
+
+def mail_dkim_results(data: bytes, records: dict[str, str], tmp_path: Path) -> list[str]:
+    """Perl Mail::DKIM's verdict per signature: lines like 'pass a=rsa-sha256 ...'."""
+    record_file = tmp_path / "records.txt"
+    record_file.write_text("".join(f"{name} {value}\n" for name, value in records.items()))
+    result = subprocess.run(
+        ["perl", str(DKIM_VERIFY_PL), str(record_file)],
+        input=data,
+        capture_output=True,
+        timeout=30,
+        check=True,
+    )
+    return result.stdout.decode().splitlines()
+
+
+def openssl_verifies(signature: bytes, document: bytes, root_pem: bytes, tmp_path: Path) -> bool:
+    (tmp_path / "doc").write_bytes(document)
+    (tmp_path / "doc.p7s").write_bytes(signature)
+    (tmp_path / "root.pem").write_bytes(root_pem)
+    result = subprocess.run(
+        [
+            "openssl", "cms", "-verify", "-binary", "-inform", "DER",
+            "-in", str(tmp_path / "doc.p7s"), "-content", str(tmp_path / "doc"),
+            "-CAfile", str(tmp_path / "root.pem"), "-purpose", "any", "-out", "/dev/null",
+        ],
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )  # fmt: skip
+    return result.returncode == 0
+
+
+def root_pem(material: SigningMaterial) -> bytes:
+    return material.chain[-1].public_bytes(serialization.Encoding.PEM)
+
+
+def parsed(data: bytes) -> EmailMessage:
+    message = email.message_from_bytes(data, policy=policy.default)
+    assert isinstance(message, EmailMessage)
+    return message
+
+
+def leaves(message: EmailMessage) -> list[EmailMessage]:
+    return [part for part in message.walk() if not part.is_multipart()]
+
+
+def signed_pairs(message: EmailMessage) -> list[tuple[EmailMessage, EmailMessage]]:
+    """(document, .p7s) pairs: each .p7s with the part right before it."""
+    parts = leaves(message)
+    return [
+        (parts[i - 1], part)
+        for i, part in enumerate(parts)
+        if part.get_content_type() == "application/pkcs7-signature"
+    ]
+
+
+def payload(part: EmailMessage) -> bytes:
+    data = part.get_payload(decode=True)
+    assert isinstance(data, bytes)
+    return data
+
+
+def strip_dkim(data: bytes) -> bytes:
+    """The message without the DKIM-Signature fields put on top of it."""
+    return re.sub(
+        rb"\ADKIM-Signature:.*?\r\n(?! )DKIM-Signature:.*?\r\n(?! )", b"", data, count=1, flags=re.S
+    )
+
+
+def segments(data: bytes, boundaries: list[bytes]) -> list[bytes]:
+    """The raw bytes between delimiter lines of any of `boundaries`, p7s parts left out."""
+    delimiter = b"|".join(re.escape(b"--" + b) for b in boundaries)
+    pieces = re.split(rb"(?m)^(?:" + delimiter + rb")(?:--)?[ \t]*\r$", data)
+    return [p for p in pieces if b"application/pkcs7-signature" not in p.split(b"\r\n\r\n")[0]]
+
+
+# --- fixtures ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def statement() -> bytes:
+    """The reference statement load (27 KB), with the CRLF line ends SMTP delivers."""
+    return crlf(REFERENCE.read_bytes())
+
+
+@pytest.fixture(scope="module")
+def sealed(statement: bytes, signing_material: SigningMaterial) -> Sealed:
+    return seal(statement, signing_material, DocumentRules(), now=NOW)
+
+
+@pytest.fixture(scope="module")
+def records(signing_material: SigningMaterial) -> dict[str, str]:
+    return dns_records(signing_material)
+
+
+# --- DKIM --------------------------------------------------------------------------------
+
+
+def test_both_dkim_signatures_verify_with_dkimpy(sealed: Sealed, records: dict[str, str]) -> None:
+    assert dkimpy_results(sealed.data, records) == [True, True]
+
+
+def test_both_dkim_signatures_verify_with_perl_mail_dkim(
+    sealed: Sealed, records: dict[str, str], tmp_path: Path
+) -> None:
+    lines = mail_dkim_results(sealed.data, records, tmp_path)
+    assert len(lines) == 2
+    assert lines[0].startswith("pass a=rsa-sha256 d=caisses.example s=s202611r")
+    assert lines[1].startswith("pass a=ed25519-sha256 d=caisses.example s=s202611e")
+
+
+def test_each_signature_fails_on_its_own_under_another_key(sealed: Sealed, tmp_path: Path) -> None:
+    # Same selectors and domain, other keys: the verifiers really check each signature.
+    impostor = dns_records(make_material())
+    assert dkimpy_results(sealed.data, impostor) == [False, False]
+    lines = mail_dkim_results(sealed.data, impostor, tmp_path)
+    assert [line.split()[:2] for line in lines] == [
+        ["fail", "a=rsa-sha256"],
+        ["fail", "a=ed25519-sha256"],
+    ]
+
+
+def test_each_signature_verifies_without_the_other(
+    sealed: Sealed, records: dict[str, str], tmp_path: Path
+) -> None:
+    first, second, rest = re.split(rb"\r\n(?=DKIM-Signature:|From:)", sealed.data, maxsplit=2)
+    for alone in (first + b"\r\n" + rest, second + b"\r\n" + rest):
+        assert dkimpy_results(alone, records) == [True]
+        assert mail_dkim_results(alone, records, tmp_path)[0].startswith("pass ")
+
+
+def test_a_changed_body_breaks_both_signatures(
+    sealed: Sealed, records: dict[str, str], tmp_path: Path
+) -> None:
+    altered = sealed.data.replace(
+        b"Solde au 28/02/2026 :          2 653,35", b"Solde au 28/02/2026 :          9 653,35"
+    )
+    assert altered != sealed.data
+    assert dkimpy_results(altered, records) == [False, False]
+    assert [line.split()[0] for line in mail_dkim_results(altered, records, tmp_path)] == [
+        "fail",
+        "fail",
+    ]
+
+
+@pytest.mark.parametrize(
+    "added",
+    [
+        b"From: <refunds@attacker.example>",
+        b"Subject: Urgent: new bank details",
+        b"To: <attacker@attacker.example>",
+        b"Cc: <attacker@attacker.example>",
+        b"Reply-To: <attacker@attacker.example>",
+        b"Date: Mon, 02 Mar 2026 06:00:00 +0100",
+        b"Content-Type: text/plain",
+    ],
+)
+@pytest.mark.parametrize("where", ["top", "bottom"])
+def test_an_added_header_breaks_both_signatures(
+    sealed: Sealed, records: dict[str, str], added: bytes, where: str
+) -> None:
+    header_end = sealed.data.index(b"\r\n\r\n") + 2
+    if where == "top":
+        altered = added + b"\r\n" + sealed.data
+    else:
+        altered = sealed.data[:header_end] + added + b"\r\n" + sealed.data[header_end:]
+    assert dkimpy_results(altered, records) == [False, False]
+
+
+def test_signature_tags(sealed: Sealed, signing_material: SigningMaterial) -> None:
+    fields = [value for name, value in parsed(sealed.data).items() if name == "DKIM-Signature"]
+    assert len(fields) == 2
+    for field, algorithm, selector in zip(
+        fields,
+        ("rsa-sha256", "ed25519-sha256"),
+        (signing_material.rsa_selector, signing_material.ed25519_selector),
+        strict=True,
+    ):
+        tags = dict(
+            (tag.split("=", 1)[0].strip(), re.sub(r"\s+", "", tag.split("=", 1)[1]))
+            for tag in str(field).split(";")
+            if "=" in tag
+        )
+        assert tags["a"] == algorithm
+        assert tags["s"] == selector
+        assert tags["d"] == "caisses.example"
+        assert tags["c"] == "relaxed/relaxed"
+        assert tags["t"] == str(int(NOW.timestamp()))
+        assert "l" not in tags
+        assert "x" not in tags
+        # Oversigned: every name once more than the message has it (no Cc nor Reply-To).
+        assert tags["h"].split(":") == [
+            "from", "from", "to", "to", "cc", "subject", "subject", "date", "date",
+            "message-id", "message-id", "reply-to", "mime-version", "mime-version",
+            "content-type", "content-type",
+        ]  # fmt: skip
+
+
+def test_the_body_hash_is_the_same_in_both_signatures(sealed: Sealed) -> None:
+    hashes = re.findall(rb"bh=([^;]+);", sealed.data[: sealed.data.index(b"From:")])
+    assert len(hashes) == 2
+    assert hashes[0] == hashes[1]
+
+
+def test_output_lines_end_in_crlf_even_from_lf_input(
+    statement: bytes, signing_material: SigningMaterial, records: dict[str, str]
+) -> None:
+    from_lf = seal(statement.replace(b"\r\n", b"\n"), signing_material, DocumentRules())
+    assert b"\n" not in from_lf.data.replace(b"\r\n", b"")
+    assert dkimpy_results(from_lf.data, records) == [True, True]
+    assert max(len(line) for line in from_lf.data.split(b"\r\n")) <= 78
+
+
+# --- CMS ---------------------------------------------------------------------------------
+
+
+def test_the_statement_gets_a_p7s_right_after_it(sealed: Sealed) -> None:
+    message = parsed(sealed.data)
+    assert sealed.documents == ("releve-2026-02.pdf",)
+    assert [part.get_content_type() for part in message.walk()] == [
+        "multipart/mixed",
+        "text/plain",
+        "application/pdf",
+        "application/pkcs7-signature",
+    ]
+    signature = leaves(message)[-1]
+    assert signature.get_filename() == "releve-2026-02.pdf.p7s"
+    assert signature.get_param("name") == "releve-2026-02.pdf.p7s"
+    assert signature.get_content_disposition() == "attachment"
+    assert signature["Content-Transfer-Encoding"] == "base64"
+    assert not message.defects
+
+
+def test_the_p7s_verifies_with_openssl_and_fails_on_one_changed_byte(
+    sealed: Sealed, signing_material: SigningMaterial, tmp_path: Path
+) -> None:
+    [(document, signature)] = signed_pairs(parsed(sealed.data))
+    content = payload(document)
+    root = root_pem(signing_material)
+    assert openssl_verifies(payload(signature), content, root, tmp_path)
+    changed = bytearray(content)
+    changed[len(changed) // 2] ^= 0x01
+    assert not openssl_verifies(payload(signature), bytes(changed), root, tmp_path)
+
+
+def test_the_p7s_does_not_verify_against_another_root(sealed: Sealed, tmp_path: Path) -> None:
+    [(document, signature)] = signed_pairs(parsed(sealed.data))
+    other_root = root_pem(make_material())
+    assert not openssl_verifies(payload(signature), payload(document), other_root, tmp_path)
+
+
+def test_every_original_byte_is_kept(statement: bytes, sealed: Sealed) -> None:
+    unsealed = strip_dkim(sealed.data)
+    boundary = [b"=_releve_8d3f2c1a9b7e"]
+    assert segments(unsealed, boundary) == segments(statement, boundary)
+    assert unsealed.startswith(statement[: statement.index(b"\r\n\r\n")])
+    assert len(unsealed) > len(statement)
+
+
+# --- which parts are documents, and where they may sit ------------------------------------
+
+
+def check_sealed(
+    sealed: Sealed, material: SigningMaterial, tmp_path: Path
+) -> list[tuple[EmailMessage, EmailMessage]]:
+    """Both DKIM signatures pass (dkimpy and Mail::DKIM) and every .p7s verifies (openssl);
+    returns the (document, .p7s) pairs."""
+    records = dns_records(material)
+    assert dkimpy_results(sealed.data, records) == [True, True]
+    verdicts = [line.split()[0] for line in mail_dkim_results(sealed.data, records, tmp_path)]
+    assert verdicts == ["pass", "pass"]
+    pairs = signed_pairs(parsed(sealed.data))
+    for document, signature in pairs:
+        assert signature.get_filename() == f"{document.get_filename()}.p7s"
+        assert openssl_verifies(payload(signature), payload(document), root_pem(material), tmp_path)
+    return pairs
+
+
+def test_a_pdf_nested_in_mixed_inside_alternative(
+    signing_material: SigningMaterial, tmp_path: Path
+) -> None:
+    inner = multipart(b"mixed", b"inner-b", TEXT_PART, pdf_part())
+    outer = multipart(
+        b"alternative", b"outer-b", b"Content-Type: text/html\r\n\r\n<p>Bonjour</p>", inner
+    )
+    raw = HEADERS + outer
+    sealed = seal(raw, signing_material, DocumentRules())
+    [(document, _)] = check_sealed(sealed, signing_material, tmp_path)
+    assert payload(document) == PDF
+    kinds = [part.get_content_type() for part in parsed(sealed.data).walk()]
+    assert kinds == [
+        "multipart/alternative",
+        "text/html",
+        "multipart/mixed",
+        "text/plain",
+        "application/pdf",
+        "application/pkcs7-signature",
+    ]
+    assert segments(strip_dkim(sealed.data), [b"outer-b", b"inner-b"]) == segments(
+        raw, [b"outer-b", b"inner-b"]
+    )
+
+
+def test_several_documents_each_get_their_own_p7s(
+    signing_material: SigningMaterial, tmp_path: Path
+) -> None:
+    raw = HEADERS + multipart(
+        b"mixed",
+        b"b1",
+        TEXT_PART,
+        pdf_part(b'attachment; filename="decompte-1.pdf"'),
+        pdf_part(b'attachment; filename="decompte-2.pdf"'),
+    )
+    sealed = seal(raw, signing_material, DocumentRules())
+    assert sealed.documents == ("decompte-1.pdf", "decompte-2.pdf")
+    pairs = check_sealed(sealed, signing_material, tmp_path)
+    assert [signature.get_filename() for _, signature in pairs] == [
+        "decompte-1.pdf.p7s",
+        "decompte-2.pdf.p7s",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("disposition", "name"),
+    [
+        (b"attachment; filename*=utf-8''d%C3%A9compte%20n%C2%B0123.pdf", "décompte n°123.pdf"),
+        (b'attachment; filename="=?utf-8?q?d=C3=A9compte_n=C2=B0123.pdf?="', "décompte n°123.pdf"),
+        (
+            b"attachment;\r\n filename*0*=utf-8''d%C3%A9compte%20de%20prestations%20;\r\n"
+            b" filename*1*=f%C3%A9vrier%202026%20%E2%80%94%20n%C2%B0123.pdf",
+            "décompte de prestations février 2026 — n°123.pdf",
+        ),
+        ('attachment; filename="décompte n°123.pdf"'.encode(), "décompte n°123.pdf"),
+        (b'attachment; filename="releve \\"fevrier\\".pdf"', 'releve "fevrier".pdf'),
+        (
+            b'attachment; filename="decompte-de-prestations-' + b"x" * 80 + b'.pdf"',
+            "decompte-de-prestations-" + "x" * 80 + ".pdf",
+        ),
+    ],
+    ids=["rfc2231", "rfc2047", "rfc2231-continued", "raw-utf8", "quotes", "long"],
+)
+def test_encoded_file_names(
+    signing_material: SigningMaterial, tmp_path: Path, disposition: bytes, name: str
+) -> None:
+    raw = HEADERS + multipart(b"mixed", b"b1", TEXT_PART, pdf_part(disposition))
+    sealed = seal(raw, signing_material, DocumentRules())
+    assert sealed.documents == (name,)
+    [(_, signature)] = check_sealed(sealed, signing_material, tmp_path)
+    assert signature.get_filename() == f"{name}.p7s"
+    assert signature.get_param("name") == f"{name}.p7s"
+
+
+@pytest.mark.parametrize(
+    ("encoding", "body", "decoded"),
+    [
+        (
+            b"quoted-printable",
+            b"caf=C3=A9 =\r\nsuite\r\nligne=3D2\r\n",
+            "café suite\r\nligne=2\r\n",
+        ),
+        (b"7bit", b"ligne 1\r\nligne 2\r\n", "ligne 1\r\nligne 2\r\n"),
+        (b"8bit", "données\r\n".encode(), "données\r\n"),
+        (b"binary", b"%PDF raw", "%PDF raw"),
+    ],
+)
+def test_transfer_encodings_sign_the_decoded_bytes(
+    signing_material: SigningMaterial,
+    tmp_path: Path,
+    encoding: bytes,
+    body: bytes,
+    decoded: str,
+) -> None:
+    part = (
+        b"Content-Type: application/pdf; name=doc.pdf\r\n"
+        b"Content-Transfer-Encoding: " + encoding + b"\r\n\r\n" + body
+    )
+    sealed = seal(
+        HEADERS + multipart(b"mixed", b"b1", TEXT_PART, part), signing_material, DocumentRules()
+    )
+    [(document, _)] = check_sealed(sealed, signing_material, tmp_path)
+    # What openssl checked is what any MIME reader decodes, and what was meant.
+    assert payload(document) == decoded.encode()
+
+
+def test_other_attachments_are_left_alone(
+    signing_material: SigningMaterial, tmp_path: Path
+) -> None:
+    png = (
+        b"Content-Type: image/png; name=logo.png\r\n"
+        b"Content-Transfer-Encoding: base64\r\n\r\niVBORw0KGgo="
+    )
+    csv = (
+        b"Content-Type: text/csv\r\n"
+        b'Content-Disposition: attachment; filename="lignes.csv"\r\n\r\na;b\r\n'
+    )
+    raw = HEADERS + multipart(b"mixed", b"b1", TEXT_PART, png, pdf_part(), csv)
+    sealed = seal(raw, signing_material, DocumentRules())
+    assert sealed.documents == ("decompte-123.pdf",)
+    kinds = [part.get_content_type() for part in leaves(parsed(sealed.data))]
+    assert kinds == [
+        "text/plain",
+        "image/png",
+        "application/pdf",
+        "application/pkcs7-signature",
+        "text/csv",
+    ]
+    check_sealed(sealed, signing_material, tmp_path)
+
+
+def test_a_message_without_documents_is_only_dkim_signed(
+    signing_material: SigningMaterial,
+) -> None:
+    raw = HEADERS + multipart(b"mixed", b"b1", TEXT_PART)
+    sealed = seal(raw, signing_material, DocumentRules())
+    assert sealed.documents == ()
+    assert strip_dkim(sealed.data) == raw
+    assert dkimpy_results(sealed.data, dns_records(signing_material)) == [True, True]
+
+
+def test_a_forwarded_message_inside_is_not_entered(signing_material: SigningMaterial) -> None:
+    forwarded = (
+        b"Content-Type: message/rfc822\r\n\r\n"
+        + HEADERS
+        + multipart(b"mixed", b"fwd", TEXT_PART, pdf_part())
+    )
+    raw = HEADERS + multipart(b"mixed", b"b1", TEXT_PART, forwarded)
+    assert seal(raw, signing_material, DocumentRules()).documents == ()
+
+
+def test_a_signed_or_encrypted_multipart_is_not_entered(
+    signing_material: SigningMaterial,
+) -> None:
+    smime = (
+        b'Content-Type: multipart/signed; protocol="application/pkcs7-signature";'
+        b' micalg=sha-256; boundary="signed-b"\r\n\r\n'
+        b"--signed-b\r\n" + multipart(b"mixed", b"inner-b", TEXT_PART, pdf_part()) + b"\r\n"
+        b"--signed-b\r\n"
+        b"Content-Type: application/pkcs7-signature; name=smime.p7s\r\n"
+        b"Content-Transfer-Encoding: base64\r\n\r\nMIAGCSqGSIb3DQEHAqCAMIACAQEx\r\n"
+        b"--signed-b--\r\n"
+    )
+    raw = HEADERS + smime
+    sealed = seal(raw, signing_material, DocumentRules())
+    assert sealed.documents == ()
+    assert strip_dkim(sealed.data) == raw
+
+
+def test_filename_globs_choose_documents(signing_material: SigningMaterial, tmp_path: Path) -> None:
+    csv = (
+        b"Content-Type: text/csv\r\n"
+        b'Content-Disposition: attachment; filename="Decompte-2026-02.CSV"\r\n\r\n'
+        b"date;montant\r\n2026-02-03;12,50\r\n"
+    )
+    other = (
+        b"Content-Type: text/csv\r\n"
+        b'Content-Disposition: attachment; filename="notes.csv"\r\n\r\nx\r\n'
+    )
+    raw = HEADERS + multipart(b"mixed", b"b1", TEXT_PART, pdf_part(), csv, other)
+    rules = DocumentRules(content_types=(), filename_globs=("decompte-*.csv",))
+    sealed = seal(raw, signing_material, rules)
+    assert sealed.documents == ("Decompte-2026-02.CSV",)
+    [(document, _)] = check_sealed(sealed, signing_material, tmp_path)
+    assert document.get_content_type() == "text/csv"
+
+    both = DocumentRules(filename_globs=("decompte-*.csv",))
+    assert seal(raw, signing_material, both).documents == (
+        "decompte-123.pdf",
+        "Decompte-2026-02.CSV",
+    )
+
+
+def test_a_message_that_is_itself_the_document_is_wrapped(
+    signing_material: SigningMaterial, tmp_path: Path
+) -> None:
+    raw = HEADERS + pdf_part() + b"\r\n"
+    sealed = seal(raw, signing_material, DocumentRules())
+    message = parsed(sealed.data)
+    assert message.get_content_type() == "multipart/mixed"
+    assert message["Subject"] == "Votre decompte"
+    assert message["MIME-Version"] == "1.0"
+    [(document, signature)] = check_sealed(sealed, signing_material, tmp_path)
+    assert payload(document) == PDF
+    assert document["Content-Disposition"] == 'attachment; filename="decompte-123.pdf"'
+    assert signature.get_filename() == "decompte-123.pdf.p7s"
+    # Only the Content-* fields moved; the body bytes follow them untouched.
+    assert pdf_part() + b"\r\n" in sealed.data
+
+
+# --- refusals ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("part", "reason"),
+    [
+        (
+            b"Content-Type: application/pdf; name=a.pdf\r\n"
+            b"Content-Transfer-Encoding: base64\r\n\r\n"
+            b"JVBERi0xLjQK!!!notbase64\r\n",
+            "not valid base64",
+        ),
+        (
+            b"Content-Type: application/pdf; name=a.pdf\r\n"
+            b"Content-Transfer-Encoding: base64\r\n\r\n"
+            b"JVBERi0xLjQKJ\r\n",
+            "not valid base64",
+        ),
+        (
+            b"Content-Type: application/pdf; name=a.pdf\r\n"
+            b"Content-Transfer-Encoding: x-uuencode\r\n\r\n"
+            b"begin 644 a.pdf\r\n",
+            "unknown transfer encoding",
+        ),
+    ],
+    ids=["bad-alphabet", "bad-padding", "unknown-encoding"],
+)
+def test_an_undecodable_document_is_refused(
+    signing_material: SigningMaterial, part: bytes, reason: str
+) -> None:
+    raw = HEADERS + multipart(b"mixed", b"b1", TEXT_PART, part)
+    with pytest.raises(SealError, match=reason) as refused:
+        seal(raw, signing_material, DocumentRules())
+    assert "'a.pdf'" in str(refused.value)
+
+
+def test_a_message_without_from_is_refused(signing_material: SigningMaterial) -> None:
+    raw = b"To: <member@example.net>\r\nSubject: x\r\n\r\nbody\r\n"
+    with pytest.raises(SealError, match="no From header"):
+        seal(raw, signing_material, DocumentRules())
+
+
+def test_absurd_nesting_is_refused(signing_material: SigningMaterial) -> None:
+    body = pdf_part()
+    for level in range(40):
+        body = multipart(b"mixed", f"level-{level}".encode(), body)
+    with pytest.raises(SealError, match="nested"):
+        seal(HEADERS + body, signing_material, DocumentRules())
+
+
+def test_p7s_header_lines_stay_within_78_columns(signing_material: SigningMaterial) -> None:
+    for name in ("a.pdf", "decompte-de-prestations-n123-" + "x" * 27 + ".pdf", "d" * 70 + ".pdf"):
+        disposition = b'attachment; filename="' + name.encode() + b'"'
+        raw = HEADERS + multipart(b"mixed", b"b1", TEXT_PART, pdf_part(disposition))
+        sealed = seal(raw, signing_material, DocumentRules())
+        [(_, signature)] = signed_pairs(parsed(sealed.data))
+        assert signature.get_filename() == f"{name}.p7s"
+        start = sealed.data.index(b"Content-Type: application/pkcs7-signature")
+        header_block = sealed.data[start : sealed.data.index(b"\r\n\r\n", start)]
+        assert max(len(line) for line in header_block.split(b"\r\n")) <= 78
+
+
+# --- any arrangement of parts ---------------------------------------------------------------
+
+BOUNDARY_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789'()+_,-./:=?"
+
+
+@st.composite
+def entities(draw: st.DrawFn, depth: int = 0) -> tuple[bytes, list[bytes], list[bytes]]:
+    """A MIME entity: its bytes, the documents in it (decoded), and its boundaries."""
+    kind = draw(st.sampled_from(["text", "pdf", "multipart"] if depth < 3 else ["text", "pdf"]))
+    if kind == "text":
+        words = draw(st.lists(st.sampled_from(["Bonjour", "solde", "--", "=", " ", "\t"])))
+        return b"Content-Type: text/plain\r\n\r\n" + " ".join(words).encode(), [], []
+    if kind == "pdf":
+        document = draw(st.binary(max_size=600))
+        width = draw(st.sampled_from([4, 60, 76]))
+        encoded = base64.b64encode(document)
+        lines = [encoded[i : i + width] for i in range(0, len(encoded), width)] or [b""]
+        name = draw(st.from_regex(r"[a-z0-9-]{1,12}", fullmatch=True))
+        entity = (
+            b"Content-Type: application/pdf; name=" + name.encode() + b".pdf\r\n"
+            b"Content-Transfer-Encoding: base64\r\n\r\n" + b"\r\n".join(lines)
+        )
+        return entity, [document], []
+    boundary = draw(st.text(BOUNDARY_CHARS, min_size=1, max_size=30)).encode()
+    children = draw(st.lists(entities(depth + 1), min_size=1, max_size=4))
+    inner_boundaries = [b for _, _, bs in children for b in bs]
+    # RFC 2046: no boundary may start another one, or a delimiter line would be ambiguous.
+    assume(not any(b.startswith(boundary) or boundary.startswith(b) for b in inner_boundaries))
+    subtype = draw(st.sampled_from([b"mixed", b"alternative", b"related"]))
+    entity = multipart(subtype, boundary, *(child for child, _, _ in children))
+    documents = [d for _, docs, _ in children for d in docs]
+    return entity, documents, [boundary, *inner_boundaries]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(entity=entities(), lf=st.booleans())
+def test_any_arrangement_keeps_the_original_and_signs_each_document(
+    signing_material: SigningMaterial, entity: tuple[bytes, list[bytes], list[bytes]], lf: bool
+) -> None:
+    body, documents, boundaries = entity
+    assume(len(set(boundaries)) == len(boundaries))
+    raw = HEADERS + body
+    sealed = seal(raw.replace(b"\r\n", b"\n") if lf else raw, signing_material, DocumentRules())
+    assert len(sealed.documents) == len(documents)
+    pairs = signed_pairs(parsed(sealed.data))
+    assert [payload(document) for document, _ in pairs] == documents
+    for document, signature in pairs:
+        info = asn1_cms.ContentInfo.load(payload(signature))
+        [signer] = info["content"]["signer_infos"]
+        digests = [a["values"].native[0] for a in signer["signed_attrs"]
+                   if a["type"].native == "message_digest"]  # fmt: skip
+        assert digests == [hashlib.sha256(payload(document)).digest()]
+    if boundaries:
+        assert segments(strip_dkim(sealed.data), boundaries) == segments(raw, boundaries)
+    else:
+        assert strip_dkim(sealed.data).startswith(HEADERS)
+
+
+def test_a_document_without_a_name_gets_a_numbered_one(signing_material: SigningMaterial) -> None:
+    unnamed = b"Content-Type: application/pdf\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+    raw = HEADERS + multipart(b"mixed", b"b1", TEXT_PART, unnamed + PDF_B64.rstrip(b"\r\n"))
+    sealed = seal(raw, signing_material, DocumentRules())
+    assert sealed.documents == ("document-1",)
+    [(document, signature)] = signed_pairs(parsed(sealed.data))
+    assert payload(document) == PDF
+    assert signature.get_filename() == "document-1.p7s"
+
+
+def test_without_now_the_signature_time_is_the_current_time(
+    signing_material: SigningMaterial,
+) -> None:
+    before = int(dt.datetime.now(dt.UTC).timestamp())
+    sealed = seal(
+        HEADERS + b"Content-Type: text/plain\r\n\r\nx\r\n", signing_material, DocumentRules()
+    )
+    after = int(dt.datetime.now(dt.UTC).timestamp())
+    stamps = [int(t) for t in re.findall(rb"\bt=(\d+);", sealed.data)]
+    assert len(stamps) == 2
+    assert all(before <= stamp <= after for stamp in stamps)
