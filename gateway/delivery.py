@@ -1,0 +1,434 @@
+"""Delivery of one message to its recipients, by route: smarthost, direct MX or Maildir.
+
+The only module that speaks SMTP outward (the only one importing aiosmtplib). It knows
+nothing of the spool or of retries: ``Delivery.deliver`` takes a sender, recipients and
+the sealed bytes and returns one ``Outcome`` per recipient, each delivered, transient
+(try again later) or permanent (bounce), with the reply text kept for the DSN and logs.
+
+TLS: opportunistic by default (STARTTLS when offered, certificate not checked, since an
+MX's certificate rarely names it; if the handshake itself fails, the attempt is repeated
+in clear text, as any MTA does). For destinations that require TLS (a smarthost set to
+``required``, or a recipient domain listed in ``tls_required_domains``) STARTTLS is
+mandatory and the certificate is verified against the host name; any failure there is a
+transient outcome, never a clear-text delivery.
+
+Connections are pooled per destination (host, port, TLS mode) and the number of
+simultaneous transactions per destination is bounded. Credentials for a smarthost are
+only ever sent over TLS.
+
+Maildir (the embedded default): one file per recipient, with ``Return-Path`` and
+``Delivered-To`` prepended (above the DKIM signatures, which they do not disturb),
+written in ``tmp/``, fsynced, renamed into ``new/``, and the directory fsynced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+import socket
+import ssl
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final, Literal, Protocol
+
+import aiosmtplib
+import dns.asyncresolver
+import dns.exception
+import dns.name
+import dns.rdatatype
+import dns.resolver
+
+log = logging.getLogger("sealpost.delivery")
+
+Status = Literal["delivered", "transient", "permanent"]
+TlsMode = Literal["required", "opportunistic"]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    recipient: str
+    status: Status
+    reply: str  # "250 ...", "550 5.1.1 ...", or a local reason such as "4.4.1 connect ..."
+
+
+@dataclass(frozen=True)
+class Smarthost:
+    host: str
+    port: int = 25
+    tls: TlsMode = "opportunistic"
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class DirectMX:
+    port: int = 25  # other than 25 only in tests
+
+
+@dataclass(frozen=True)
+class MaildirRoute:
+    path: Path
+
+
+Route = Smarthost | DirectMX | MaildirRoute
+
+
+class MxResolver(Protocol):
+    async def mx_hosts(self, domain: str) -> list[str]:
+        """Host names to try for ``domain``, best first. Raises DnsFailure."""
+        ...
+
+
+class DnsFailure(Exception):
+    def __init__(self, reason: str, *, permanent: bool) -> None:
+        super().__init__(reason)
+        self.permanent = permanent
+
+
+class DnsMxResolver:
+    """MX lookup with dnspython: MX records by preference, else the domain's own A/AAAA
+    (RFC 5321 5.1 implicit MX); a null MX (RFC 7505) or NXDOMAIN is permanent."""
+
+    def __init__(self, resolver: dns.asyncresolver.Resolver | None = None) -> None:
+        self._resolver = resolver or dns.asyncresolver.Resolver()
+
+    async def mx_hosts(self, domain: str) -> list[str]:
+        try:
+            answer = await self._resolver.resolve(domain, "MX")
+        except dns.resolver.NXDOMAIN as exc:
+            raise DnsFailure(f"5.1.2 domain {domain} does not exist", permanent=True) from exc
+        except dns.resolver.NoAnswer:
+            return await self._implicit_mx(domain)
+        except dns.exception.DNSException as exc:
+            raise DnsFailure(
+                f"4.4.3 MX lookup for {domain} failed: {exc}", permanent=False
+            ) from exc
+        records = sorted(answer, key=lambda r: r.preference)
+        if any(r.exchange == dns.name.root for r in records):
+            raise DnsFailure(f"5.1.10 domain {domain} accepts no mail (null MX)", permanent=True)
+        return [r.exchange.to_text(omit_final_dot=True) for r in records]
+
+    async def _implicit_mx(self, domain: str) -> list[str]:
+        for rdtype in ("A", "AAAA"):
+            try:
+                await self._resolver.resolve(domain, rdtype)
+            except dns.resolver.NoAnswer:
+                continue
+            except dns.exception.DNSException as exc:
+                raise DnsFailure(
+                    f"4.4.3 lookup for {domain} failed: {exc}", permanent=False
+                ) from exc
+            return [domain]
+        raise DnsFailure(f"5.1.2 domain {domain} has no MX and no address", permanent=True)
+
+
+@dataclass(frozen=True)
+class _Destination:
+    hosts: tuple[str, ...]
+    port: int
+    tls: TlsMode
+
+
+class _TransientConnect(Exception):
+    pass
+
+
+@dataclass
+class _Idle:
+    client: aiosmtplib.SMTP
+    since: float
+
+
+class Delivery:
+    def __init__(
+        self,
+        route: Route,
+        *,
+        tls_required_domains: frozenset[str] = frozenset(),
+        verify_context: ssl.SSLContext | None = None,
+        resolver: MxResolver | None = None,
+        local_hostname: str | None = None,
+        per_destination: int = 4,
+        timeout: float = 60.0,
+        idle_timeout: float = 30.0,
+    ) -> None:
+        self.route = route
+        self._tls_required = frozenset(d.lower() for d in tls_required_domains)
+        self._verify = verify_context or ssl.create_default_context()
+        self._relaxed = ssl.create_default_context()
+        self._relaxed.check_hostname = False
+        self._relaxed.verify_mode = ssl.CERT_NONE
+        self._resolver: MxResolver = resolver or DnsMxResolver()
+        self._local_hostname = local_hostname or socket.getfqdn()
+        self._per_destination = per_destination
+        self._timeout = timeout
+        self._idle_timeout = idle_timeout
+        self._idle: dict[tuple[str, int, TlsMode], list[_Idle]] = {}
+        self._limits: dict[tuple[str, int, TlsMode], asyncio.Semaphore] = {}
+        self.connections_opened = 0
+
+    async def deliver(self, sender: str, recipients: Sequence[str], data: bytes) -> list[Outcome]:
+        """One attempt for every recipient; never raises for a delivery failure."""
+        if isinstance(self.route, MaildirRoute):
+            return await asyncio.to_thread(write_maildir, self.route.path, sender, recipients, data)
+        groups: dict[_Destination | DnsFailure, list[str]] = {}
+        for rcpt in recipients:
+            key = await self._destination(rcpt)
+            groups.setdefault(key, []).append(rcpt)
+        outcomes: dict[str, Outcome] = {}
+        results = await asyncio.gather(
+            *(self._deliver_group(key, group, sender, data) for key, group in groups.items())
+        )
+        for result in results:
+            outcomes.update((o.recipient, o) for o in result)
+        return [outcomes[r] for r in recipients]
+
+    async def close(self) -> None:
+        """Quit every pooled connection."""
+        idle = [c for pool in self._idle.values() for c in pool]
+        self._idle.clear()
+        await asyncio.gather(*(_quit(i.client) for i in idle))
+
+    # -- routing -------------------------------------------------------------------
+
+    async def _destination(self, rcpt: str) -> _Destination | DnsFailure:
+        domain = rcpt.rpartition("@")[2].lower()
+        required = domain in self._tls_required
+        if isinstance(self.route, Smarthost):
+            tls: TlsMode = "required" if required else self.route.tls
+            return _Destination((self.route.host,), self.route.port, tls)
+        assert isinstance(self.route, DirectMX)
+        if not domain:
+            return DnsFailure("5.1.3 recipient address has no domain", permanent=True)
+        try:
+            hosts = await self._resolver.mx_hosts(domain)
+        except DnsFailure as failure:
+            return failure
+        return _Destination(
+            tuple(hosts), self.route.port, "required" if required else "opportunistic"
+        )
+
+    async def _deliver_group(
+        self, key: _Destination | DnsFailure, rcpts: list[str], sender: str, data: bytes
+    ) -> list[Outcome]:
+        if isinstance(key, DnsFailure):
+            status: Status = "permanent" if key.permanent else "transient"
+            return [Outcome(r, status, str(key)) for r in rcpts]
+        reasons: list[str] = []
+        for host in key.hosts:
+            try:
+                return await self._deliver_to_host(host, key, rcpts, sender, data)
+            except _TransientConnect as exc:
+                reasons.append(str(exc))
+        reason = "; ".join(reasons) or "4.4.4 no host to deliver to"
+        return [Outcome(r, "transient", reason) for r in rcpts]
+
+    # -- one host ------------------------------------------------------------------
+
+    async def _deliver_to_host(
+        self, host: str, dest: _Destination, rcpts: list[str], sender: str, data: bytes
+    ) -> list[Outcome]:
+        pool_key = (host, dest.port, dest.tls)
+        limit = self._limits.setdefault(pool_key, asyncio.Semaphore(self._per_destination))
+        async with limit:
+            client, reused = await self._checkout(pool_key)
+            try:
+                outcomes, healthy = await self._transaction(client, rcpts, sender, data)
+            except aiosmtplib.SMTPServerDisconnected:
+                client.close()
+                if not reused:
+                    raise _TransientConnect(f"4.4.2 {host}: connection lost") from None
+                # A pooled connection the peer had already closed: one fresh try.
+                client, _ = await self._checkout(pool_key, fresh=True)
+                try:
+                    outcomes, healthy = await self._transaction(client, rcpts, sender, data)
+                except aiosmtplib.SMTPServerDisconnected:
+                    client.close()
+                    raise _TransientConnect(f"4.4.2 {host}: connection lost") from None
+                except BaseException:
+                    client.close()
+                    raise
+            except BaseException:  # cancelled mid-transaction: the session is unusable
+                client.close()
+                raise
+            if healthy and client.is_connected:
+                self._idle.setdefault(pool_key, []).append(_Idle(client, time.monotonic()))
+            else:
+                await _quit(client)
+            return outcomes
+
+    async def _checkout(
+        self, key: tuple[str, int, TlsMode], *, fresh: bool = False
+    ) -> tuple[aiosmtplib.SMTP, bool]:
+        pool = self._idle.get(key, [])
+        now = time.monotonic()
+        while pool and not fresh:
+            idle = pool.pop()
+            if idle.client.is_connected and now - idle.since < self._idle_timeout:
+                return idle.client, True
+            await _quit(idle.client)
+        return await self._connect(*key), False
+
+    async def _connect(self, host: str, port: int, tls: TlsMode) -> aiosmtplib.SMTP:
+        try:
+            return await self._open(host, port, tls, plain=False)
+        except _TransientConnect:
+            raise
+        except (ssl.SSLError, aiosmtplib.SMTPException, OSError) as exc:
+            if tls == "required":
+                raise _TransientConnect(
+                    f"4.7.5 {host}: TLS required but not established: {_describe(exc)}"
+                ) from exc
+            log.info("event=tls_fallback host=%s reason=%s", host, _describe(exc))
+        try:
+            return await self._open(host, port, tls, plain=True)
+        except (aiosmtplib.SMTPException, OSError) as exc:
+            raise _TransientConnect(f"4.4.1 {host}: {_describe(exc)}") from exc
+
+    async def _open(self, host: str, port: int, tls: TlsMode, *, plain: bool) -> aiosmtplib.SMTP:
+        smarthost = self.route if isinstance(self.route, Smarthost) else None
+        client = aiosmtplib.SMTP(
+            hostname=host,
+            port=port,
+            local_hostname=self._local_hostname,
+            timeout=self._timeout,
+            start_tls=False,
+            tls_context=self._verify if tls == "required" else self._relaxed,
+        )
+        try:
+            await client.connect()
+        except (aiosmtplib.SMTPException, OSError) as exc:
+            raise _TransientConnect(f"4.4.1 {host}: {_describe(exc)}") from exc
+        self.connections_opened += 1
+        try:
+            await client.ehlo()
+            if tls == "required" or (not plain and client.supports_extension("starttls")):
+                await client.starttls()
+            if smarthost is not None and smarthost.username is not None:
+                if client.get_transport_info("sslcontext") is None:
+                    raise _TransientConnect(f"4.7.0 {host}: no TLS, so no AUTH (never in clear)")
+                try:
+                    await client.login(smarthost.username, smarthost.password or "")
+                except aiosmtplib.SMTPException as exc:
+                    raise _TransientConnect(
+                        f"4.7.0 {host}: authentication failed: {_describe(exc)}"
+                    ) from exc
+        except BaseException:
+            await _quit(client)
+            raise
+        return client
+
+    async def _transaction(
+        self, client: aiosmtplib.SMTP, rcpts: list[str], sender: str, data: bytes
+    ) -> tuple[list[Outcome], bool]:
+        """One MAIL/RCPT/DATA; returns outcomes and whether the connection is reusable."""
+        options = []
+        if any(ord(c) > 127 for c in sender + "".join(rcpts)):
+            options.append("SMTPUTF8")
+        if client.supports_extension("8bitmime") and not data.isascii():
+            options.append("BODY=8BITMIME")
+        try:
+            refused, reply = await client.sendmail(sender, rcpts, data, mail_options=options)
+        except aiosmtplib.SMTPRecipientsRefused as exc:
+            by_rcpt = {
+                e.recipient: _classify(e.code, e.message, e.recipient) for e in exc.recipients
+            }
+            return [by_rcpt[r] for r in rcpts], True
+        except aiosmtplib.SMTPServerDisconnected:
+            raise
+        except aiosmtplib.SMTPResponseException as exc:
+            return [_classify(exc.code, exc.message, r) for r in rcpts], client.is_connected
+        except aiosmtplib.SMTPNotSupported as exc:
+            return [Outcome(r, "permanent", f"5.6.7 {exc}") for r in rcpts], True
+        except (aiosmtplib.SMTPException, OSError) as exc:
+            return [Outcome(r, "transient", f"4.4.2 {_describe(exc)}") for r in rcpts], False
+        except ValueError as exc:  # an address aiosmtplib refuses to put on the wire
+            return [Outcome(r, "permanent", f"5.1.3 {exc}") for r in rcpts], True
+        outcomes = []
+        for r in rcpts:
+            if r in refused:
+                outcomes.append(_classify(refused[r].code, refused[r].message, r))
+            else:
+                outcomes.append(Outcome(r, "delivered", f"250 {_one_line(reply)}"))
+        return outcomes, True
+
+
+def _classify(code: int, message: str, rcpt: str) -> Outcome:
+    status: Status = "permanent" if 500 <= code < 600 else "transient"
+    return Outcome(rcpt, status, f"{code} {_one_line(message)}")
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())[:900]
+
+
+def _describe(exc: BaseException) -> str:
+    return _one_line(str(exc)) or type(exc).__name__
+
+
+async def _quit(client: aiosmtplib.SMTP) -> None:
+    if not client.is_connected:
+        return
+    try:
+        await asyncio.wait_for(client.quit(), timeout=2.0)
+    except (aiosmtplib.SMTPException, OSError, TimeoutError):
+        client.close()
+
+
+# -- Maildir --------------------------------------------------------------------------
+
+_sequence = itertools.count(1)  # next() on a count is atomic: safe from worker threads
+
+
+def maildir_name() -> str:
+    """A unique name per the Maildir rules: time.MusecPpidQcounter.host."""
+    now = time.time()
+    host = socket.gethostname().replace("/", r"\057").replace(":", r"\072")
+    return f"{int(now)}.M{int(now * 1e6) % 1_000_000}P{os.getpid()}Q{next(_sequence)}.{host}"
+
+
+MAILDIR_SUBDIRS: Final = ("tmp", "new", "cur")
+
+
+def write_maildir(root: Path, sender: str, recipients: Sequence[str], data: bytes) -> list[Outcome]:
+    """One file per recipient, written in tmp/, fsynced, renamed into new/ (synchronous)."""
+    try:
+        for sub in MAILDIR_SUBDIRS:
+            (root / sub).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return [
+            Outcome(r, "transient", f"4.3.0 maildir {root}: {_describe(exc)}") for r in recipients
+        ]
+    outcomes = []
+    for rcpt in recipients:
+        name = maildir_name()
+        tmp, new = root / "tmp" / name, root / "new" / name
+        header = f"Return-Path: <{sender}>\r\nDelivered-To: {rcpt}\r\n".encode()
+        try:
+            with open(tmp, "xb") as f:
+                f.write(header)
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.rename(tmp, new)
+            _fsync_dir(root / "new")
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            outcomes.append(Outcome(rcpt, "transient", f"4.3.0 maildir: {_describe(exc)}"))
+            continue
+        outcomes.append(Outcome(rcpt, "delivered", f"250 2.0.0 maildir {name}"))
+    return outcomes
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,99 @@
+"""``sealpost-gateway queue list | show ID | retry ID | delete ID | flush``.
+
+Like ``postqueue -p`` / ``postsuper``: works on the spool database directly, also while
+the gateway runs (SQLite WAL lets both read, and they take turns to write). ``retry`` and
+``flush`` make pending recipients due now; the running gateway's scheduler sees that at
+its next poll. Mount with ``main(argv, spool_path)``; it returns the exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TextIO
+
+from gateway.dsn import original_headers
+from gateway.spool import Spool, StoredMessage
+
+EXIT_OK = 0
+EXIT_NOT_FOUND = 1
+EXIT_USAGE = 2
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sealpost-gateway queue", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("list", help="every queued message with its recipients' states")
+    for name, text in (
+        ("show", "one message: envelope, recipients, headers"),
+        ("retry", "try one message's pending recipients now"),
+        ("delete", "remove one message from the queue (no DSN)"),
+    ):
+        sub.add_parser(name, help=text).add_argument("id", help="queue id")
+    sub.add_parser("flush", help="try every pending recipient now")
+    return p
+
+
+def main(argv: Sequence[str], spool_path: Path, out: TextIO | None = None) -> int:
+    try:
+        args = parser().parse_args(list(argv))
+    except SystemExit as exc:  # argparse has printed the usage
+        return EXIT_USAGE if exc.code else EXIT_OK
+    return asyncio.run(_run(args, spool_path, out or sys.stdout))
+
+
+async def _run(args: argparse.Namespace, spool_path: Path, out: TextIO) -> int:
+    spool = Spool.open(spool_path)
+    try:
+        command: str = args.command
+        if command == "list":
+            messages = await spool.messages()
+            for m in messages:
+                out.write(format_entry(m))
+            out.write(f"-- {len(messages)} message(s) in queue\n")
+            return EXIT_OK
+        if command == "flush":
+            count = await spool.flush()
+            out.write(f"{count} message(s) due now\n")
+            return EXIT_OK
+        queue_id: str = args.id
+        if command == "show":
+            message = await spool.get(queue_id)
+            found = message is not None
+            if message is not None:
+                out.write(format_entry(message))
+                out.write("\n" + original_headers(message.data).decode("utf-8", "replace") + "\n")
+        elif command == "retry":
+            found = await spool.retry(queue_id)
+            if found:
+                out.write(f"{queue_id}: due now\n")
+        else:
+            found = await spool.delete(queue_id)
+            if found:
+                out.write(f"{queue_id}: deleted\n")
+        if not found:
+            out.write(f"{queue_id}: no such message\n")
+            return EXIT_NOT_FOUND
+        return EXIT_OK
+    finally:
+        await spool.close()
+
+
+def format_entry(m: StoredMessage) -> str:
+    lines = [f"{m.id}  {_when(m.received_at)}  {m.size:>8}  <{m.sender}>  client={m.client}"]
+    for r in m.recipients:
+        line = f"    {r.address}  {r.state}  attempts={r.attempts}"
+        if r.pending:
+            line += f"  next={_when(r.next_attempt)}"
+        if r.last_reply:
+            line += f"  last={r.last_reply!r}"
+        lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
+def _when(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -1,0 +1,561 @@
+"""The durable queue between the SMTP side and delivery.
+
+Choice: one SQLite database (``<spool dir>/spool.sqlite3``) in WAL mode with
+``synchronous=FULL``, rather than one file per message with fsync + rename.
+
+- What survives SIGKILL: every transaction whose COMMIT returned. In WAL mode a commit
+  appends the changed pages to the ``-wal`` file; the next opener replays it. A
+  transaction cut short by the kill was never acknowledged and simply is not there.
+- What a power loss does: ``synchronous=FULL`` makes COMMIT fsync the WAL before it
+  returns, so an acknowledged message survives power loss too (given a disk that honours
+  fsync). ``NORMAL`` would lose the last commits on power loss, which would break the
+  promise behind ``250 Queued``.
+- Cost per message: about 28 KB appended to the WAL (7-8 pages) plus a handful of index
+  pages, and later a second write when a checkpoint copies the pages into the database
+  file. The fsync is shared: a file-per-message spool pays a file fsync, a rename and a
+  directory fsync for every message, SQLite pays one fsync per *transaction*.
+- Group commit: every write (puts from many SMTP sessions, and the scheduler's
+  per-recipient updates) is queued to a single writer task. While the writer's thread
+  runs one transaction and its fsync, new writes pile up; the writer then commits them
+  all in the next transaction, each inside its own SAVEPOINT so that one failing write
+  does not undo the others. ``put`` resolves only once its transaction has committed.
+- Per-recipient state is a row (queued, deferred, delivered, bounced) updated in place,
+  and the queue tool can read and change the database while the gateway runs: WAL lets a
+  second process read, and writers from both take turns on SQLite's lock.
+- Unreadable entries are set aside, never fatal: each message carries the SHA-256 of
+  its data; a row that fails the check or cannot be decoded is moved to the ``corrupt``
+  table and logged. A database file SQLite cannot open at all is moved into
+  ``<spool dir>/corrupt/`` and a new spool is started.
+
+``Spool.open(path)`` is a plain (synchronous) classmethod; every other method is a
+coroutine. All SQLite work runs on one dedicated thread, so the event loop never blocks
+on the disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import hashlib
+import logging
+import math
+import secrets
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final, Literal, TypeVar
+
+log = logging.getLogger("sealpost.spool")
+
+T = TypeVar("T")
+
+DB_NAME: Final = "spool.sqlite3"
+BUSY_TIMEOUT_MS: Final = 10_000
+
+State = Literal["queued", "deferred", "delivered", "bounced"]
+PENDING_STATES: Final = ("queued", "deferred")
+
+_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS messages (
+    id TEXT PRIMARY KEY,
+    sender TEXT NOT NULL,
+    client TEXT NOT NULL,
+    received_at REAL NOT NULL,
+    size INTEGER NOT NULL,
+    sha256 TEXT NOT NULL,
+    data BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS recipients (
+    message_id TEXT NOT NULL,
+    idx INTEGER NOT NULL,
+    address TEXT NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt REAL NOT NULL,
+    last_reply TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (message_id, idx)
+);
+CREATE INDEX IF NOT EXISTS recipients_pending ON recipients (next_attempt)
+    WHERE state IN ('queued', 'deferred');
+CREATE TABLE IF NOT EXISTS corrupt (
+    id TEXT NOT NULL,
+    set_aside_at REAL NOT NULL,
+    reason TEXT NOT NULL,
+    sender TEXT,
+    recipients TEXT,
+    data BLOB
+);
+"""
+
+
+class SpoolError(Exception):
+    """The spool could not commit or read: the caller must not acknowledge the message."""
+
+
+class CorruptEntry(SpoolError):
+    """A stored message could not be read; it has been moved to the corrupt table."""
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """One message as accepted from a client: ``data`` is the sealed message."""
+
+    sender: str  # "" is the null sender
+    recipients: list[str]
+    data: bytes
+    client: str = ""
+    received_at: float = field(default_factory=time.time)
+
+    @property
+    def size(self) -> int:
+        return len(self.data)
+
+
+@dataclass(frozen=True)
+class Recipient:
+    idx: int
+    address: str
+    state: State
+    attempts: int
+    next_attempt: float
+    last_reply: str
+
+    @property
+    def pending(self) -> bool:
+        return self.state in PENDING_STATES
+
+
+@dataclass(frozen=True)
+class StoredMessage:
+    id: str
+    sender: str
+    client: str
+    received_at: float
+    size: int
+    recipients: tuple[Recipient, ...]
+    data: bytes = b""  # empty when listed without the data
+
+    def due(self, now: float) -> list[Recipient]:
+        return [r for r in self.recipients if r.pending and r.next_attempt <= now]
+
+
+@dataclass(frozen=True)
+class Update:
+    """A delivery attempt's result for one recipient (by its index in the envelope)."""
+
+    idx: int
+    state: State
+    reply: str = ""
+    next_attempt: float = 0.0
+
+
+@dataclass(frozen=True)
+class CorruptRecord:
+    id: str
+    set_aside_at: float
+    reason: str
+
+
+def new_queue_id() -> str:
+    """Time-ordered and unique: 13 hex digits of microseconds, then 24 random bits."""
+    return f"{time.time_ns() // 1000:013X}{secrets.token_hex(3).upper()}"
+
+
+class Spool:
+    def __init__(self, path: Path, executor: concurrent.futures.ThreadPoolExecutor) -> None:
+        self.path = path
+        self._executor = executor
+        self._conn: sqlite3.Connection | None = None
+        self._pending: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]] = []
+        self._wake: asyncio.Event | None = None
+        self._writer: asyncio.Task[None] | None = None
+        self._closed = False
+
+    @classmethod
+    def open(cls, path: Path) -> Spool:
+        """Open (creating if needed) the spool in directory ``path``. Synchronous."""
+        path.mkdir(parents=True, exist_ok=True)
+        executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sealpost-spool")
+        spool = cls(path, executor)
+        try:
+            spool._conn = executor.submit(_connect_or_set_aside, path).result()
+        except BaseException:
+            executor.shutdown(wait=False)
+            raise
+        return spool
+
+    async def close(self) -> None:
+        """Commit what is queued, then close. Idempotent."""
+        if self._closed:
+            return
+        if self._writer is not None:
+            # Writes are committed in order: once this no-op is, every earlier one is too.
+            with contextlib.suppress(SpoolError):
+                await self._write(lambda conn: None)
+        self._closed = True
+        if self._writer is not None:
+            self._writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._writer
+        conn = self._conn
+        if conn is not None:
+            await asyncio.get_running_loop().run_in_executor(self._executor, conn.close)
+        self._executor.shutdown(wait=True)
+
+    # -- writing -----------------------------------------------------------------
+
+    async def put(self, envelope: Envelope) -> str:
+        """Store the message; returns its queue id once the commit is on stable storage."""
+        if not envelope.recipients:
+            raise ValueError("an envelope needs at least one recipient")
+        queue_id = new_queue_id()
+        digest = hashlib.sha256(envelope.data).hexdigest()
+        at = envelope.received_at
+
+        def insert(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO messages (id, sender, client, received_at, size, sha256, data)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (queue_id, envelope.sender, envelope.client, at, envelope.size, digest,
+                 envelope.data),
+            )  # fmt: skip
+            conn.executemany(
+                "INSERT INTO recipients (message_id, idx, address, state, next_attempt)"
+                " VALUES (?, ?, ?, 'queued', ?)",
+                [(queue_id, i, rcpt, at) for i, rcpt in enumerate(envelope.recipients)],
+            )
+
+        try:
+            await self._write(insert)
+        except sqlite3.Error as exc:
+            raise SpoolError(f"message not stored: {exc}") from exc
+        log.info(
+            "event=queued id=%s client=%s sender=<%s> nrcpt=%d size=%d",
+            queue_id, envelope.client, envelope.sender, len(envelope.recipients), envelope.size,
+        )  # fmt: skip
+        return queue_id
+
+    async def record(self, queue_id: str, updates: Sequence[Update]) -> bool:
+        """Store one attempt's per-recipient results. Returns True when the message is done
+        (no recipient left to try), in which case it has been removed from the spool."""
+
+        def apply(conn: sqlite3.Connection) -> bool:
+            conn.executemany(
+                "UPDATE recipients SET state = ?, attempts = attempts + 1, next_attempt = ?,"
+                " last_reply = ? WHERE message_id = ? AND idx = ?",
+                [(u.state, u.next_attempt, u.reply[:2000], queue_id, u.idx) for u in updates],
+            )
+            return _remove_if_done(conn, queue_id)
+
+        return bool(await self._write(apply))
+
+    async def retry(self, queue_id: str, now: float | None = None) -> bool:
+        """Make every pending recipient of one message due now. False if no such message."""
+        at = time.time() if now is None else now
+
+        def apply(conn: sqlite3.Connection) -> bool:
+            exists = conn.execute("SELECT 1 FROM messages WHERE id = ?", (queue_id,)).fetchone()
+            conn.execute(
+                "UPDATE recipients SET next_attempt = ? WHERE message_id = ?"
+                " AND state IN ('queued', 'deferred')",
+                (at, queue_id),
+            )
+            return exists is not None
+
+        return bool(await self._write(apply))
+
+    async def flush(self, now: float | None = None) -> int:
+        """Make every pending recipient due now; returns how many messages that touches."""
+        at = time.time() if now is None else now
+
+        def apply(conn: sqlite3.Connection) -> int:
+            (count,) = conn.execute(
+                "SELECT COUNT(DISTINCT message_id) FROM recipients"
+                " WHERE state IN ('queued', 'deferred')"
+            ).fetchone()
+            conn.execute(
+                "UPDATE recipients SET next_attempt = ? WHERE state IN ('queued', 'deferred')",
+                (at,),
+            )
+            return int(count)
+
+        return int(await self._write(apply))
+
+    async def delete(self, queue_id: str) -> bool:
+        def apply(conn: sqlite3.Connection) -> bool:
+            cursor = conn.execute("DELETE FROM messages WHERE id = ?", (queue_id,))
+            conn.execute("DELETE FROM recipients WHERE message_id = ?", (queue_id,))
+            return cursor.rowcount > 0
+
+        deleted = bool(await self._write(apply))
+        if deleted:
+            log.info("event=deleted id=%s", queue_id)
+        return deleted
+
+    # -- reading -----------------------------------------------------------------
+
+    async def due(self, now: float, limit: int, exclude: Iterable[str] = ()) -> list[str]:
+        """Ids of messages with a recipient due at ``now``, earliest first."""
+        skip = set(exclude)
+
+        def query(conn: sqlite3.Connection) -> list[str]:
+            found: list[str] = []
+            for queue_id, _ in _pending_in_order(conn, now):
+                if queue_id not in skip and queue_id not in found:
+                    found.append(queue_id)
+                    if len(found) >= limit:
+                        break
+            return found
+
+        return await self._read(query)
+
+    async def next_due(self, exclude: Iterable[str] = ()) -> float | None:
+        """When the earliest pending recipient (of a message not excluded) is due."""
+        skip = set(exclude)
+
+        def query(conn: sqlite3.Connection) -> float | None:
+            for queue_id, at in _pending_in_order(conn, None):
+                if queue_id not in skip:
+                    return at
+            return None
+
+        return await self._read(query)
+
+    async def load(self, queue_id: str) -> StoredMessage | None:
+        """The message with its data, checked against its digest; None if it is gone.
+        Raises CorruptEntry (after setting the entry aside) when it cannot be read."""
+        try:
+            return await self._read(lambda conn: _load(conn, queue_id, with_data=True))
+        except (_Unreadable, sqlite3.DatabaseError, ValueError, TypeError) as exc:
+            reason = str(exc) or type(exc).__name__
+            await self._write(lambda conn: _set_aside(conn, queue_id, reason))
+            log.error("event=set_aside id=%s reason=%s", queue_id, reason)
+            raise CorruptEntry(f"{queue_id}: {reason}") from exc
+
+    async def messages(self) -> list[StoredMessage]:
+        """Every queued message with its recipients, without the data, oldest first."""
+
+        def query(conn: sqlite3.Connection) -> list[StoredMessage]:
+            ids = [r[0] for r in conn.execute("SELECT id FROM messages ORDER BY received_at, id")]
+            found = (_load(conn, i, with_data=False) for i in ids)
+            return [m for m in found if m is not None]
+
+        return await self._read(query)
+
+    async def get(self, queue_id: str) -> StoredMessage | None:
+        """One message with its data, unchecked (for the queue tool)."""
+        return await self._read(lambda conn: _load(conn, queue_id, with_data=True, check=False))
+
+    async def depth(self) -> int:
+        def query(conn: sqlite3.Connection) -> int:
+            return int(conn.execute("SELECT COUNT(*) FROM messages").fetchone()[0])
+
+        return await self._read(query)
+
+    async def corrupt_entries(self) -> list[CorruptRecord]:
+        def query(conn: sqlite3.Connection) -> list[CorruptRecord]:
+            rows = conn.execute("SELECT id, set_aside_at, reason FROM corrupt ORDER BY rowid")
+            return [CorruptRecord(str(r[0]), float(r[1]), str(r[2])) for r in rows]
+
+        return await self._read(query)
+
+    # -- the one thread that touches SQLite ----------------------------------------
+
+    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        if self._closed or self._conn is None:
+            raise SpoolError("spool is closed")
+        conn = self._conn
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, conn)
+
+    async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        if self._closed:
+            raise SpoolError("spool is closed")
+        loop = asyncio.get_running_loop()
+        if self._writer is None:
+            self._wake = asyncio.Event()
+            self._writer = loop.create_task(self._write_loop(), name="sealpost-spool-writer")
+        future: asyncio.Future[T] = loop.create_future()
+        self._pending.append((fn, future))
+        assert self._wake is not None
+        self._wake.set()
+        return await future
+
+    async def _write_loop(self) -> None:
+        assert self._wake is not None
+        assert self._conn is not None
+        loop = asyncio.get_running_loop()
+        conn = self._conn
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._pending:
+                batch, self._pending = self._pending, []
+                try:
+                    results = await loop.run_in_executor(
+                        self._executor, _commit, conn, [fn for fn, _ in batch]
+                    )
+                except Exception as exc:
+                    log.error("event=commit_failed writes=%d error=%s", len(batch), exc)
+                    error = SpoolError(f"commit failed: {exc}")
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(error)
+                    continue
+                for (_, future), (ok, value) in zip(batch, results, strict=True):
+                    if future.done():  # the caller went away; the write stands
+                        continue
+                    if ok:
+                        future.set_result(value)
+                    else:
+                        future.set_exception(value)
+
+
+class _Unreadable(Exception):
+    pass
+
+
+def _commit(
+    conn: sqlite3.Connection, writes: list[Callable[[sqlite3.Connection], Any]]
+) -> list[tuple[bool, Any]]:
+    """One transaction, one fsync, for every write in the batch."""
+    results: list[tuple[bool, Any]] = []
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for write in writes:
+            conn.execute("SAVEPOINT w")
+            try:
+                value = write(conn)
+            except Exception as exc:
+                conn.execute("ROLLBACK TO w")
+                conn.execute("RELEASE w")
+                results.append((False, exc))
+            else:
+                conn.execute("RELEASE w")
+                results.append((True, value))
+        conn.execute("COMMIT")
+    except BaseException:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+        raise
+    return results
+
+
+def _connect(db: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(db, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise SpoolError(f"{db}: cannot switch to WAL mode (got {mode})")
+        conn.execute("PRAGMA synchronous = FULL")
+        conn.execute("PRAGMA journal_size_limit = 67108864")
+        conn.executescript(_SCHEMA)
+        conn.execute("SELECT COUNT(*) FROM messages").fetchone()
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _connect_or_set_aside(path: Path) -> sqlite3.Connection:
+    db = path / DB_NAME
+    try:
+        return _connect(db)
+    except sqlite3.DatabaseError as exc:
+        if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
+            raise
+        aside = path / "corrupt"
+        aside.mkdir(exist_ok=True)
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        for suffix in ("", "-wal", "-shm"):
+            part = path / (DB_NAME + suffix)
+            if part.exists():
+                part.rename(aside / f"{DB_NAME}{suffix}.{stamp}")
+        log.error("event=set_aside_database path=%s reason=%s moved_to=%s", db, exc, aside)
+        return _connect(db)
+
+
+def _load(
+    conn: sqlite3.Connection, queue_id: str, *, with_data: bool, check: bool = True
+) -> StoredMessage | None:
+    columns = "sender, client, received_at, size, sha256" + (", data" if with_data else "")
+    row = conn.execute(f"SELECT {columns} FROM messages WHERE id = ?", (queue_id,)).fetchone()  # noqa: S608
+    if row is None:
+        return None
+    sender, client, received_at, size, digest = row[:5]
+    data = bytes(row[5]) if with_data else b""
+    if with_data and check and hashlib.sha256(data).hexdigest() != digest:
+        raise _Unreadable("data does not match its SHA-256")
+    recipients = tuple(
+        Recipient(int(i), str(a), _state(s), int(n), float(t), str(r))
+        for i, a, s, n, t, r in conn.execute(
+            "SELECT idx, address, state, attempts, next_attempt, last_reply FROM recipients"
+            " WHERE message_id = ? ORDER BY idx",
+            (queue_id,),
+        )
+    )
+    if not recipients:
+        raise _Unreadable("no recipients")
+    return StoredMessage(
+        str(queue_id), str(sender), str(client), float(received_at), int(size), recipients, data
+    )
+
+
+def _pending_in_order(conn: sqlite3.Connection, until: float | None) -> Iterator[tuple[str, float]]:
+    """Pending recipients' (message id, next attempt), earliest first, read lazily off the
+    partial index: callers stop early, so a deep queue costs no more than a shallow one."""
+    cursor = conn.execute(
+        "SELECT message_id, next_attempt FROM recipients"
+        " WHERE state IN ('queued', 'deferred') AND next_attempt <= ? ORDER BY next_attempt",
+        (math.inf if until is None else until,),
+    )
+    try:
+        for queue_id, at in cursor:
+            yield str(queue_id), float(at)
+    finally:
+        cursor.close()
+
+
+def _state(value: object) -> State:
+    if value == "queued":
+        return "queued"
+    if value == "deferred":
+        return "deferred"
+    if value == "delivered":
+        return "delivered"
+    if value == "bounced":
+        return "bounced"
+    raise _Unreadable(f"unknown recipient state {value!r}")
+
+
+def _remove_if_done(conn: sqlite3.Connection, queue_id: str) -> bool:
+    left = conn.execute(
+        "SELECT 1 FROM recipients WHERE message_id = ? AND state IN ('queued', 'deferred') LIMIT 1",
+        (queue_id,),
+    ).fetchone()
+    if left is not None:
+        return False
+    conn.execute("DELETE FROM messages WHERE id = ?", (queue_id,))
+    conn.execute("DELETE FROM recipients WHERE message_id = ?", (queue_id,))
+    return True
+
+
+def _set_aside(conn: sqlite3.Connection, queue_id: str, reason: str) -> None:
+    rcpts = "\n".join(
+        f"{a} {s}"
+        for a, s in conn.execute(
+            "SELECT address, state FROM recipients WHERE message_id = ? ORDER BY idx", (queue_id,)
+        )
+    )
+    row = conn.execute("SELECT sender, data FROM messages WHERE id = ?", (queue_id,)).fetchone()
+    sender, data = (row[0], row[1]) if row is not None else (None, None)
+    conn.execute(
+        "INSERT INTO corrupt (id, set_aside_at, reason, sender, recipients, data)"
+        " VALUES (?, ?, ?, ?, ?, ?)",
+        (queue_id, time.time(), reason, sender, rcpts, data),
+    )
+    conn.execute("DELETE FROM messages WHERE id = ?", (queue_id,))
+    conn.execute("DELETE FROM recipients WHERE message_id = ?", (queue_id,))

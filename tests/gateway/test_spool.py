@@ -1,0 +1,263 @@
+"""The spool: durable puts, group commit, per-recipient state, corrupt entries set aside."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from gateway.spool import DB_NAME, CorruptEntry, Envelope, Spool, SpoolError, Update
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def envelope(n: int = 0, recipients: int = 2, size: int = 1000) -> Envelope:
+    data = b"Subject: m%d\r\n\r\n" % n + b"x" * size + b"\r\n"
+    rcpts = [f"r{i}@x.example" for i in range(recipients)]
+    return Envelope("s@caisses.example", rcpts, data, client="test")
+
+
+@pytest.fixture
+async def spool(tmp_path: Path) -> AsyncIterator[Spool]:
+    opened = Spool.open(tmp_path / "spool")
+    yield opened
+    await opened.close()
+
+
+async def test_put_then_load_gives_back_the_message_and_queued_recipients(spool: Spool) -> None:
+    sent = envelope(recipients=3)
+    queue_id = await spool.put(sent)
+    loaded = await spool.load(queue_id)
+    assert loaded is not None
+    assert loaded.data == sent.data
+    assert (loaded.sender, loaded.client, loaded.size) == (sent.sender, "test", sent.size)
+    assert [r.address for r in loaded.recipients] == sent.recipients
+    assert {r.state for r in loaded.recipients} == {"queued"}
+    assert await spool.due(time.time() + 1, 10) == [queue_id]
+
+
+async def test_null_sender_is_kept_and_an_envelope_needs_recipients(spool: Spool) -> None:
+    queue_id = await spool.put(Envelope("", ["a@x.example"], b"x\r\n"))
+    loaded = await spool.load(queue_id)
+    assert loaded is not None
+    assert loaded.sender == ""
+    with pytest.raises(ValueError, match="recipient"):
+        await spool.put(Envelope("s@x.example", [], b"x\r\n"))
+
+
+async def test_concurrent_puts_get_distinct_ids_and_all_land(spool: Spool) -> None:
+    ids = await asyncio.gather(*(spool.put(envelope(i)) for i in range(50)))
+    assert len(set(ids)) == 50
+    # Read back through a second connection, as another process would.
+    conn = sqlite3.connect(spool.path / DB_NAME)
+    try:
+        stored = {row[0] for row in conn.execute("SELECT id FROM messages")}
+    finally:
+        conn.close()
+    assert stored == set(ids)
+
+
+async def test_group_commit_batches_puts(spool: Spool, monkeypatch: pytest.MonkeyPatch) -> None:
+    import gateway.spool as module
+
+    batches: list[int] = []
+    real = module._commit
+
+    def counting(conn: sqlite3.Connection, writes: list[object]) -> object:
+        batches.append(len(writes))
+        return real(conn, writes)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(module, "_commit", counting)
+    await asyncio.gather(*(spool.put(envelope(i)) for i in range(40)))
+    assert sum(batches) == 40
+    assert len(batches) < 10, batches
+
+
+async def test_a_failing_write_does_not_undo_the_others_in_its_commit(
+    spool: Spool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gateway.spool as module
+
+    ids = iter(["A", "B", "A", "C"])  # the second "A" collides with the first
+    monkeypatch.setattr(module, "new_queue_id", lambda: next(ids))
+    results = await asyncio.gather(
+        *(spool.put(envelope(i)) for i in range(4)), return_exceptions=True
+    )
+    assert results[:2] == ["A", "B"]
+    assert isinstance(results[2], SpoolError)
+    assert results[3] == "C"
+    assert sorted(m.id for m in await spool.messages()) == ["A", "B", "C"]
+    loaded = await spool.load("A")
+    assert loaded is not None
+    assert loaded.data == envelope(0).data
+
+
+async def test_record_moves_recipients_through_their_states(spool: Spool) -> None:
+    queue_id = await spool.put(envelope(recipients=3))
+    later = time.time() + 60
+    done = await spool.record(
+        queue_id,
+        [
+            Update(0, "delivered", "250 ok"),
+            Update(1, "deferred", "451 later", next_attempt=later),
+            Update(2, "bounced", "550 no"),
+        ],
+    )
+    assert not done
+    loaded = await spool.load(queue_id)
+    assert loaded is not None
+    states = [(r.state, r.attempts, r.last_reply) for r in loaded.recipients]
+    assert states == [
+        ("delivered", 1, "250 ok"),
+        ("deferred", 1, "451 later"),
+        ("bounced", 1, "550 no"),
+    ]
+    assert await spool.due(time.time(), 10) == []
+    assert await spool.next_due() == pytest.approx(later)
+    assert await spool.due(later, 10) == [queue_id]
+
+    assert await spool.record(queue_id, [Update(1, "delivered", "250 ok")])
+    assert await spool.load(queue_id) is None
+    assert await spool.depth() == 0
+
+
+async def test_due_skips_excluded_and_respects_limit(spool: Spool) -> None:
+    ids = [await spool.put(envelope(i)) for i in range(5)]
+    now = time.time() + 1
+    assert await spool.due(now, 2) == ids[:2]
+    assert await spool.due(now, 2, exclude=ids[:2]) == ids[2:4]
+    assert await spool.next_due(exclude=ids) is None
+
+
+async def test_retry_flush_and_delete(spool: Spool) -> None:
+    first, second = await spool.put(envelope(1)), await spool.put(envelope(2))
+    far = time.time() + 3600
+    for queue_id in (first, second):
+        await spool.record(
+            queue_id, [Update(0, "deferred", "451", far), Update(1, "deferred", "451", far)]
+        )
+    now = time.time()
+    assert await spool.due(now, 10) == []
+    assert await spool.retry(first, now)
+    assert await spool.due(now, 10) == [first]
+    assert await spool.flush(now) == 2
+    assert sorted(await spool.due(now, 10)) == sorted([first, second])
+    assert await spool.delete(first)
+    assert not await spool.delete(first)
+    assert not await spool.retry(first)
+    assert [m.id for m in await spool.messages()] == [second]
+
+
+async def test_entry_with_damaged_data_is_set_aside_not_fatal(
+    spool: Spool, caplog: pytest.LogCaptureFixture
+) -> None:
+    good, bad = await spool.put(envelope(1)), await spool.put(envelope(2))
+    conn = sqlite3.connect(spool.path / DB_NAME)
+    try:
+        conn.execute("UPDATE messages SET data = ? WHERE id = ?", (b"garbage", bad))
+        conn.commit()
+    finally:
+        conn.close()
+    with pytest.raises(CorruptEntry):
+        await spool.load(bad)
+    assert await spool.load(bad) is None
+    assert [m.id for m in await spool.messages()] == [good]
+    (record,) = await spool.corrupt_entries()
+    assert record.id == bad
+    assert "SHA-256" in record.reason
+    logged = [(r.name, r.levelname) for r in caplog.records if f"id={bad}" in r.getMessage()]
+    assert logged[-1] == ("sealpost.spool", "ERROR")
+    assert await spool.load(good) is not None
+
+
+async def test_unopenable_database_is_moved_aside_and_a_new_spool_started(tmp_path: Path) -> None:
+    path = tmp_path / "spool"
+    path.mkdir()
+    (path / DB_NAME).write_bytes(b"this is not a database" * 100)
+    spool = Spool.open(path)
+    try:
+        assert await spool.depth() == 0
+        await spool.put(envelope())
+    finally:
+        await spool.close()
+    aside = list((path / "corrupt").iterdir())
+    assert len(aside) == 1
+    assert aside[0].read_bytes().startswith(b"this is not a database")
+
+
+async def test_messages_survive_close_and_reopen(tmp_path: Path) -> None:
+    spool = Spool.open(tmp_path / "s")
+    ids = await asyncio.gather(*(spool.put(envelope(i)) for i in range(10)))
+    await spool.close()
+    reopened = Spool.open(tmp_path / "s")
+    try:
+        assert sorted(m.id for m in await reopened.messages()) == sorted(ids)
+    finally:
+        await reopened.close()
+
+
+PUTTER = """
+import asyncio, sys
+from pathlib import Path
+from gateway.spool import Envelope, Spool
+
+async def main() -> None:
+    spool = Spool.open(Path(sys.argv[1]))
+    async def putter(n: int) -> None:
+        i = 0
+        while True:
+            i += 1
+            data = b"Subject: %d-%d\\r\\n\\r\\n" % (n, i) + b"y" * 28000
+            queue_id = await spool.put(Envelope("s@c.example", ["a@x.example"], data))
+            print(queue_id, flush=True)
+    await asyncio.gather(*(putter(n) for n in range(20)))
+
+asyncio.run(main())
+"""
+
+
+def test_every_acknowledged_message_survives_sigkill(tmp_path: Path) -> None:
+    path = tmp_path / "spool"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", PUTTER, str(path)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    acknowledged: list[str] = []
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 30
+    try:
+        while len(acknowledged) < 300 and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            acknowledged.append(line.decode().strip())
+        proc.send_signal(signal.SIGKILL)
+        # Ids printed after our last read were acknowledged too: collect them.
+        acknowledged += [x.decode().strip() for x in proc.stdout.read().splitlines()]
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+    assert len(acknowledged) >= 300
+
+    async def check() -> None:
+        spool = Spool.open(path)
+        try:
+            for queue_id in acknowledged:
+                message = await spool.load(queue_id)
+                assert message is not None, queue_id
+                assert len(message.data) > 28000
+            assert await spool.corrupt_entries() == []
+        finally:
+            await spool.close()
+
+    asyncio.run(check())
