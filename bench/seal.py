@@ -29,7 +29,7 @@ from gateway.seal import DocumentRules, seal
 from keys import pki
 from keys.signing import SigningMaterial
 
-REFERENCE = Path("/work/shared/bench/postfix-opendkim/message.eml")
+REFERENCE = Path(__file__).resolve().parents[2] / "shared/bench/postfix-opendkim/message.eml"
 
 
 def material() -> SigningMaterial:

@@ -12,24 +12,28 @@ import datetime as dt
 import email
 import hashlib
 import re
-import subprocess
 from email import policy
 from email.message import EmailMessage
 from pathlib import Path
 
-import dkim
 import pytest
 from asn1crypto import cms as asn1_cms
-from cryptography.hazmat.primitives import serialization
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from gateway.seal import DocumentRules, Sealed, SealError, seal
 from keys.signing import SigningMaterial
+from tests.checks import (
+    REFERENCE,
+    crlf,
+    dkimpy_results,
+    dns_records,
+    mail_dkim_results,
+    openssl_verifies,
+    root_pem,
+)
 from tests.conftest import make_material
 
-REFERENCE = Path("/work/shared/bench/postfix-opendkim/message.eml")
-DKIM_VERIFY_PL = Path(__file__).with_name("dkim_verify.pl")
 NOW = dt.datetime(2026, 3, 1, 5, 0, 7, tzinfo=dt.UTC)
 PDF = b"%PDF-1.4\n" + bytes(range(256)) * 40 + b"\n%%EOF\n"
 PDF_B64 = base64.encodebytes(PDF).replace(b"\n", b"\r\n")
@@ -42,10 +46,6 @@ HEADERS = (
     b"Message-ID: <decompte-123@caisses.example>\r\n"
     b"MIME-Version: 1.0\r\n"
 )
-
-
-def crlf(data: bytes) -> bytes:
-    return re.sub(rb"\r?\n", b"\r\n", data)
 
 
 def pdf_part(disposition: bytes = b'attachment; filename="decompte-123.pdf"') -> bytes:
@@ -66,77 +66,6 @@ def multipart(subtype: bytes, boundary: bytes, *parts: bytes) -> bytes:
 
 
 TEXT_PART = b"Content-Type: text/plain; charset=us-ascii\r\n\r\nBonjour,\r\nci-joint.\r\n"
-
-
-# --- independent checkers ----------------------------------------------------------------
-
-
-def dns_records(material: SigningMaterial) -> dict[str, str]:
-    rsa_public = material.rsa_key.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    ed_public = material.ed25519_key.public_key().public_bytes(
-        serialization.Encoding.Raw, serialization.PublicFormat.Raw
-    )
-    domain = material.domain
-    return {
-        f"{material.rsa_selector}._domainkey.{domain}": "v=DKIM1; k=rsa; p="
-        + base64.b64encode(rsa_public).decode(),
-        f"{material.ed25519_selector}._domainkey.{domain}": "v=DKIM1; k=ed25519; p="
-        + base64.b64encode(ed_public).decode(),
-    }
-
-
-def dkimpy_results(data: bytes, records: dict[str, str]) -> list[bool]:
-    def dnsfunc(name: bytes, timeout: int = 5) -> bytes | None:
-        record = records.get(name.decode().rstrip("."))
-        return record.encode() if record else None
-
-    verifier = dkim.DKIM(data)
-    count = sum(1 for name, _ in verifier.headers if name.lower() == b"dkim-signature")
-    return [_verifies(verifier, i, dnsfunc) for i in range(count)]
-
-
-def _verifies(verifier: dkim.DKIM, index: int, dnsfunc: object) -> bool:
-    try:
-        return bool(verifier.verify(idx=index, dnsfunc=dnsfunc))
-    except dkim.ValidationError:  # how dkimpy reports some failures, a body hash mismatch
-        return False
-
-
-def mail_dkim_results(data: bytes, records: dict[str, str], tmp_path: Path) -> list[str]:
-    """Perl Mail::DKIM's verdict per signature: lines like 'pass a=rsa-sha256 ...'."""
-    record_file = tmp_path / "records.txt"
-    record_file.write_text("".join(f"{name} {value}\n" for name, value in records.items()))
-    result = subprocess.run(
-        ["perl", str(DKIM_VERIFY_PL), str(record_file)],
-        input=data,
-        capture_output=True,
-        timeout=30,
-        check=True,
-    )
-    return result.stdout.decode().splitlines()
-
-
-def openssl_verifies(signature: bytes, document: bytes, root_pem: bytes, tmp_path: Path) -> bool:
-    (tmp_path / "doc").write_bytes(document)
-    (tmp_path / "doc.p7s").write_bytes(signature)
-    (tmp_path / "root.pem").write_bytes(root_pem)
-    result = subprocess.run(
-        [
-            "openssl", "cms", "-verify", "-binary", "-inform", "DER",
-            "-in", str(tmp_path / "doc.p7s"), "-content", str(tmp_path / "doc"),
-            "-CAfile", str(tmp_path / "root.pem"), "-purpose", "any", "-out", "/dev/null",
-        ],
-        capture_output=True,
-        timeout=30,
-        check=False,
-    )  # fmt: skip
-    return result.returncode == 0
-
-
-def root_pem(material: SigningMaterial) -> bytes:
-    return material.chain[-1].public_bytes(serialization.Encoding.PEM)
 
 
 def parsed(data: bytes) -> EmailMessage:

@@ -15,17 +15,8 @@ from gateway.seal import DocumentRules, SealError
 from gateway.sealer import Sealer
 from keys import store
 from keys.signing import SigningKeys, SigningMaterial
-from tests.gateway.test_seal import (
-    REFERENCE,
-    crlf,
-    dkimpy_results,
-    dns_records,
-    openssl_verifies,
-    parsed,
-    payload,
-    root_pem,
-    signed_pairs,
-)
+from tests.checks import REFERENCE, crlf, dkimpy_results, dns_records, openssl_verifies, root_pem
+from tests.gateway.test_seal import parsed, payload, signed_pairs
 
 DOMAIN = "caisses.example"
 STATEMENT = crlf(REFERENCE.read_bytes())
