@@ -1,0 +1,171 @@
+"""Benchmark (not a test): API verifications of sealed statement emails against a real
+`sealpost-verifier` (uvicorn, N worker processes) on 127.0.0.1.
+
+    .venv/bin/python bench/verifier.py [--requests 2000] [--concurrency 16] [--workers 2]
+
+Prints verifications/s, p50/p99 latency and the server's peak RSS. Target on a 2-core
+machine: at least 150 verifications/s with p99 under 150 ms. The client shares the cores
+with the server, so the figures are conservative.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.conftest import make_material  # noqa: E402
+from tests.verifier.conftest import (  # noqa: E402
+    KeyHistory,
+    reference_message,
+    seal,
+    write_archive,
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def process_tree(pid: int) -> list[int]:
+    found = [pid]
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return found
+    for child in children:
+        found.extend(process_tree(int(child)))
+    return found
+
+
+def peak_rss_kib(pid: int) -> int:
+    """VmHWM (peak resident set) summed over the server and its worker processes."""
+    total = 0
+    for member in process_tree(pid):
+        try:
+            for line in Path(f"/proc/{member}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    total += int(line.split()[1])
+        except OSError:
+            continue
+    return total
+
+
+async def wait_ready(url: str, deadline: float) -> None:
+    async with httpx.AsyncClient() as client:
+        while time.monotonic() < deadline:
+            try:
+                if (await client.get(url + "/healthz")).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            await asyncio.sleep(0.1)
+    raise SystemExit("the verifier did not start")
+
+
+async def _post(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes
+) -> bytes:
+    """One HTTP/1.1 exchange on a kept-alive connection. A bare client, so that the load
+    tool's own cost (httpx costs more CPU per request than the verifier) stays small on
+    the two cores it shares with the server."""
+    writer.write(request)
+    await writer.drain()
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    body = await reader.readexactly(length)
+    if not head.startswith(b"HTTP/1.1 200 ") or b'"verdict":"authentic"' not in body:
+        raise SystemExit(f"unexpected answer: {head.splitlines()[0]!r}")
+    return body
+
+
+async def load(port: int, email: bytes, requests: int, concurrency: int) -> list[float]:
+    latencies: list[float] = []
+    remaining = iter(range(requests))
+    request = (
+        b"POST /api/v1/verify HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Content-Type: message/rfc822\r\nContent-Length: "
+        + str(len(email)).encode()
+        + b"\r\n\r\n"
+        + email
+    )
+
+    async def client() -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            for _ in remaining:
+                started = time.perf_counter()
+                await _post(reader, writer, request)
+                latencies.append(time.perf_counter() - started)
+        finally:
+            writer.close()
+
+    await asyncio.gather(*(client() for _ in range(concurrency)))
+    return latencies
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args()
+
+    material = make_material()
+    email = seal(reference_message(), material)
+    with tempfile.TemporaryDirectory(prefix="sealpost-bench-") as tmp:
+        archive = write_archive(Path(tmp) / "public", [(material, KeyHistory())])
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        command = [
+            sys.executable, "-m", "verifier", "--port", str(port), "--archive", str(archive),
+            "--workers", str(args.workers), "--rate-limit", "0",
+        ]  # fmt: skip
+        server = subprocess.Popen(
+            command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        try:
+            asyncio.run(wait_ready(url, time.monotonic() + 30))
+            asyncio.run(load(port, email, min(50, args.requests), args.concurrency))  # warm-up
+            started = time.perf_counter()
+            latencies = asyncio.run(load(port, email, args.requests, args.concurrency))
+            elapsed = time.perf_counter() - started
+            rss = peak_rss_kib(server.pid)
+        finally:
+            server.terminate()
+            server.wait(timeout=10)
+    latencies.sort()
+    p50 = statistics.median(latencies) * 1000
+    p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000
+    print(f"email size           {len(email) / 1024:.1f} KB")
+    print(f"verifications        {len(latencies)} with {args.concurrency} clients")
+    print(f"server workers       {args.workers}")
+    print(f"verifications/s      {len(latencies) / elapsed:.0f}")
+    print(f"latency p50          {p50:.1f} ms")
+    print(f"latency p99          {p99:.1f} ms")
+    print(f"peak RSS (server)    {rss / 1024:.0f} MiB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,207 @@
+"""The CMS checks one by one, and agreement with `openssl cms -verify` on the same files."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import subprocess
+from pathlib import Path
+
+import pytest
+from asn1crypto import algos
+from asn1crypto import cms as asn1_cms
+from asn1crypto import x509 as asn1_x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import pkcs7
+
+from keys import pki
+from keys.archive import parse_archive
+from keys.signing import SigningMaterial
+from tests.conftest import ORG
+from tests.verifier.conftest import KeyHistory, archive_document, cms_detached
+from verifier.cms_check import check_document
+from verifier.report import DocStatus
+from verifier.trust import Trust
+
+DOCUMENT = b"%PDF-1.4\n" + bytes(range(256)) * 40
+NOW = dt.datetime.now(dt.UTC)
+
+
+@pytest.fixture(scope="module")
+def signature(material: SigningMaterial) -> bytes:
+    return cms_detached(DOCUMENT, material)
+
+
+def test_a_valid_signature_reports_its_signer(
+    material: SigningMaterial, signature: bytes, trust: Trust
+) -> None:
+    check = check_document("d.pdf", DOCUMENT, signature, trust, NOW)
+    assert check.status is DocStatus.VALID, check.reason
+    assert check.signer is not None
+    assert check.signer.sha256 == pki.fingerprint(material.certificate)
+    assert check.signer.serial == pki.serial_hex(material.certificate)
+    assert "statement signing 202611" in check.signer.subject
+    assert check.signing_time is not None
+    assert abs(check.signing_time - NOW) < dt.timedelta(minutes=5)
+
+
+@pytest.mark.parametrize("offset", [0, 100, len(DOCUMENT) - 1])
+def test_any_changed_byte_is_a_digest_mismatch(signature: bytes, trust: Trust, offset: int) -> None:
+    changed = bytearray(DOCUMENT)
+    changed[offset] ^= 0x80
+    check = check_document("d.pdf", bytes(changed), signature, trust, NOW)
+    assert check.status is DocStatus.INVALID
+    assert check.reason == "digest_mismatch"
+
+
+def test_a_signature_over_other_attributes_is_bad(signature: bytes, trust: Trust) -> None:
+    """The digest attribute is intact but the signature value is not: the signed
+    attributes are checked, not only the digest."""
+    info = asn1_cms.ContentInfo.load(signature)
+    signer = info["content"]["signer_infos"][0]
+    raw = bytearray(signer["signature"].native)
+    raw[-1] ^= 0x01
+    signer["signature"] = bytes(raw)
+    forged = info.dump(force=True)
+    check = check_document("d.pdf", DOCUMENT, forged, trust, NOW)
+    assert check.status is DocStatus.INVALID
+    assert check.reason in ("bad_signature", "malformed_signature")
+
+
+def test_a_certificate_from_another_root_is_not_the_fund_s(trust: Trust) -> None:
+    from tests.conftest import make_material
+
+    stranger = make_material()
+    check = check_document("d.pdf", DOCUMENT, cms_detached(DOCUMENT, stranger), trust, NOW)
+    assert check.reason == "not_fund_root"
+
+
+def test_a_certificate_the_fund_never_published_is_refused(material: SigningMaterial) -> None:
+    """Issued by a root the archive lists (by mistake, or by a thief of the root key) but
+    not itself in the archive: not one of the fund's signing certificates."""
+    key = pki.new_root_key()
+    root = pki.make_root(key, ORG, NOW)
+    cert_key = pki.new_signing_cert_key()
+    cert = pki.issue_signing_certificate(
+        pki.Issuer(root, key), cert_key, ORG, "caisses.example", "202611", NOW
+    )
+    unpublished = dataclasses.replace(
+        material, certificate=cert, certificate_key=cert_key, chain=(root,)
+    )
+    trust = Trust(parse_archive(archive_document([(material, KeyHistory())], (root,))))
+    signature = cms_detached(DOCUMENT, unpublished)
+    assert check_document("d.pdf", DOCUMENT, signature, trust, NOW).reason == (
+        "certificate_not_in_archive"
+    )
+
+
+def test_a_signing_time_outside_the_certificate_validity_is_refused(
+    material: SigningMaterial, trust: Trust
+) -> None:
+    later = NOW + dt.timedelta(days=800)
+    signature = _sign_at(material, later)
+    check = check_document("d.pdf", DOCUMENT, signature, trust, later)
+    assert check.reason == "signed_outside_validity"
+
+
+def _sign_at(material: SigningMaterial, when: dt.datetime) -> bytes:
+    """A detached signature whose signingTime is `when`, assembled with asn1crypto."""
+    digest = hashes.Hash(hashes.SHA256())
+    digest.update(DOCUMENT)
+    attrs = asn1_cms.CMSAttributes(
+        [
+            {"type": "content_type", "values": ["data"]},
+            {"type": "signing_time", "values": [asn1_cms.Time({"utc_time": when})]},
+            {"type": "message_digest", "values": [digest.finalize()]},
+        ]
+    )
+    signature = material.certificate_key.sign(attrs.dump(), ec.ECDSA(hashes.SHA256()))
+    cert = asn1_x509.Certificate.load(material.certificate.public_bytes(serialization.Encoding.DER))
+    sha256 = algos.DigestAlgorithm({"algorithm": "sha256"})
+    signer = asn1_cms.SignerInfo(
+        {
+            "version": "v1",
+            "sid": asn1_cms.SignerIdentifier(
+                {
+                    "issuer_and_serial_number": {
+                        "issuer": cert.issuer,
+                        "serial_number": cert.serial_number,
+                    }
+                }
+            ),
+            "digest_algorithm": sha256,
+            "signed_attrs": attrs,
+            "signature_algorithm": algos.SignedDigestAlgorithm({"algorithm": "sha256_ecdsa"}),
+            "signature": signature,
+        }
+    )
+    signed = asn1_cms.SignedData(
+        {
+            "version": "v1",
+            "digest_algorithms": [sha256],
+            "encap_content_info": {"content_type": "data"},
+            "certificates": [cert],
+            "signer_infos": [signer],
+        }
+    )
+    der: bytes = asn1_cms.ContentInfo({"content_type": "signed_data", "content": signed}).dump()
+    return der
+
+
+def test_a_hand_built_signature_verifies_like_the_builder_s(
+    material: SigningMaterial, trust: Trust
+) -> None:
+    signature = _sign_at(material, NOW)
+    assert check_document("d.pdf", DOCUMENT, signature, trust, NOW).status is DocStatus.VALID
+
+
+def test_a_signing_time_in_the_future_is_refused(material: SigningMaterial, trust: Trust) -> None:
+    signature = _sign_at(material, NOW + dt.timedelta(days=2))
+    assert check_document("d.pdf", DOCUMENT, signature, trust, NOW).reason == "signed_in_future"
+
+
+def test_an_attached_signature_is_not_a_detached_one(
+    material: SigningMaterial, trust: Trust
+) -> None:
+    attached = (
+        pkcs7.PKCS7SignatureBuilder()
+        .set_data(DOCUMENT)
+        .add_signer(material.certificate, material.certificate_key, hashes.SHA256())
+        .sign(serialization.Encoding.DER, [pkcs7.PKCS7Options.Binary])
+    )
+    assert check_document("d.pdf", DOCUMENT, attached, trust, NOW).reason == "not_detached"
+
+
+@pytest.mark.parametrize(
+    "garbage", [b"", b"\x30", b"\x30\x03\x02\x01\x01", b"not der at all", b"\x30\x80" * 100]
+)
+def test_garbage_is_a_malformed_signature(trust: Trust, garbage: bytes) -> None:
+    check = check_document("d.pdf", DOCUMENT, garbage, trust, NOW)
+    assert check.status is DocStatus.INVALID
+    assert check.reason in ("malformed_signature", "not_signed_data")
+
+
+def test_a_missing_document_is_named(signature: bytes, trust: Trust) -> None:
+    assert check_document("d.pdf", None, signature, trust, NOW).reason == "document_missing"
+
+
+def test_openssl_agrees(
+    material: SigningMaterial, signature: bytes, trust: Trust, tmp_path: Path
+) -> None:
+    """What the /openssl page tells insurers to run gives the same answer as we do."""
+    (tmp_path / "d.pdf").write_bytes(DOCUMENT)
+    (tmp_path / "d.pdf.p7s").write_bytes(signature)
+    (tmp_path / "root.pem").write_bytes(trust.roots_pem())
+    (tmp_path / "bad.pdf").write_bytes(DOCUMENT + b"x")
+    command = [
+        "openssl", "cms", "-verify", "-binary", "-inform", "DER", "-in", "d.pdf.p7s",
+        "-CAfile", "root.pem", "-purpose", "any", "-out", "/dev/null", "-content",
+    ]  # fmt: skip
+    good = subprocess.run([*command, "d.pdf"], cwd=tmp_path, capture_output=True, timeout=30)
+    assert good.returncode == 0, good.stderr
+    bad = subprocess.run([*command, "bad.pdf"], cwd=tmp_path, capture_output=True, timeout=30)
+    assert bad.returncode != 0
+    assert check_document("bad.pdf", DOCUMENT + b"x", signature, trust, NOW).status is (
+        DocStatus.INVALID
+    )

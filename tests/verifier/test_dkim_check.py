@@ -1,0 +1,116 @@
+"""DKIM checks against the archive: why a signature fails, in words a person can use."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.verifier.conftest import replace_header
+from verifier.dkim_check import check_dkim, signature_domain
+from verifier.report import DkimStatus
+from verifier.trust import Trust
+
+pytestmark = pytest.mark.usefixtures("no_network")
+
+
+def signatures(raw: bytes) -> list[bytes]:
+    from email import message_from_bytes
+
+    return [v.encode() for v in message_from_bytes(raw).get_all("DKIM-Signature", [])]
+
+
+def test_both_fund_signatures_pass_from_the_archive_without_dns(
+    sealed: bytes, trust: Trust
+) -> None:
+    checks = check_dkim(sealed, signatures(sealed), trust)
+    assert [(c.domain, c.status) for c in checks] == [
+        ("caisses.example", DkimStatus.PASS),
+        ("caisses.example", DkimStatus.PASS),
+    ]
+    assert all(c.key is not None and c.key.generation == "202611" for c in checks)
+
+
+def test_an_appended_footer_is_a_body_change(sealed: bytes, trust: Trust) -> None:
+    footer = sealed + b"\r\n-- \r\nSent from my relay\r\n"
+    checks = check_dkim(footer, signatures(footer), trust)
+    assert {(c.status, c.reason) for c in checks} == {(DkimStatus.FAIL, "body_changed")}
+
+
+def test_a_changed_date_is_a_header_change(sealed: bytes, trust: Trust) -> None:
+    raw = replace_header(sealed, b"Date", b"Mon, 02 Mar 2026 06:00:00 +0100")
+    checks = check_dkim(raw, signatures(raw), trust)
+    assert {(c.status, c.reason) for c in checks} == {(DkimStatus.FAIL, "header_changed")}
+
+
+def test_an_added_oversigned_header_is_a_header_change(sealed: bytes, trust: Trust) -> None:
+    """A second Subject cannot be slipped in: the gateway oversigns it."""
+    raw = b"Subject: URGENT pay now\r\n" + sealed
+    checks = check_dkim(raw, signatures(raw), trust)
+    assert {c.status for c in checks} == {DkimStatus.FAIL}
+
+
+def test_a_signature_naming_the_wrong_algorithm_is_invalid(trust: Trust, sealed: bytes) -> None:
+    raw = sealed.replace(b"a=ed25519-sha256", b"a=rsa-sha256", 1)
+    checks = check_dkim(raw, signatures(raw), trust)
+    assert "algorithm_mismatch" in {c.reason for c in checks}
+
+
+def test_rsa_sha1_is_refused(trust: Trust, sealed: bytes) -> None:
+    raw = sealed.replace(b"a=rsa-sha256", b"a=rsa-sha1", 1)
+    checks = check_dkim(raw, signatures(raw), trust)
+    assert (checks[0].status, checks[0].reason) == (DkimStatus.INVALID, "weak_algorithm")
+
+
+def test_an_expired_signature_says_so(sealed: bytes, trust: Trust) -> None:
+    raw = sealed.replace(b"; t=", b"; x=1000000000; t=", 1)
+    checks = check_dkim(raw, signatures(raw), trust)
+    assert checks[0].status is DkimStatus.INVALID
+    assert checks[0].reason in ("expired", "malformed")
+
+
+def test_a_message_dkimpy_cannot_split_still_lists_its_signatures(
+    sealed: bytes, trust: Trust
+) -> None:
+    raw = b"not a header line\r\n" + sealed
+    checks = check_dkim(raw, signatures(sealed), trust)
+    assert len(checks) == 2
+    assert {c.reason for c in checks} == {"unparseable_message"}
+
+
+def test_garbage_tag_lists_are_malformed_not_crashes(trust: Trust) -> None:
+    raw = b"DKIM-Signature: ;;;===\r\nFrom: a@b.example\r\n\r\nbody\r\n"
+    checks = check_dkim(raw, [b";;;==="], trust)
+    assert checks[0].status is DkimStatus.INVALID
+
+
+@pytest.mark.parametrize(
+    ("value", "domain"),
+    [
+        (b"v=1; d=Caisses.Example.; s=x", "caisses.example"),
+        (b"garbage", ""),
+        (b"d=\xff\xfe; s=1", "\ufffd\ufffd"),
+    ],
+)
+def test_signature_domain(value: bytes, domain: str) -> None:
+    assert signature_domain(value) == domain
+
+
+def test_a_huge_folded_header_is_not_handed_to_dkimpy(sealed: bytes, trust: Trust) -> None:
+    """dkimpy unfolds headers in quadratic time: 2.5 million folded lines would stall a
+    worker for minutes. Past the limit the signatures are reported, not checked."""
+    import time
+
+    raw = b"Subject: x" + b"\r\n y" * 2_500_000 + b"\r\n" + sealed
+    started = time.monotonic()
+    checks = check_dkim(raw, signatures(sealed), trust)
+    assert time.monotonic() - started < 2
+    assert {c.reason for c in checks} == {"headers_too_large"}
+
+
+def test_only_the_first_signatures_are_checked(sealed: bytes, trust: Trust) -> None:
+    """Each check hashes the body again: a thousand bogus signatures must not multiply
+    the work by a thousand."""
+    bogus = b"DKIM-Signature: v=1; a=rsa-sha256; d=caisses.example; s=s202611r; b=y\r\n"
+    raw = bogus * 1000 + sealed
+    checks = check_dkim(raw, signatures(raw), trust)
+    assert len(checks) == 1002
+    assert sum(c.reason == "too_many_signatures" for c in checks) == 1002 - 8

@@ -1,0 +1,50 @@
+"""multipart/form-data parsed in memory."""
+
+from __future__ import annotations
+
+import pytest
+
+from verifier.formdata import MAX_PARTS, FormError, parse_form
+
+CT = "multipart/form-data; boundary=XyZ"
+
+
+def body(*parts: tuple[str, str | None, bytes]) -> bytes:
+    out = b""
+    for name, filename, data in parts:
+        disposition = f'form-data; name="{name}"'
+        if filename is not None:
+            disposition += f'; filename="{filename}"'
+        out += b"--XyZ\r\nContent-Disposition: " + disposition.encode() + b"\r\n"
+        out += b"Content-Type: application/octet-stream\r\n\r\n" + data + b"\r\n"
+    return out + b"--XyZ--\r\n"
+
+
+def test_files_and_fields_come_back_whole() -> None:
+    data = bytes(range(256)) * 100 + b"\r\n--XyZ-not-a-boundary"
+    parts = parse_form(body(("file", "a.eml", data), ("lang", None, b"en")), CT)
+    assert parts["file"].filename == "a.eml"
+    assert bytes(parts["file"].data) == data
+    assert bytes(parts["lang"].data) == b"en"
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    ["multipart/form-data", "text/plain; boundary=XyZ", "multipart/form-data; boundary="],
+)
+def test_a_wrong_content_type_is_refused(content_type: str) -> None:
+    with pytest.raises(FormError):
+        parse_form(body(("file", "a", b"x")), content_type)
+
+
+def test_too_many_parts_are_refused() -> None:
+    with pytest.raises(FormError):
+        parse_form(body(*[(f"f{i}", None, b"x") for i in range(MAX_PARTS + 1)]), CT)
+
+
+def test_garbage_is_a_form_error_or_empty() -> None:
+    try:
+        parts = parse_form(b"--XyZ\r\nno headers end", CT)
+    except FormError:
+        return
+    assert all(not p.data for p in parts.values())

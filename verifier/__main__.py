@@ -1,0 +1,76 @@
+"""`sealpost-verifier`: serve the verifier with uvicorn.
+
+With no arguments it serves 127.0.0.1:8080 and reads the public archive in var/public.
+Settings come from SEALPOST_VERIFIER_* variables, then from the command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import uvicorn
+
+from verifier.settings import Settings, SettingsError, from_env, to_env
+
+
+def parse_args(argv: Sequence[str] | None, base: Settings) -> Settings:
+    parser = argparse.ArgumentParser(
+        prog="sealpost-verifier", description="Statement verifier (web form and JSON API)."
+    )
+    parser.add_argument("--host", default=base.host)
+    parser.add_argument("--port", type=int, default=base.port)
+    parser.add_argument(
+        "--archive",
+        type=Path,
+        default=base.archive_dir,
+        help="directory holding archive.json (default: %(default)s)",
+    )
+    parser.add_argument("--workers", type=int, default=base.workers)
+    parser.add_argument(
+        "--rate-limit",
+        type=int,
+        default=base.rate_limit_per_minute,
+        help="verifications per minute per client address, 0 for none",
+    )
+    args = parser.parse_args(argv)
+    if args.workers < 1:
+        parser.error("--workers must be at least 1")
+    return dataclasses.replace(
+        base,
+        host=args.host,
+        port=args.port,
+        archive_dir=args.archive,
+        workers=args.workers,
+        rate_limit_per_minute=args.rate_limit,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        settings = parse_args(argv, from_env())
+    except SettingsError as exc:
+        print(f"sealpost-verifier: {exc}", file=sys.stderr)
+        return 2
+    # Worker processes rebuild the app from the environment; the launcher's view wins.
+    os.environ.update(to_env(settings))
+    uvicorn.run(
+        "verifier.app:app_from_env",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=settings.workers,
+        proxy_headers=False,  # the rate limit keys on the peer address; no spoofing by header
+        server_header=False,
+        access_log=True,
+        log_level="info",
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

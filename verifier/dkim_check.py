@@ -1,0 +1,151 @@
+"""Checks every DKIM-Signature of a message with dkimpy, keys served from the public archive.
+
+Never live DNS: the archive is authoritative for the fund's domains and keeps keys that
+have left DNS, so an old statement still verifies. Other domains' signatures (a relay's,
+a forwarder's) are listed but not checked.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any
+
+import dkim
+from dkim.util import InvalidTagValueList, parse_tag_value
+
+from keys.archive import PublicDkimKey
+from verifier.report import DkimCheck, DkimStatus, KeyInfo
+from verifier.trust import Trust
+
+# dkimpy logs through the logger it is given; ours goes nowhere, so nothing derived from an
+# upload (health data) reaches a log.
+_SILENT = logging.getLogger("verifier.dkimpy")
+_SILENT.addHandler(logging.NullHandler())
+_SILENT.propagate = False
+_SILENT.setLevel(logging.CRITICAL + 1)
+
+# dkimpy joins folded header lines by repeated concatenation, quadratic in their number;
+# no real message has this much header, and past it a hostile one could stall a worker.
+MAX_HEADER_BYTES = 128 * 1024
+# Each check hashes the whole body again. The fund signs twice and relays add a few; more
+# than this is an attempt to multiply the work.
+MAX_SIGNATURES = 8
+
+# RFC 8301: rsa-sha1 signatures are not to be trusted; the fund never makes them.
+_ALGORITHMS = {"rsa-sha256": "rsa", "ed25519-sha256": "ed25519"}
+
+
+def signature_domain(value: bytes) -> str:
+    """The d= of one DKIM-Signature value, lower-cased ("" when unreadable)."""
+    return _text(_tags(value).get(b"d")).lower().rstrip(".")
+
+
+def check_dkim(raw: bytes, signatures: list[bytes], trust: Trust) -> tuple[DkimCheck, ...]:
+    """`signatures`: the DKIM-Signature values as the email parser saw them, used to
+    describe them when dkimpy cannot read the message at all."""
+    if _header_block_size(raw) > MAX_HEADER_BYTES:
+        return _unchecked(signatures, "headers_too_large", None)
+    try:
+        verifier = dkim.DKIM(raw, logger=_SILENT, minkey=1024)
+    except Exception as exc:  # dkimpy raises many types on hostile input
+        return _unchecked(signatures, "unparseable_message", type(exc).__name__)
+    found = [v for k, v in verifier.headers if k.lower() == b"dkim-signature"]
+    checked = tuple(
+        _check_one(verifier, idx, value, trust) for idx, value in enumerate(found[:MAX_SIGNATURES])
+    )
+    return checked + _unchecked(found[MAX_SIGNATURES:], "too_many_signatures", None)
+
+
+def _text(value: bytes | None) -> str:
+    return "" if value is None else value.decode("ascii", "replace").strip()
+
+
+def _tags(value: bytes) -> dict[bytes, bytes]:
+    try:
+        tags: dict[bytes, bytes] = parse_tag_value(value)
+    except (InvalidTagValueList, ValueError):
+        return {}
+    return tags
+
+
+def _key_info(key: PublicDkimKey) -> KeyInfo:
+    revocation = key.revocation
+    return KeyInfo(
+        generation=key.generation,
+        state=key.state,
+        compromised_at=revocation.compromised_at if revocation else None,
+        revoked_at=revocation.revoked_at if revocation else None,
+        revocation_reason=revocation.reason if revocation else None,
+    )
+
+
+def _check_one(verifier: Any, idx: int, value: bytes, trust: Trust) -> DkimCheck:
+    tags = _tags(value)
+    domain = _text(tags.get(b"d")).lower().rstrip(".")
+    selector = _text(tags.get(b"s"))
+    algorithm = _text(tags.get(b"a")).lower()
+    check = DkimCheck(
+        domain=domain, selector=selector, algorithm=algorithm, status=DkimStatus.INVALID
+    )
+    if not tags or not domain or not selector:
+        return _with(check, reason="malformed")
+    if domain not in trust.domains:
+        return _with(check, status=DkimStatus.NOT_FUND)
+    key = trust.dkim_key(domain, selector)
+    if key is None:
+        return _with(check, status=DkimStatus.UNKNOWN_KEY, reason="unknown_selector")
+    info = _key_info(key)
+    check = _with(check, key=info)
+    if algorithm == "rsa-sha1":
+        return _with(check, reason="weak_algorithm", detail="a=rsa-sha1 (RFC 8301)")
+    if _ALGORITHMS.get(algorithm) != key.algorithm:
+        return _with(check, reason="algorithm_mismatch", detail=f"a={algorithm}, k={key.algorithm}")
+    record = key.dns_txt().encode("ascii")
+
+    def dnsfunc(name: bytes, timeout: int = 5) -> bytes:
+        return record
+
+    try:
+        ok = verifier.verify(idx=idx, dnsfunc=dnsfunc)
+    except dkim.ValidationError as exc:
+        text = str(exc)
+        if text.startswith("body hash mismatch"):
+            return _with(check, status=DkimStatus.FAIL, reason="body_changed")
+        if "expired" in text:
+            return _with(check, reason="expired", detail=text[:200])
+        return _with(check, reason="malformed", detail=text[:200])
+    except Exception as exc:  # dkimpy raises many types on hostile input
+        return _with(check, reason="malformed", detail=type(exc).__name__)
+    if not ok:
+        return _with(check, status=DkimStatus.FAIL, reason="header_changed")
+    if key.revocation is not None:
+        return _with(check, status=DkimStatus.REVOKED, reason="revoked_key")
+    return _with(check, status=DkimStatus.PASS)
+
+
+def _with(check: DkimCheck, **changes: Any) -> DkimCheck:
+    return dataclasses.replace(check, **changes)
+
+
+def _header_block_size(raw: bytes) -> int:
+    ends = [i for i in (raw.find(b"\r\n\r\n"), raw.find(b"\n\n")) if i >= 0]
+    return min(ends) if ends else len(raw)
+
+
+def _unchecked(signatures: list[bytes], reason: str, detail: str | None) -> tuple[DkimCheck, ...]:
+    """The message cannot be handed to dkimpy: report each signature the email parser saw."""
+    found = []
+    for value in signatures:
+        tags = _tags(value)
+        found.append(
+            DkimCheck(
+                domain=_text(tags.get(b"d")).lower(),
+                selector=_text(tags.get(b"s")),
+                algorithm=_text(tags.get(b"a")).lower(),
+                status=DkimStatus.INVALID,
+                reason=reason,
+                detail=detail,
+            )
+        )
+    return tuple(found)

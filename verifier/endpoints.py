@@ -1,0 +1,303 @@
+"""Request handlers: read the upload (bounded, in memory), run the checks in a worker
+thread, answer with a page or JSON. Nothing from an upload is logged or stored."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import anyio.to_thread
+import jinja2
+from cryptography.hazmat.primitives.serialization import Encoding
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+
+from keys.archive import ArchiveError
+from verifier import i18n
+from verifier.formdata import FormError, FormPart, parse_form
+from verifier.ratelimit import RateLimiter
+from verifier.report import Report, Verdict
+from verifier.serialize import openapi, report_json
+from verifier.settings import Settings
+from verifier.trust import Trust, TrustSource
+from verifier.verify import not_email, verify_email, verify_pair
+
+log = logging.getLogger("verifier")
+
+CONCURRENT_CHECKS = 4
+# Room for the multipart framing around a file of the maximum size.
+_FORM_OVERHEAD = 64 * 1024
+# After the limit we keep reading (and dropping) this much more so the client, still
+# sending, gets to read our 413 instead of a reset connection.
+_DRAIN_FACTOR = 4
+
+
+class TooLarge(Exception):
+    pass
+
+
+class Unavailable(Exception):
+    pass
+
+
+class HttpError(Exception):
+    def __init__(self, status: int, key: str, **params: object) -> None:
+        super().__init__(key)
+        self.status = status
+        self.key = key
+        self.params = params
+        self.headers: dict[str, str] = {}
+
+
+@dataclass
+class Services:
+    settings: Settings
+    trust: TrustSource
+    limiter: RateLimiter
+    templates: jinja2.Environment
+    # Verifications running at once in this process: bounds the memory that parsed uploads
+    # take under a burst; the rest wait their turn. Made on first use, inside the loop.
+    checks: anyio.CapacityLimiter | None = None
+
+    def check_slots(self) -> anyio.CapacityLimiter:
+        if self.checks is None:
+            self.checks = anyio.CapacityLimiter(CONCURRENT_CHECKS)
+        return self.checks
+
+
+def services(request: Request) -> Services:
+    found: Services = request.app.state.services
+    return found
+
+
+def language(request: Request) -> str:
+    return i18n.pick(request.query_params.get("lang"), request.headers.get("accept-language"))
+
+
+def _human_size(size: int) -> str:
+    return f"{size // (1024 * 1024)} MB" if size >= 1024 * 1024 else f"{size // 1024} KB"
+
+
+# --- reading uploads -----------------------------------------------------------------
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length", "")
+    body = bytearray()
+    too_large = declared.isdigit() and int(declared) > limit
+    drained = 0
+    try:
+        async for chunk in request.stream():
+            if too_large:
+                drained += len(chunk)
+                if drained > limit * _DRAIN_FACTOR:
+                    break
+                continue
+            body.extend(chunk)
+            if len(body) > limit:
+                too_large = True
+                body.clear()
+    except ClientDisconnect as exc:  # nobody is left to answer; no traceback in the log
+        raise HttpError(400, "error_bad_request", detail="disconnected") from exc
+    if too_large:
+        raise TooLarge
+    return bytes(body)
+
+
+def _rate_limit(request: Request) -> None:
+    client = request.client.host if request.client else "unknown"
+    wait = services(request).limiter.check(client)
+    if wait:
+        error = HttpError(429, "error_rate_limited", seconds=wait)
+        error.headers["Retry-After"] = str(wait)
+        raise error
+
+
+def _trust(request: Request) -> Trust:
+    try:
+        return services(request).trust.get()
+    except ArchiveError as exc:
+        raise Unavailable from exc
+
+
+@dataclass(frozen=True)
+class Upload:
+    """What was sent: an email, or a document with its .p7s."""
+
+    email: bytes | None = None
+    document: FormPart | None = None
+    signature: FormPart | None = None
+
+
+async def read_upload(request: Request, api: bool) -> Upload:
+    settings = services(request).settings
+    limit = settings.limits.max_upload_bytes
+    content_type = request.headers.get("content-type", "")
+    is_form = content_type.lower().startswith("multipart/form-data")
+    body = await read_body(request, limit + (_FORM_OVERHEAD if is_form else 0))
+    if not is_form:
+        if not api:
+            raise HttpError(400, "error_bad_request", detail="multipart/form-data")
+        return Upload(email=body)
+    try:
+        parts = parse_form(body, content_type)
+    except FormError as exc:
+        raise HttpError(400, "error_bad_request", detail=str(exc)) from exc
+    for part in parts.values():
+        if len(part.data) > limit:
+            raise TooLarge
+    upload_part = parts.get("file") or parts.get("email")
+    if upload_part is not None and upload_part.data:
+        return Upload(email=bytes(upload_part.data))
+    document, signature = parts.get("document"), parts.get("signature")
+    if document is not None and signature is not None and document.data and signature.data:
+        return Upload(document=document, signature=signature)
+    raise HttpError(400, "error_no_file")
+
+
+def _pair_name(document: FormPart, signature: FormPart) -> str:
+    if document.filename:
+        return document.filename
+    if signature.filename and signature.filename.lower().endswith(".p7s"):
+        return signature.filename[:-4]
+    return "document"
+
+
+async def run_checks(request: Request, upload: Upload) -> Report:
+    trust = _trust(request)
+    limits = services(request).settings.limits
+
+    def work() -> Report:
+        if upload.email is not None:
+            return verify_email(upload.email, trust, limits)
+        assert upload.document is not None
+        assert upload.signature is not None
+        return verify_pair(
+            _pair_name(upload.document, upload.signature),
+            bytes(upload.document.data),
+            bytes(upload.signature.data),
+            trust,
+        )
+
+    try:
+        return await anyio.to_thread.run_sync(work, limiter=services(request).check_slots())
+    except Exception as exc:  # never a stack trace to the user; never the upload in a log
+        log.error("verification failed with %s", type(exc).__name__)
+        return not_email("unreadable")
+
+
+def _status(report: Report) -> int:
+    return 422 if report.verdict is Verdict.NOT_EMAIL else 200
+
+
+# --- pages -----------------------------------------------------------------------------
+
+
+def render(request: Request, template: str, status: int = 200, **context: Any) -> HTMLResponse:
+    lang = language(request)
+    page = services(request).templates.get_template(template)
+    # The language switch reloads the same page; a result (a POST) cannot be reloaded.
+    here = request.url.path if request.method == "GET" else "/"
+    html = page.render(t=i18n.translator(lang), lang=lang, here=here, **context)
+    return HTMLResponse(html, status_code=status)
+
+
+async def index(request: Request) -> Response:
+    return render(request, "index.html")
+
+
+async def verify_form(request: Request) -> Response:
+    limit = services(request).settings.limits.max_upload_bytes
+    try:
+        _rate_limit(request)
+        upload = await read_upload(request, api=False)
+        report = await run_checks(request, upload)
+    except TooLarge:
+        return render(
+            request, "error.html", 413, key="error_too_large", params={"limit": _human_size(limit)}
+        )
+    except HttpError as exc:
+        response = render(request, "error.html", exc.status, key=exc.key, params=exc.params)
+        response.headers.update(exc.headers)
+        return response
+    except Unavailable:
+        return render(request, "error.html", 503, key="error_unavailable", params={})
+    return render(request, "result.html", _status(report), report=report)
+
+
+async def openssl_page(request: Request) -> Response:
+    try:
+        trust = _trust(request)
+    except Unavailable:
+        return render(request, "openssl.html", roots=[])
+    roots = [
+        {"sha256": hashlib.sha256(r.public_bytes(Encoding.DER)).hexdigest(), "subject": r.subject}
+        for r in trust.roots
+    ]
+    return render(request, "openssl.html", roots=roots)
+
+
+async def root_pem(request: Request) -> Response:
+    try:
+        trust = _trust(request)
+    except Unavailable:
+        return render(request, "error.html", 503, key="error_unavailable", params={})
+    return Response(
+        trust.roots_pem(),
+        media_type="application/x-pem-file",
+        headers={"Content-Disposition": 'attachment; filename="root.pem"'},
+    )
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own errors (unknown path, wrong method) as a page or JSON."""
+    status = exc.status_code if isinstance(exc, HTTPException) else 500
+    if request.url.path.startswith("/api/"):
+        return JSONResponse({"error": "http_error", "message": str(status)}, status_code=status)
+    key = "error_not_found" if status == 404 else "error_bad_request"
+    return render(request, "error.html", status, key=key, params={"detail": str(status)})
+
+
+# --- API -------------------------------------------------------------------------------
+
+
+def _api_error(request: Request, status: int, code: str, key: str, **params: object) -> Response:
+    t = i18n.translator(language(request))
+    return JSONResponse({"error": code, "message": t(key, **params)}, status_code=status)
+
+
+async def api_verify(request: Request) -> Response:
+    limit = services(request).settings.limits.max_upload_bytes
+    try:
+        _rate_limit(request)
+        upload = await read_upload(request, api=True)
+        report = await run_checks(request, upload)
+    except TooLarge:
+        return _api_error(request, 413, "too_large", "error_too_large", limit=_human_size(limit))
+    except HttpError as exc:
+        code = {429: "rate_limited", 400: "bad_request"}.get(exc.status, "error")
+        response = _api_error(request, exc.status, code, exc.key, **exc.params)
+        response.headers.update(exc.headers)
+        return response
+    except Unavailable:
+        return _api_error(request, 503, "unavailable", "error_unavailable")
+    lang = language(request)
+    body = report_json(report, i18n.translator(lang), lang)
+    return JSONResponse(body, status_code=_status(report))
+
+
+async def api_openapi(request: Request) -> Response:
+    return JSONResponse(openapi())
+
+
+async def healthz(request: Request) -> Response:
+    try:
+        trust = _trust(request)
+    except Unavailable:
+        return JSONResponse({"status": "no_archive"}, status_code=503)
+    generated = trust.archive.generated_at.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return JSONResponse({"status": "ok", "archive_generated_at": generated})

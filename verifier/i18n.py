@@ -1,0 +1,442 @@
+"""Every string a user reads, in French (the default) and English.
+
+Keys are stable identifiers; the report model and the templates refer to them only by key.
+A missing translation is a bug the tests catch (every key has both languages).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+LANGUAGES = ("fr", "en")
+DEFAULT = "fr"
+
+# key: (French, English). Placeholders use str.format names.
+MESSAGES: dict[str, tuple[str, str]] = {
+    # --- verdicts, in words first ---
+    "verdict_authentic": ("Authentique", "Authentic"),
+    "verdict_altered": (
+        "Documents authentiques, message modifié",
+        "Documents authentic, message altered",
+    ),
+    "verdict_tampered": ("Falsifié", "Tampered"),
+    "verdict_unsigned": ("Non signé par la Caisse", "Not signed by the fund"),
+    "verdict_not_email": ("Pas un e-mail lisible", "Not a readable email"),
+    # --- why ---
+    "reason_authentic": (
+        "Le message et chacun de ses documents portent une signature valide de la Caisse : "
+        "ils sont tels qu'elle les a envoyés.",
+        "The message and each of its documents carry a valid signature of the fund: "
+        "they are exactly as the fund sent them.",
+    ),
+    "reason_pair_authentic": (
+        "Le document porte une signature valide de la Caisse : il est tel qu'elle l'a émis.",
+        "The document carries a valid signature of the fund: it is exactly as the fund issued it.",
+    ),
+    "reason_altered_body": (
+        "Chaque document est authentique, mais le corps du message a changé depuis l'envoi "
+        "(transfert, ré-encodage par un serveur de messagerie, pied de page ajouté).",
+        "Every document is authentic, but the body of the message changed after it was sent "
+        "(forwarded, re-encoded by a mail server, a footer added).",
+    ),
+    "reason_altered_header": (
+        "Chaque document est authentique, mais un en-tête signé du message a changé "
+        "(par exemple l'objet, l'expéditeur ou la date).",
+        "Every document is authentic, but a signed header of the message changed "
+        "(for example the subject, the sender or the date).",
+    ),
+    "reason_altered_no_dkim": (
+        "Chaque document est authentique, mais le message ne porte plus la signature de la "
+        "Caisse : il a probablement été transféré ou recomposé.",
+        "Every document is authentic, but the message no longer carries the fund's "
+        "signature: it was probably forwarded or rewritten.",
+    ),
+    "reason_document_invalid": (
+        "Au moins un document ne correspond pas à sa signature, ou a été signé par une clé "
+        "qui n'est pas celle de la Caisse. Ne vous y fiez pas.",
+        "At least one document does not match its signature, or was signed by a key that "
+        "is not the fund's. Do not rely on it.",
+    ),
+    "reason_unsigned_document": (
+        "Un document sans signature de la Caisse accompagne des documents signés, et la "
+        "signature du message ne le couvre plus. Ne vous y fiez pas.",
+        "A document without the fund's signature sits next to signed ones, and the "
+        "message's signature no longer covers it. Do not rely on it.",
+    ),
+    "reason_revoked": (
+        "Une signature n'est valide qu'avec une clé que la Caisse a révoquée (clé "
+        "compromise). Ne vous y fiez pas : demandez une nouvelle copie à la Caisse.",
+        "A signature verifies only with a key the fund has revoked (a compromised key). "
+        "Do not rely on it: ask the fund for a fresh copy.",
+    ),
+    "reason_unsigned": (
+        "Rien dans ce message n'est signé par les clés de la Caisse.",
+        "Nothing in this message is signed by the fund's keys.",
+    ),
+    "reason_unsigned_broken": (
+        "Le message porte une signature au nom de la Caisse, mais elle ne correspond plus et "
+        "aucun document signé ne l'accompagne : rien ne peut être prouvé.",
+        "The message carries a signature in the fund's name, but it no longer matches and "
+        "no signed document comes with it: nothing can be proven.",
+    ),
+    "reason_not_email_empty": ("Le fichier envoyé est vide.", "The uploaded file is empty."),
+    "reason_not_email_outlook_msg": (
+        "Ce fichier est un message Outlook (.msg), pas un e-mail standard. Dans Outlook, "
+        "ouvrez le message, puis Fichier › Enregistrer sous › type « Format Internet "
+        "(.eml) » si votre version le propose ; sinon faites glisser le message vers le "
+        "bureau depuis Outlook sur le web ou utilisez « Transférer en tant que pièce "
+        "jointe » vers votre adresse et enregistrez la pièce jointe .eml.",
+        "This file is an Outlook message (.msg), not a standard email. In Outlook, open "
+        'the message, then File › Save As › type "Internet format (.eml)" if your '
+        "version offers it; otherwise drag the message to the desktop from Outlook on the "
+        'web, or use "Forward as attachment" to yourself and save the attached .eml.',
+    ),
+    "reason_not_email_pdf_alone": (
+        "Ce fichier est un PDF seul. Envoyez l'e-mail reçu (.eml), ou le PDF avec son "
+        "fichier de signature .p7s.",
+        "This file is a PDF on its own. Upload the email you received (.eml), or the PDF "
+        "together with its .p7s signature file.",
+    ),
+    "reason_not_email_p7s_alone": (
+        "Ce fichier semble être une signature .p7s seule. Envoyez-la avec le document "
+        "qu'elle signe.",
+        "This file looks like a .p7s signature on its own. Upload it together with the "
+        "document it signs.",
+    ),
+    "reason_not_email_no_headers": (
+        "Ce fichier n'est pas un e-mail : il ne commence pas par des en-têtes de message. "
+        "Enregistrez le message depuis votre messagerie au format .eml.",
+        "This file is not an email: it does not start with message headers. Save the "
+        "message from your mail program in .eml format.",
+    ),
+    "reason_not_email_too_complex": (
+        "Ce message est trop imbriqué ou compte trop de parties pour être vérifié.",
+        "This message is nested too deeply or has too many parts to be checked.",
+    ),
+    "reason_not_email_unreadable": (
+        "Ce fichier n'a pas pu être lu comme un e-mail.",
+        "This file could not be read as an email.",
+    ),
+    "reason_not_email_bad_pair": (
+        "Envoyez un document et son fichier de signature .p7s.",
+        "Upload one document and its .p7s signature file.",
+    ),
+    # --- DKIM ---
+    "dkim_pass": ("Valide", "Valid"),
+    "dkim_fail": ("Ne correspond plus", "No longer matches"),
+    "dkim_revoked": ("Clé révoquée", "Revoked key"),
+    "dkim_unknown_key": ("Clé inconnue", "Unknown key"),
+    "dkim_not_fund": (
+        "Signature d'un autre domaine (non vérifiée)",
+        "Another domain's signature (not checked)",
+    ),
+    "dkim_invalid": ("Illisible", "Unreadable"),
+    "dkim_reason_body_changed": (
+        "le corps du message a changé",
+        "the body of the message changed",
+    ),
+    "dkim_reason_header_changed": (
+        "un en-tête signé a changé (objet, expéditeur, date…)",
+        "a signed header changed (subject, sender, date…)",
+    ),
+    "dkim_reason_unknown_selector": (
+        "la Caisse n'a jamais publié ce sélecteur",
+        "the fund never published this selector",
+    ),
+    "dkim_reason_revoked_key": (
+        "la clé a été révoquée par la Caisse",
+        "the fund revoked this key",
+    ),
+    "dkim_reason_malformed": ("signature mal formée", "malformed signature"),
+    "dkim_reason_expired": ("signature expirée", "expired signature"),
+    "dkim_reason_algorithm_mismatch": (
+        "l'algorithme ne correspond pas à la clé",
+        "the algorithm does not match the key",
+    ),
+    "dkim_reason_headers_too_large": (
+        "les en-têtes du message sont trop volumineux pour être vérifiés",
+        "the message headers are too large to be checked",
+    ),
+    "dkim_reason_too_many_signatures": (
+        "trop de signatures : celle-ci n'a pas été vérifiée",
+        "too many signatures: this one was not checked",
+    ),
+    "dkim_reason_weak_algorithm": (
+        "algorithme obsolète (SHA-1), refusé",
+        "obsolete algorithm (SHA-1), refused",
+    ),
+    "dkim_reason_unparseable_message": (
+        "le message est illisible pour la vérification",
+        "the message cannot be read for checking",
+    ),
+    # --- documents ---
+    "doc_valid": ("Signature valide", "Valid signature"),
+    "doc_invalid": ("Signature invalide", "Invalid signature"),
+    "doc_revoked": ("Signé par une clé révoquée", "Signed by a revoked key"),
+    "doc_unsigned": ("Sans signature", "Not signed"),
+    "doc_reason_document_missing": (
+        "le document signé manque à côté de sa signature",
+        "the signed document is missing next to its signature",
+    ),
+    "doc_reason_digest_mismatch": (
+        "le document a été modifié après la signature",
+        "the document was changed after it was signed",
+    ),
+    "doc_reason_bad_signature": (
+        "la signature ne correspond pas au certificat",
+        "the signature does not match the certificate",
+    ),
+    "doc_reason_not_fund_root": (
+        "le certificat n'a pas été émis par la Caisse",
+        "the certificate was not issued by the fund",
+    ),
+    "doc_reason_certificate_not_in_archive": (
+        "la Caisse n'a jamais publié ce certificat",
+        "the fund never published this certificate",
+    ),
+    "doc_reason_signer_unknown": (
+        "le certificat du signataire est absent",
+        "the signer's certificate is missing",
+    ),
+    "doc_reason_no_signing_time": (
+        "la date de signature manque",
+        "the signing time is missing",
+    ),
+    "doc_reason_signed_outside_validity": (
+        "signé hors de la période de validité du certificat",
+        "signed outside the certificate's validity period",
+    ),
+    "doc_reason_signed_in_future": (
+        "la date de signature est dans le futur",
+        "the signing time is in the future",
+    ),
+    "doc_reason_signed_after_compromise": (
+        "signé après la compromission de la clé",
+        "signed after the key was compromised",
+    ),
+    "doc_reason_revoked_key": (
+        "la clé a été révoquée ; la date de signature déclarée ne peut pas être prouvée",
+        "the key was revoked; the signing time it states cannot be proven",
+    ),
+    "doc_reason_not_detached": (
+        "la signature n'est pas détachée",
+        "the signature is not detached",
+    ),
+    "doc_reason_not_signed_data": (
+        "le fichier .p7s n'est pas une signature CMS",
+        "the .p7s file is not a CMS signature",
+    ),
+    "doc_reason_no_signed_attributes": (
+        "la signature n'a pas d'attributs signés",
+        "the signature has no signed attributes",
+    ),
+    "doc_reason_unsupported_algorithm": ("algorithme non pris en charge", "unsupported algorithm"),
+    "doc_reason_malformed_signature": (
+        "le fichier .p7s est mal formé",
+        "the .p7s file is malformed",
+    ),
+    "doc_reason_no_signature": (
+        "aucun fichier .p7s n'accompagne ce document",
+        "no .p7s file comes with this document",
+    ),
+    # --- key states ---
+    "state_pending": ("en attente", "pending"),
+    "state_active": ("active", "active"),
+    "state_retired": ("retirée (plus utilisée pour signer)", "retired (no longer signing)"),
+    "state_withdrawn": (
+        "retirée du DNS (les anciennes signatures restent valides)",
+        "withdrawn from DNS (old signatures stay valid)",
+    ),
+    "state_revoked": ("révoquée", "revoked"),
+    # --- warnings ---
+    "warning_revoked_key": (
+        "Une clé utilisée a été révoquée par la Caisse : ne vous fiez pas à cette signature.",
+        "A key used here was revoked by the fund: do not rely on this signature.",
+    ),
+    "warning_some_dkim_failed": (
+        "Une des signatures du message est valide, une autre ne l'est pas.",
+        "One of the message's signatures is valid, another is not.",
+    ),
+    "warning_unknown_selector": (
+        "Une signature cite une clé de la Caisse que l'archive publique ne connaît pas.",
+        "A signature names a fund key the public archive does not know.",
+    ),
+    "warning_unsigned_document": (
+        "Un PDF n'a pas de signature .p7s.",
+        "A PDF has no .p7s signature.",
+    ),
+    "warning_lf_line_ends": (
+        "Le fichier a des fins de ligne Unix (LF) : il a été enregistré après réception. "
+        "Les documents se vérifient quand même.",
+        "The file has Unix (LF) line ends: it was saved after it was received. The "
+        "documents verify all the same.",
+    ),
+    "warning_forwarded": (
+        "Le message de la Caisse a été trouvé à l'intérieur d'un transfert ; c'est lui qui "
+        "est vérifié ici.",
+        "The fund's message was found inside a forward; that message is what was checked.",
+    ),
+    "warning_forward_documents": (
+        "Le transfert contient aussi ses propres PDF, hors du message de la Caisse : ils "
+        "ne sont pas vérifiés et ne viennent pas de la Caisse.",
+        "The forward also carries PDFs of its own, outside the fund's message: they are "
+        "not checked and do not come from the fund.",
+    ),
+    # --- pages ---
+    "title": ("Vérifier un décompte", "Check a statement"),
+    "intro": (
+        "Déposez l'e-mail de décompte reçu de la Caisse (fichier .eml) : nous vérifions "
+        "qu'il vient bien de la Caisse et n'a pas été modifié. Le fichier est vérifié en "
+        "mémoire, jamais enregistré.",
+        "Upload the statement email you received from the fund (.eml file): we check that "
+        "it really comes from the fund and was not changed. The file is checked in memory, "
+        "never stored.",
+    ),
+    "upload_label": ("E-mail reçu (.eml)", "Received email (.eml)"),
+    "drop_hint": ("ou déposez le fichier ici", "or drop the file here"),
+    "submit": ("Vérifier", "Check"),
+    "pair_title": (
+        "Vous n'avez que le document et sa signature ?",
+        "Only have the document and its signature?",
+    ),
+    "pair_document": ("Document (PDF)", "Document (PDF)"),
+    "pair_signature": ("Signature (.p7s)", "Signature (.p7s)"),
+    "openssl_link": (
+        "Vérifier un document avec openssl, sans ce service",
+        "Check a document with openssl, without this service",
+    ),
+    "switch_language": ("English", "Français"),
+    "result_title": ("Résultat de la vérification", "Verification result"),
+    "forwarded_note": ("Trouvé dans un transfert", "Found inside a forward"),
+    "checks": ("Détail des vérifications", "Checks in detail"),
+    "message_section": ("Le message", "The message"),
+    "sender": ("Expéditeur", "Sender"),
+    "sender_domain": ("Domaine de l'expéditeur", "Sender domain"),
+    "subject": ("Objet", "Subject"),
+    "date": ("Date", "Date"),
+    "message_id": ("Identifiant", "Message ID"),
+    "dkim_section": ("Signatures du message (DKIM)", "Message signatures (DKIM)"),
+    "no_dkim": ("Aucune signature DKIM.", "No DKIM signature."),
+    "documents_section": ("Documents", "Documents"),
+    "no_documents": ("Aucun document joint.", "No attached document."),
+    "domain": ("Domaine", "Domain"),
+    "selector": ("Sélecteur", "Selector"),
+    "algorithm": ("Algorithme", "Algorithm"),
+    "result": ("Résultat", "Result"),
+    "why": ("Pourquoi", "Why"),
+    "key_state": ("État de la clé", "Key state"),
+    "generation": ("génération", "generation"),
+    "compromised_at": ("Compromise depuis", "Compromised since"),
+    "file_name": ("Nom du fichier", "File name"),
+    "size": ("Taille", "Size"),
+    "bytes": ("{n} octets", "{n} bytes"),
+    "sha256": ("SHA-256", "SHA-256"),
+    "signer": ("Certificat signataire", "Signer certificate"),
+    "serial": ("Numéro de série", "Serial number"),
+    "certificate_sha256": ("Empreinte SHA-256 du certificat", "Certificate SHA-256"),
+    "validity": ("Validité", "Validity"),
+    "signing_time": ("Date de signature", "Signing time"),
+    "technical": ("Détail technique", "Technical detail"),
+    "warnings": ("Avertissements", "Warnings"),
+    "check_another": ("Vérifier un autre e-mail", "Check another email"),
+    "openssl_title": ("Vérifier un document avec openssl", "Check a document with openssl"),
+    "openssl_intro": (
+        "Chaque document de décompte est accompagné d'un fichier de signature : "
+        "decompte-123.pdf arrive avec decompte-123.pdf.p7s. Vous pouvez vérifier cette "
+        "signature vous-même, sans ce service, avec l'outil libre openssl.",
+        "Each statement document comes with a signature file: decompte-123.pdf arrives "
+        "with decompte-123.pdf.p7s. You can check that signature yourself, without this "
+        "service, with the free openssl tool.",
+    ),
+    "openssl_step_root": (
+        "1. Téléchargez le certificat racine de la Caisse et vérifiez son empreinte :",
+        "1. Download the fund's root certificate and check its fingerprint:",
+    ),
+    "openssl_download": ("Télécharger root.pem", "Download root.pem"),
+    "openssl_fingerprint": ("Empreinte SHA-256", "SHA-256 fingerprint"),
+    "openssl_step_save": (
+        "2. Enregistrez le document et son fichier .p7s depuis l'e-mail.",
+        "2. Save the document and its .p7s file from the email.",
+    ),
+    "openssl_step_verify": ("3. Lancez :", "3. Run:"),
+    "openssl_success": (
+        "openssl affiche « Verification successful » si le document est intact et signé "
+        "par la Caisse, et une erreur sinon.",
+        'openssl prints "Verification successful" when the document is intact and signed '
+        "by the fund, and an error otherwise.",
+    ),
+    "openssl_attime": (
+        "Un certificat de signature est valable environ treize mois. Pour un document plus "
+        "ancien, ajoutez -attime suivi de la date de signature en secondes depuis 1970 "
+        "(par exemple -attime 1772341200), afin que openssl vérifie à cette date.",
+        "A signing certificate is valid for about thirteen months. For an older document, "
+        "add -attime followed by the signing time in seconds since 1970 (for example "
+        "-attime 1772341200), so that openssl checks at that date.",
+    ),
+    "openssl_fingerprint_cmd": (
+        "Pour calculer l'empreinte du certificat téléchargé :",
+        "To compute the fingerprint of the downloaded certificate:",
+    ),
+    "no_archive": (
+        "Le service de vérification n'a pas encore d'archive de clés publiques.",
+        "The verification service has no public key archive yet.",
+    ),
+    # --- errors ---
+    "error_title": ("Impossible de vérifier", "Cannot check"),
+    "error_too_large": (
+        "Le fichier dépasse la taille maximale ({limit}). Un e-mail de décompte fait "
+        "environ 30 Ko.",
+        "The file is larger than the limit ({limit}). A statement email is about 30 KB.",
+    ),
+    "error_rate_limited": (
+        "Trop de vérifications depuis votre adresse. Réessayez dans {seconds} secondes.",
+        "Too many checks from your address. Try again in {seconds} seconds.",
+    ),
+    "error_no_file": ("Choisissez un fichier à vérifier.", "Choose a file to check."),
+    "error_bad_request": (
+        "La demande est mal formée : {detail}",
+        "The request is malformed: {detail}",
+    ),
+    "error_unavailable": (
+        "Le service de vérification est momentanément indisponible.",
+        "The verification service is temporarily unavailable.",
+    ),
+    "error_not_found": ("Page introuvable.", "Page not found."),
+}
+
+Translate = Callable[..., str]
+
+
+def pick(query_lang: str | None, accept_language: str | None) -> str:
+    """?lang= wins; then the first supported Accept-Language entry by quality; then French."""
+    if query_lang in LANGUAGES:
+        return query_lang
+    best: tuple[float, str] | None = None
+    for item in (accept_language or "").split(",")[:20]:
+        tag, _, params = item.strip().partition(";")
+        primary = tag.strip().lower().split("-", 1)[0]
+        if primary not in LANGUAGES:
+            continue
+        quality = 1.0
+        params = params.strip()
+        if params.startswith("q="):
+            try:
+                quality = float(params[2:])
+            except ValueError:
+                continue
+        if best is None or quality > best[0]:
+            best = (quality, primary)
+    return best[1] if best and best[0] > 0 else DEFAULT
+
+
+def translator(lang: str, messages: Mapping[str, tuple[str, str]] = MESSAGES) -> Translate:
+    index = LANGUAGES.index(lang) if lang in LANGUAGES else 0
+
+    def translate(key: str, **params: object) -> str:
+        entry = messages.get(key)
+        if entry is None:
+            return key  # a stable code is better than a crash; tests keep this unreachable
+        text = entry[index]
+        return text.format(**params) if params else text
+
+    return translate

@@ -1,0 +1,253 @@
+"""The JSON form of a report: stable codes for programs, plus the same words a person reads
+on the page, in the requested language."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from keys.archive import format_time
+from verifier.i18n import Translate
+from verifier.report import DkimCheck, DocumentCheck, KeyInfo, Report, SignerInfo
+
+API_VERSION = "1"
+
+
+def _time(value: dt.datetime | None) -> str | None:
+    return None if value is None else format_time(value)
+
+
+def _key(key: KeyInfo | None) -> dict[str, Any] | None:
+    if key is None:
+        return None
+    return {
+        "generation": key.generation,
+        "state": key.state,
+        "compromised_at": _time(key.compromised_at),
+        "revoked_at": _time(key.revoked_at),
+        "revocation_reason": key.revocation_reason,
+    }
+
+
+def _signer(signer: SignerInfo | None) -> dict[str, Any] | None:
+    if signer is None:
+        return None
+    return {
+        "subject": signer.subject,
+        "issuer": signer.issuer,
+        "serial": signer.serial,
+        "sha256": signer.sha256,
+        "not_before": _time(signer.not_before),
+        "not_after": _time(signer.not_after),
+    }
+
+
+def _dkim(check: DkimCheck, t: Translate) -> dict[str, Any]:
+    return {
+        "domain": check.domain,
+        "selector": check.selector,
+        "algorithm": check.algorithm,
+        "status": check.status.value,
+        "status_text": t(f"dkim_{check.status.value}"),
+        "reason": check.reason,
+        "reason_text": t(f"dkim_reason_{check.reason}") if check.reason else None,
+        "detail": check.detail,
+        "key": _key(check.key),
+    }
+
+
+def _document(check: DocumentCheck, t: Translate) -> dict[str, Any]:
+    return {
+        "filename": check.filename,
+        "size": check.size,
+        "sha256": check.sha256,
+        "status": check.status.value,
+        "status_text": t(f"doc_{check.status.value}"),
+        "reason": check.reason,
+        "reason_text": t(f"doc_reason_{check.reason}") if check.reason else None,
+        "detail": check.detail,
+        "signer": _signer(check.signer),
+        "signing_time": _time(check.signing_time),
+        "key": _key(check.key),
+    }
+
+
+def report_json(report: Report, t: Translate, lang: str) -> dict[str, Any]:
+    info = report.message
+    return {
+        "api_version": API_VERSION,
+        "verdict": report.verdict.value,
+        "verdict_text": t(f"verdict_{report.verdict.value}"),
+        "reason": report.reason,
+        "reason_text": t(report.reason),
+        "forwarded": report.forwarded,
+        "lang": lang,
+        "message": {
+            "subject": info.subject,
+            "from": info.sender,
+            "sender_domain": info.sender_domain,
+            "date": info.date,
+            "message_id": info.message_id,
+            "line_ends": info.line_ends,
+        },
+        "dkim": [_dkim(c, t) for c in report.dkim],
+        "documents": [_document(c, t) for c in report.documents],
+        "warnings": [{"code": w, "message": t(w)} for w in report.warnings],
+    }
+
+
+def openapi() -> dict[str, Any]:
+    """The API description served at /api/v1/openapi.json."""
+    error = {
+        "description": "An error, with a readable message",
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"error": {"type": "string"}, "message": {"type": "string"}},
+                }
+            }
+        },
+    }
+    report_ref = {"$ref": "#/components/schemas/Report"}
+    key = {
+        "type": ["object", "null"],
+        "properties": {
+            "generation": {"type": "string"},
+            "state": {"enum": ["pending", "active", "retired", "withdrawn", "revoked"]},
+            "compromised_at": {"type": ["string", "null"], "format": "date-time"},
+            "revoked_at": {"type": ["string", "null"], "format": "date-time"},
+            "revocation_reason": {"type": ["string", "null"]},
+        },
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Sealpost statement verifier",
+            "version": API_VERSION,
+            "description": (
+                "Checks that a statement email (or a document and its .p7s) really comes "
+                "from the fund and was not changed. `verdict` is a stable code: authentic, "
+                "altered (documents authentic, message altered), tampered, unsigned, "
+                "not_email. Uploads are processed in memory and never stored. Texts follow "
+                "Accept-Language or ?lang=fr|en."
+            ),
+        },
+        "paths": {
+            "/api/v1/verify": {
+                "post": {
+                    "summary": "Verify a received statement email",
+                    "parameters": [
+                        {
+                            "name": "lang",
+                            "in": "query",
+                            "required": False,
+                            "schema": {"enum": ["fr", "en"]},
+                        }
+                    ],
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "message/rfc822": {"schema": {"type": "string", "format": "binary"}},
+                            "multipart/form-data": {
+                                "schema": {
+                                    "type": "object",
+                                    "description": (
+                                        "Either `file` (the .eml), or `document` with "
+                                        "`signature` (its .p7s)."
+                                    ),
+                                    "properties": {
+                                        "file": {"type": "string", "format": "binary"},
+                                        "document": {"type": "string", "format": "binary"},
+                                        "signature": {"type": "string", "format": "binary"},
+                                    },
+                                }
+                            },
+                        },
+                    },
+                    "responses": {
+                        "200": {
+                            "description": "The report",
+                            "content": {"application/json": {"schema": report_ref}},
+                        },
+                        "422": {
+                            "description": "Not an email: the report with verdict not_email",
+                            "content": {"application/json": {"schema": report_ref}},
+                        },
+                        "400": error,
+                        "413": error,
+                        "429": error,
+                        "503": error,
+                    },
+                }
+            },
+            "/healthz": {"get": {"summary": "Liveness", "responses": {"200": {}, "503": {}}}},
+        },
+        "components": {
+            "schemas": {
+                "Report": {
+                    "type": "object",
+                    "required": ["verdict", "dkim", "documents", "warnings"],
+                    "properties": {
+                        "verdict": {
+                            "enum": ["authentic", "altered", "tampered", "unsigned", "not_email"]
+                        },
+                        "verdict_text": {"type": "string"},
+                        "reason": {"type": "string"},
+                        "reason_text": {"type": "string"},
+                        "forwarded": {"type": "boolean"},
+                        "message": {"type": "object"},
+                        "dkim": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "properties": {
+                                    "domain": {"type": "string"},
+                                    "selector": {"type": "string"},
+                                    "algorithm": {"type": "string"},
+                                    "status": {
+                                        "enum": [
+                                            "pass",
+                                            "fail",
+                                            "revoked",
+                                            "unknown_key",
+                                            "not_fund",
+                                            "invalid",
+                                        ]
+                                    },
+                                    "reason": {"type": ["string", "null"]},
+                                    "key": key,
+                                },
+                            },
+                        },
+                        "documents": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "properties": {
+                                    "filename": {"type": "string"},
+                                    "size": {"type": ["integer", "null"]},
+                                    "sha256": {"type": ["string", "null"]},
+                                    "status": {"enum": ["valid", "invalid", "revoked", "unsigned"]},
+                                    "reason": {"type": ["string", "null"]},
+                                    "signing_time": {"type": ["string", "null"]},
+                                    "signer": {"type": ["object", "null"]},
+                                    "key": key,
+                                },
+                            },
+                        },
+                        "warnings": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "properties": {
+                                    "code": {"type": "string"},
+                                    "message": {"type": "string"},
+                                },
+                            },
+                        },
+                    },
+                }
+            }
+        },
+    }
