@@ -1,0 +1,337 @@
+"""``sealpost-gateway``: run the gateway, check its config, hash a password, manage the queue.
+
+    sealpost-gateway [--config FILE]                  run (the embedded default without FILE)
+    sealpost-gateway check-config [--config FILE]     print the effective config, or the errors
+    sealpost-gateway hash-password                    read a password, print its scrypt hash
+    sealpost-gateway [--config FILE] queue list|show ID|retry ID|delete ID|flush
+
+Running wires the stages together, each given plain values: SMTP listeners in this
+process's event loop -> policy -> sealing in a process pool -> the durable spool -> the
+scheduler and delivery. SIGTERM or SIGINT stops accepting, lets sessions finish their
+message (bounded by gateway.shutdown_grace), stops the scheduler and closes the spool.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import getpass
+import logging
+import signal
+import socket
+import ssl
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TextIO
+
+from gateway import metrics as metrics_http
+from gateway import queue_cli, server
+from gateway.delivery import Delivery, DirectMX, MaildirRoute, Outcome, Route, Smarthost
+from gateway.metrics import Metrics
+from gateway.scheduler import RetryPolicy, Scheduler
+from gateway.seal import DocumentRules
+from gateway.sealer import Sealer
+from gateway.settings import (
+    ConfigError,
+    ListenerSettings,
+    Settings,
+    hash_password,
+    load,
+    parse_listen,
+    render,
+)
+from gateway.smtp_handler import AuthGuard, Handler, SessionLimits, Sessions
+from gateway.spool import Envelope, Spool, SpoolError
+from keys import dns as key_dns
+from keys import store as key_store
+from keys.lifecycle import Refused
+from keys.signing import SigningKeys
+
+log = logging.getLogger("sealpost.gateway")
+
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    config_help = "TOML config file (default: the embedded default, see gateway/settings.py)"
+    parser = argparse.ArgumentParser(
+        prog="sealpost-gateway", description="Sealpost outbound mail gateway."
+    )
+    parser.add_argument("--config", type=Path, help=config_help)
+    commands = parser.add_subparsers(dest="command")
+    for name, text in (
+        ("run", "run the gateway (the default)"),
+        ("check-config", "print the effective configuration (secrets masked) or its errors"),
+    ):
+        sub = commands.add_parser(name, help=text)
+        sub.add_argument("--config", type=Path, default=argparse.SUPPRESS, help=config_help)
+    commands.add_parser("hash-password", help="read a password, print its scrypt hash")
+    queue = commands.add_parser("queue", help="list, show, retry, delete or flush queued mail")
+    queue.add_argument("--config", type=Path, default=argparse.SUPPRESS, help=config_help)
+    queue.add_argument("args", nargs=argparse.REMAINDER, help="list | show ID | retry ID | ...")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "hash-password":
+        return hash_password_command(sys.stdin, sys.stdout)
+    try:
+        settings = load(args.config)
+    except ConfigError as error:
+        count = len(error.errors)
+        print(f"sealpost-gateway: invalid configuration ({count} problems):", file=sys.stderr)
+        for line in error.errors:
+            print(f"  {line}", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.command == "check-config":
+        sys.stdout.write(render(settings))
+        return EXIT_OK
+    if args.command == "queue":
+        return queue_cli.main(args.args, Path(settings.spool.path))
+    _configure_logging(settings.gateway.log_level)
+    try:
+        return asyncio.run(run(settings))
+    except KeyboardInterrupt:  # a second Ctrl-C during shutdown
+        return EXIT_FAILED
+
+
+def hash_password_command(stdin: TextIO, stdout: TextIO) -> int:
+    if stdin.isatty():
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Again: ") != password:
+            print("sealpost-gateway: the passwords differ", file=sys.stderr)
+            return EXIT_FAILED
+    else:
+        password = stdin.readline().rstrip("\r\n")
+    if not password:
+        print("sealpost-gateway: empty password", file=sys.stderr)
+        return EXIT_FAILED
+    stdout.write(hash_password(password) + "\n")
+    return EXIT_OK
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
+    # aiosmtpd logs every command, with addresses, at INFO: our one line per message
+    # event says what matters, and its chatter costs throughput.
+    logging.getLogger("mail.log").setLevel(logging.WARNING)
+
+
+# ---------------------------------------------------------------------------- running
+
+
+class _CountingDelivery:
+    """Counts delivery outcomes for the metrics on their way to the scheduler."""
+
+    def __init__(self, delivery: Delivery, metrics: Metrics) -> None:
+        self._delivery = delivery
+        self._metrics = metrics
+
+    async def deliver(self, sender: str, recipients: Sequence[str], data: bytes) -> list[Outcome]:
+        outcomes = await self._delivery.deliver(sender, recipients, data)
+        for outcome in outcomes:
+            counter = {
+                "delivered": self._metrics.delivered,
+                "transient": self._metrics.deferred,
+                "permanent": self._metrics.bounced,
+            }[outcome.status]
+            counter.inc()
+        return outcomes
+
+
+class _NotifyingSpool:
+    """The spool as the SMTP handler sees it: a put also wakes the scheduler."""
+
+    def __init__(self, spool: Spool, scheduler: Scheduler) -> None:
+        self._spool = spool
+        self._scheduler = scheduler
+
+    async def put(self, envelope: Envelope) -> str:
+        queue_id = await self._spool.put(envelope)
+        self._scheduler.notify()
+        return queue_id
+
+
+def initialise_keys(settings: Settings) -> None:
+    """On first start, create the key store for the embedded default's domain."""
+    store_dir, public = Path(settings.keys.store), Path(settings.keys.public_archive)
+    if not settings.keys.init_domain or key_store.state_path(store_dir).exists():
+        return
+    result = key_store.init_domain(store_dir, public, settings.keys.init_domain, exist_ok=True)
+    if not result.created:
+        return
+    log.warning(
+        "event=keys_initialised store=%s domain=%s: publish these DNS records:",
+        store_dir,
+        result.domain.name,
+    )
+    if result.created_secret is not None:
+        log.warning(
+            "event=keys_secret file=%s: the root CA passphrase sits next to the store; "
+            "fine for development, keep it elsewhere in production",
+            result.created_secret,
+        )
+    for line in key_dns.zone_lines(result.domain):
+        print(line, flush=True)
+
+
+def _route(settings: Settings) -> Route:
+    delivery = settings.delivery
+    if delivery.route == "smarthost":
+        host, port = parse_listen(delivery.smarthost)
+        return Smarthost(
+            host,
+            port,
+            tls="required" if delivery.smarthost_tls == "required" else "opportunistic",
+            username=delivery.smarthost_username or None,
+            password=delivery.smarthost_password or None,
+        )
+    if delivery.route == "mx":
+        return DirectMX()
+    return MaildirRoute(Path(delivery.maildir))
+
+
+def _listeners(settings: Settings) -> list[server.ListenerSpec]:
+    configured: tuple[tuple[server.Mode, ListenerSettings], ...] = (
+        ("relay", settings.relay),
+        ("submission", settings.submission),
+        ("smtps", settings.smtps),
+    )
+    specs = []
+    for mode, listener in configured:
+        if listener.listen:
+            host, port = parse_listen(listener.listen)
+            timeout = listener.proxy_protocol_timeout or None
+            specs.append(server.ListenerSpec(mode, host, port, timeout))
+    return specs
+
+
+def _tls(settings: Settings, hostname: str) -> ssl.SSLContext | None:
+    cert, key = Path(settings.tls.certificate), Path(settings.tls.key)
+    if settings.tls.self_signed and server.ensure_self_signed(cert, key, hostname):
+        log.warning(
+            "event=tls_self_signed certificate=%s: made a self-signed certificate for the "
+            "embedded default; clients must trust it explicitly. Configure [tls] with a "
+            "real certificate in production.",
+            cert,
+        )
+    if not cert.exists() or not key.exists():
+        return None
+    return server.tls_context(cert, key)
+
+
+def _handler(
+    settings: Settings,
+    sealer: Sealer,
+    spool: Spool,
+    scheduler: Scheduler,
+    metrics: Metrics,
+) -> Handler:
+    limits = settings.limits
+    return Handler(
+        clients=settings.clients,
+        signing_domains=SigningKeys(Path(settings.keys.store)).domains,
+        sealer=sealer,
+        spool=_NotifyingSpool(spool, scheduler),
+        metrics=metrics,
+        auth_guard=AuthGuard(
+            limits.auth_max_failures_per_ip,
+            limits.auth_max_failures_per_user,
+            lockout=limits.auth_lockout,
+            delay=limits.auth_failure_delay,
+        ),
+        max_recipients=limits.max_recipients,
+        max_line_length=limits.max_line_length,
+    )
+
+
+def _scheduler(
+    settings: Settings, spool: Spool, delivery: Delivery, sealer: Sealer, metrics: Metrics
+) -> Scheduler:
+    async def seal_dsn(raw: bytes, domain: str) -> bytes:
+        return (await sealer.seal(raw, domain)).data
+
+    return Scheduler(
+        spool,
+        _CountingDelivery(delivery, metrics),
+        seal_dsn,
+        reporting_mta=settings.gateway.hostname or socket.gethostname(),
+        policy=RetryPolicy(
+            first=settings.delivery.first_retry,
+            ceiling=settings.delivery.max_retry_interval,
+            lifetime=settings.delivery.max_lifetime,
+        ),
+        grace=settings.gateway.shutdown_grace,
+    )
+
+
+async def run(settings: Settings) -> int:
+    """Start every stage, serve until SIGTERM or SIGINT, then stop them in order."""
+    hostname = settings.gateway.hostname or socket.gethostname()
+    limits = settings.limits
+    metrics = Metrics()
+    async with contextlib.AsyncExitStack() as stack:
+        try:
+            initialise_keys(settings)
+            tls = _tls(settings, hostname)
+            spool = Spool.open(Path(settings.spool.path))
+            stack.push_async_callback(spool.close)
+            rules = DocumentRules(settings.sealing.content_types, settings.sealing.filename_globs)
+            sealer = Sealer(Path(settings.keys.store), rules, settings.sealing.workers)
+            stack.callback(sealer.close)
+            delivery = Delivery(
+                _route(settings),
+                tls_required_domains=frozenset(settings.delivery.tls_required_domains),
+                local_hostname=hostname,
+                per_destination=settings.delivery.concurrency_per_destination,
+            )
+            stack.push_async_callback(delivery.close)
+            scheduler = _scheduler(settings, spool, delivery, sealer, metrics)
+            metrics.queue_depth = spool.depth
+            if settings.metrics.listen:
+                host, port = parse_listen(settings.metrics.listen)
+                metrics_server = await metrics_http.serve(metrics, host, port)
+                stack.callback(metrics_server.close)
+            receiver = await server.start(
+                _handler(settings, sealer, spool, scheduler, metrics),
+                _listeners(settings),
+                hostname=hostname,
+                tls=tls,
+                limits=SessionLimits(
+                    max_message_size=limits.max_message_size,
+                    max_recipients=limits.max_recipients,
+                    command_timeout=limits.command_timeout,
+                    data_timeout=limits.data_timeout,
+                    max_line_length=limits.max_line_length,
+                ),
+                sessions=Sessions(limits.max_connections, limits.max_connections_per_ip),
+            )
+        except (OSError, ValueError, Refused, key_store.StoreError, SpoolError) as error:
+            # A port in use, an unreadable certificate or store: one readable line.
+            log.error("event=start_failed error=%s", error)
+            return EXIT_FAILED
+        scheduler.start()
+        stack.push_async_callback(scheduler.stop)
+        log.info("event=started hostname=%s workers=%d", hostname, settings.sealing.workers)
+
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await stop.wait()
+        log.info("event=stopping grace=%ss", settings.gateway.shutdown_grace)
+        await receiver.close(settings.gateway.shutdown_grace)
+    # The exit stack stopped the scheduler, then closed metrics, delivery, sealer, spool.
+    log.info("event=stopped")
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

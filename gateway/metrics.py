@@ -1,0 +1,172 @@
+"""Prometheus metrics in the text exposition format, served by a tiny asyncio HTTP responder.
+
+Counters are plain integers touched from the event loop only, so no locks. The queue
+depth is read from the spool when scraped rather than tracked, so it is never wrong
+after a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+from collections.abc import Awaitable, Callable, Iterable
+
+log = logging.getLogger("sealpost.gateway.metrics")
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# Sealing takes a few milliseconds; the upper buckets catch a starved process pool.
+SIGNING_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+_REQUEST_TIMEOUT = 5.0
+_MAX_REQUEST = 8192
+
+
+class Counter:
+    def __init__(self, name: str, help_text: str, label: str | None = None) -> None:
+        self.name = name
+        self.help_text = help_text
+        self.label = label
+        self._values: dict[str, int] = {} if label else {"": 0}
+
+    def inc(self, label_value: str = "", amount: int = 1) -> None:
+        self._values[label_value] = self._values.get(label_value, 0) + amount
+
+    def value(self, label_value: str = "") -> int:
+        return self._values.get(label_value, 0)
+
+    def lines(self) -> Iterable[str]:
+        yield f"# HELP {self.name} {self.help_text}"
+        yield f"# TYPE {self.name} counter"
+        for label_value, value in sorted(self._values.items()):
+            yield f"{self.name}{_labels(self.label, label_value)} {value}"
+
+
+class Histogram:
+    def __init__(self, name: str, help_text: str, buckets: tuple[float, ...]) -> None:
+        self.name = name
+        self.help_text = help_text
+        self.buckets = buckets
+        self._counts = [0] * len(buckets)
+        self.count = 0
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        self.count += 1
+        self.total += value
+        for i, bound in enumerate(self.buckets):
+            if value <= bound:
+                self._counts[i] += 1
+
+    def lines(self) -> Iterable[str]:
+        yield f"# HELP {self.name} {self.help_text}"
+        yield f"# TYPE {self.name} histogram"
+        for bound, count in zip(self.buckets, self._counts, strict=True):
+            yield f'{self.name}_bucket{{le="{_number(bound)}"}} {count}'
+        yield f'{self.name}_bucket{{le="+Inf"}} {self.count}'
+        yield f"{self.name}_sum {_number(self.total)}"
+        yield f"{self.name}_count {self.count}"
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.received = Counter(
+            "sealpost_messages_received_total", "Messages accepted and queued (250 sent)."
+        )
+        self.rejected = Counter(
+            "sealpost_messages_rejected_total", "Messages or commands refused, by reason.", "reason"
+        )
+        self.sealed = Counter("sealpost_messages_sealed_total", "Messages sealed (DKIM + CMS).")
+        self.documents = Counter(
+            "sealpost_documents_sealed_total", "Statement documents given a CMS signature."
+        )
+        self.delivered = Counter(
+            "sealpost_recipients_delivered_total", "Recipients delivered successfully."
+        )
+        self.deferred = Counter(
+            "sealpost_recipients_deferred_total", "Delivery attempts deferred for a retry."
+        )
+        self.bounced = Counter(
+            "sealpost_recipients_bounced_total", "Recipients given up on (a DSN was sent)."
+        )
+        self.signing_seconds = Histogram(
+            "sealpost_signing_seconds", "Time to seal one message.", SIGNING_BUCKETS
+        )
+        # Set by the wiring once the spool is open.
+        self.queue_depth: Callable[[], Awaitable[int]] | None = None
+
+    async def render(self) -> str:
+        lines: list[str] = []
+        for metric in (
+            self.received,
+            self.rejected,
+            self.sealed,
+            self.documents,
+            self.delivered,
+            self.deferred,
+            self.bounced,
+            self.signing_seconds,
+        ):
+            lines.extend(metric.lines())
+        if self.queue_depth is not None:
+            depth = await self.queue_depth()
+            lines += [
+                "# HELP sealpost_queue_depth Messages in the spool with recipients to deliver.",
+                "# TYPE sealpost_queue_depth gauge",
+                f"sealpost_queue_depth {depth}",
+            ]
+        return "\n".join(lines) + "\n"
+
+
+def _labels(label: str | None, value: str) -> str:
+    if not label:
+        return ""
+    escaped = value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+    return f'{{{label}="{escaped}"}}'
+
+
+def _number(value: float) -> str:
+    if math.isinf(value):
+        return "+Inf"
+    return repr(float(value))
+
+
+async def serve(metrics: Metrics, host: str, port: int) -> asyncio.Server:
+    """Answer ``GET /metrics``; everything else gets a 404 or 405."""
+
+    async def respond(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            async with asyncio.timeout(_REQUEST_TIMEOUT):
+                head = await reader.readuntil(b"\r\n\r\n")
+                status, body = await _answer(metrics, head)
+                writer.write(
+                    f"HTTP/1.1 {status}\r\nContent-Type: {CONTENT_TYPE}\r\n"
+                    f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode("ascii")
+                    + body
+                )
+                await writer.drain()
+        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            pass
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+
+    return await asyncio.start_server(respond, host, port, limit=_MAX_REQUEST)
+
+
+async def _answer(metrics: Metrics, head: bytes) -> tuple[str, bytes]:
+    method, _, rest = head.partition(b" ")
+    path = rest.partition(b" ")[0].partition(b"?")[0]
+    if path != b"/metrics":
+        return "404 Not Found", b"not found; try /metrics\n"
+    if method != b"GET":
+        return "405 Method Not Allowed", b"GET only\n"
+    try:
+        text = await metrics.render()
+    except Exception:
+        log.exception("metrics: rendering failed")
+        return "500 Internal Server Error", b"metrics unavailable\n"
+    return "200 OK", text.encode("utf-8")

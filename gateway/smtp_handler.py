@@ -1,0 +1,675 @@
+"""The SMTP session: aiosmtpd's protocol, narrowed, and the handler that accepts a message.
+
+`GatewaySMTP` is aiosmtpd's `SMTP` with what a relay for health data needs and aiosmtpd
+leaves out: command lines must end with CRLF (bare LF or CR is refused, so a command
+cannot be smuggled), a separate DATA timeout, a 421 reply before a timeout closes the
+connection, connection limits, enhanced status codes on aiosmtpd's own replies, and a
+generic reply (never a Python error text) when something fails inside.
+
+`Handler` is the aiosmtpd handler: AUTH (PLAIN, LOGIN; scrypt hashes checked in a
+thread; delay then lockout per IP and per user), the policy checks, and the DATA flow
+policy -> seal -> durable spool -> ``250 2.0.0 Queued as <id>``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import collections
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, AnyStr, Protocol
+
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from gateway import policy
+from gateway.metrics import Metrics
+from gateway.policy import Client, ClientDirectory, Rejection
+from gateway.seal import SealError
+from gateway.settings import ClientSettings, PasswordHash, parse_password_hash, verify_password
+from gateway.spool import Envelope as SpoolEnvelope
+
+log = logging.getLogger("sealpost.gateway.smtp")
+
+# A stand-in hash checked for unknown users, so a login name's existence does not show in
+# the time a failed AUTH takes.
+_DUMMY_HASH = PasswordHash(16384, 8, 1, b"\0" * 16, b"\0" * 32)
+_SHUTDOWN_REPLY = "421 4.3.2 Service shutting down, try again later"
+
+
+class SealedLike(Protocol):
+    @property
+    def data(self) -> bytes: ...
+
+    @property
+    def documents(self) -> tuple[str, ...]: ...
+
+
+class SealerLike(Protocol):
+    async def seal(self, raw: bytes, domain: str) -> SealedLike: ...
+
+
+class SpoolLike(Protocol):
+    async def put(self, envelope: SpoolEnvelope) -> str: ...
+
+
+@dataclass(frozen=True)
+class SessionLimits:
+    max_message_size: int
+    max_recipients: int
+    command_timeout: float
+    data_timeout: float
+    max_line_length: int
+
+
+class BareLineEnding(Exception):
+    """A command line ended with a bare LF, or held a bare CR."""
+
+
+class _StrictLineReader(asyncio.StreamReader):
+    _limit: int  # StreamReader's own, which typeshed leaves out
+    _overrun = False
+
+    # `Any` because typeshed's buffer protocol type for the separator is private.
+    async def readuntil(self, separator: Any = b"\n") -> bytes:
+        try:
+            line = await super().readuntil(separator)
+        except asyncio.LimitOverrunError:
+            self._overrun = True
+            raise
+        # The rest of an overlong line (it may start between its CR and LF) is thrown away
+        # with a "too long" reply; it is never a command, so it needs no check.
+        tail, self._overrun = self._overrun, False
+        # aiosmtpd reads commands up to LF and DATA lines up to CRLF; only the former can
+        # end on a bare LF, and neither may carry a CR that is not part of the line end.
+        if separator == b"\n" and not tail and (line[-2:-1] != b"\r" or b"\r" in line[:-2]):
+            raise BareLineEnding
+        return line
+
+    async def read_data(self, max_size: int) -> bytes | None:
+        """The message after DATA, up to the CRLF "." CRLF that ends it, dot-unstuffed; None
+        when it is larger than `max_size` (then it is read to its end and dropped).
+
+        One search per block rather than aiosmtpd's Python loop per line: the end is the
+        first ".\r\n" preceded by CRLF (or at the very start, the DATA line's CRLF being
+        the one before it). A "." after a bare LF or CR never ends the message.
+        """
+        line_limit = self._limit
+        # StreamReader offers no public way to change its limit; the block may be as large
+        # as the message (the line limit is checked on the whole message afterwards).
+        self._limit = max_size + 3
+        parts: list[bytes] = []
+        size = 0
+        too_big = False
+        tail = b"\r\n"
+        try:
+            while True:
+                try:
+                    chunk = await super().readuntil(b".\r\n")
+                    ended = (tail + chunk[:-3])[-2:] == b"\r\n"
+                except asyncio.LimitOverrunError as error:
+                    # No end within the limit: too big; drop what was read, keep looking.
+                    chunk = await self.readexactly(error.consumed)
+                    ended = False
+                    too_big = True
+                tail = (tail + chunk)[-2:]
+                size += len(chunk)
+                too_big = too_big or size > max_size + 3
+                if too_big:
+                    parts.clear()
+                else:
+                    parts.append(chunk)
+                if ended:
+                    break
+        finally:
+            self._limit = line_limit
+        if too_big:
+            return None
+        data = b"".join(parts)[:-3]
+        if data.startswith(b"."):
+            data = data[1:]
+        return data.replace(b"\r\n.", b"\r\n")
+
+
+# ---------------------------------------------------------------------------- connections
+
+
+class Sessions:
+    """Live sessions: connection limits (total and per client IP) and graceful shutdown."""
+
+    def __init__(self, max_total: int, max_per_ip: int) -> None:
+        self.max_total = max_total
+        self.max_per_ip = max_per_ip
+        self._live: set[GatewaySMTP] = set()
+        self._per_ip: collections.Counter[str] = collections.Counter()
+        self.closing = False
+
+    def __len__(self) -> int:
+        return len(self._live)
+
+    def admit(self, session: GatewaySMTP, ip: str | None) -> str | None:
+        """None when admitted, else the text of the 421 reply."""
+        if self.closing:
+            return "Service shutting down, try again later"
+        if len(self._live) >= self.max_total:
+            return "Too many connections, try again later"
+        if ip is not None and self._per_ip[ip] >= self.max_per_ip:
+            return "Too many connections from your address, try again later"
+        self._live.add(session)
+        if ip is not None:
+            self._per_ip[ip] += 1
+        return None
+
+    def claim_ip(self, ip: str) -> bool:
+        """Count an already admitted connection against `ip` (learnt from a PROXY header)."""
+        if self._per_ip[ip] >= self.max_per_ip:
+            return False
+        self._per_ip[ip] += 1
+        return True
+
+    def release(self, session: GatewaySMTP, ip: str | None) -> None:
+        self._live.discard(session)
+        if ip is not None:
+            self._per_ip[ip] -= 1
+            if self._per_ip[ip] <= 0:
+                del self._per_ip[ip]
+
+    async def drain(self, grace: float) -> None:
+        """Stop admitting; close idle sessions with a 421 now, and the others once their
+        message is answered or `grace` seconds have passed."""
+        self.closing = True
+        deadline = time.monotonic() + grace
+        while self._live:
+            for session in list(self._live):
+                if not session.busy:
+                    session.close_with(_SHUTDOWN_REPLY)
+            if time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(0.05)
+        for session in list(self._live):
+            session.close_with(_SHUTDOWN_REPLY)
+        # Give connection_lost callbacks a turn to run.
+        await asyncio.sleep(0)
+
+
+# ---------------------------------------------------------------------------- protocol
+
+
+class GatewaySMTP(SMTP):
+    def __init__(
+        self,
+        handler: Handler,
+        *,
+        sessions: Sessions,
+        limits: SessionLimits,
+        **kwargs: Any,
+    ) -> None:
+        # aiosmtpd keeps this table on the class and grows it on every EHLO; keep it ours.
+        self.command_size_limits = collections.defaultdict(lambda: SMTP.command_size_limit)
+        # Bounds a command line (below it, aiosmtpd's own 512-octet command limit applies);
+        # message lines are checked by the handler.
+        self.line_length_limit = limits.max_line_length + 3
+        super().__init__(
+            handler,
+            data_size_limit=limits.max_message_size,
+            enable_SMTPUTF8=True,
+            decode_data=False,
+            timeout=limits.command_timeout,
+            **kwargs,
+        )
+        # aiosmtpd builds its stream reader in __init__; rebuild the stream around one that
+        # refuses bare line ends (nothing is connected yet, so nothing is lost).
+        asyncio.StreamReaderProtocol.__init__(
+            self,
+            _StrictLineReader(limit=self.line_length_limit, loop=self.loop),
+            client_connected_cb=self._cb_client_connected,
+            loop=self.loop,
+        )
+        self._sessions = sessions
+        self._limits = limits
+        self._admitted = False
+        self._ip: str | None = None
+        self._counted_ip: str | None = None
+        self.busy = False
+        # The client name after a successful AUTH.
+        self.authenticated_client: str | None = None
+        self._too_big = f"552 5.3.4 Message too big: at most {limits.max_message_size} bytes"
+        # aiosmtpd's own fixed replies carry no enhanced status code; ours do.
+        self._replies = {
+            "552 Error: message size exceeds fixed maximum message size": self._too_big,
+            "500 Command line too long": "500 5.5.6 Command line too long",
+            "530 Must issue a STARTTLS command first": (
+                "530 5.7.0 Must issue a STARTTLS command first"
+            ),
+            "503 Error: need MAIL command": "503 5.5.1 Error: need MAIL command",
+            "503 Error: need RCPT command": "503 5.5.1 Error: need RCPT command",
+            "503 Error: nested MAIL command": "503 5.5.1 Error: nested MAIL command",
+            "503 Error: send HELO first": "503 5.5.1 Error: send HELO first",
+            "503 Error: send EHLO first": "503 5.5.1 Error: send EHLO first",
+            "503 Already authenticated": "503 5.5.1 Already authenticated",
+            "250 OK": "250 2.0.0 OK",
+            "221 Bye": "221 2.0.0 Bye",
+        }
+
+    @property
+    def client_ip(self) -> str | None:
+        """The client's address: from the PROXY header when there is one."""
+        session = self.session
+        if session is not None and session.proxy_data is not None:
+            source = session.proxy_data.src_addr
+            return None if source is None else str(source)
+        return self._ip
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self._admitted:  # the TLS layer after STARTTLS: the same connection, anew
+            self.authenticated_client = None
+            super().connection_made(transport)
+            return
+        peer = transport.get_extra_info("peername")
+        self._ip = str(peer[0]) if isinstance(peer, tuple) else None
+        # Behind a PROXY-protocol balancer every socket comes from the balancer; the
+        # per-address count waits for the real address in handle_PROXY.
+        counted_ip = None if self._proxy_timeout is not None else self._ip
+        refusal = self._sessions.admit(self, counted_ip)
+        if refusal is not None:
+            log.info("event=refused client_ip=%s reason=%r", self._ip, refusal)
+            assert isinstance(transport, asyncio.WriteTransport)
+            transport.write(f"421 4.7.0 {refusal}\r\n".encode("ascii"))
+            transport.close()
+            return
+        self._admitted = True
+        self._counted_ip = counted_ip
+        super().connection_made(transport)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if not self._admitted:
+            return
+        self._sessions.release(self, self._counted_ip)
+        self._counted_ip = None
+        self._admitted = False
+        super().connection_lost(error)
+
+    def count_proxied_ip(self, ip: str) -> bool:
+        if not self._sessions.claim_ip(ip):
+            return False
+        self._counted_ip = ip
+        return True
+
+    def close_with(self, reply: str) -> None:
+        transport = self.transport
+        if isinstance(transport, asyncio.WriteTransport) and not transport.is_closing():
+            transport.write(reply.encode("ascii") + b"\r\n")
+            transport.close()
+
+    def _timeout_cb(self) -> None:
+        timeout = self._limits.data_timeout if self.busy else self._limits.command_timeout
+        log.info("event=timeout client_ip=%s after=%ss", self.client_ip, timeout)
+        self.close_with("421 4.4.2 Timeout, closing connection")
+
+    async def push(self, status: AnyStr) -> None:
+        if isinstance(status, str):
+            await super().push(self._replies.get(status, status))
+        else:
+            await super().push(status)
+
+    async def smtp_DATA(self, arg: str) -> None:
+        """aiosmtpd's DATA, reading the message in one search instead of line by line
+        (that loop was the SMTP process's largest cost), under the DATA timeout."""
+        if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
+            return
+        assert self.envelope is not None
+        if not self.envelope.rcpt_tos:
+            await self.push("503 5.5.1 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 5.5.4 Syntax: DATA")
+            return
+        self.busy = True
+        self._reset_timeout(self._limits.data_timeout)
+        try:
+            await self.push("354 End data with <CR><LF>.<CR><LF>")
+            reader = self._reader
+            assert isinstance(reader, _StrictLineReader)
+            try:
+                content = await reader.read_data(self._limits.max_message_size)
+            except asyncio.CancelledError:
+                self._writer.close()  # the connection was lost or timed out
+                raise
+            if content is None:
+                status = self._too_big
+            else:
+                self.envelope.content = self.envelope.original_content = content
+                status = await self._call_handler_hook("DATA")
+            self.envelope = self._create_envelope()
+            await self.push(status)
+        finally:
+            self.busy = False
+        self._reset_timeout()
+
+    async def handle_exception(self, error: Exception) -> str:
+        if isinstance(error, BareLineEnding):
+            return "500 5.5.2 Bare CR or LF in command: lines must end with CRLF"
+        log.error("event=error client_ip=%s error=%r", self.client_ip, error, exc_info=error)
+        return "451 4.3.0 Internal error, try again later"
+
+
+# ---------------------------------------------------------------------------- AUTH
+
+
+@dataclass
+class _Tally:
+    failures: int = 0
+    locked_until: float = 0.0
+
+
+class AuthGuard:
+    """Failed AUTH attempts per client IP and per login: each failure is answered after a
+    delay, and past the limit the IP or login is locked out for a while."""
+
+    _MAX_TRACKED = 10_000
+
+    def __init__(
+        self,
+        max_per_ip: int,
+        max_per_user: int,
+        lockout: float,
+        delay: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.max_per_ip = max_per_ip
+        self.max_per_user = max_per_user
+        self.lockout = lockout
+        self.delay = delay
+        self._clock = clock
+        self._ips: dict[str, _Tally] = {}
+        self._users: dict[str, _Tally] = {}
+
+    def locked(self, ip: str | None, user: str | None = None) -> bool:
+        now = self._clock()
+        return any(
+            tally is not None and tally.locked_until > now
+            for tally in (self._ips.get(ip or ""), self._users.get(user or "\0"))
+        )
+
+    def failed(self, ip: str | None, user: str) -> None:
+        now = self._clock()
+        for table, key, limit in (
+            (self._ips, ip or "", self.max_per_ip),
+            (self._users, user, self.max_per_user),
+        ):
+            if len(table) >= self._MAX_TRACKED:
+                self._prune(table, now)
+            tally = table.setdefault(key, _Tally())
+            if tally.locked_until and tally.locked_until <= now:
+                tally.failures = 0  # the lockout has passed: a fresh start
+                tally.locked_until = 0.0
+            tally.failures += 1
+            if tally.failures >= limit:
+                tally.locked_until = now + self.lockout
+
+    def succeeded(self, ip: str | None, user: str) -> None:
+        self._ips.pop(ip or "", None)
+        self._users.pop(user, None)
+
+    @staticmethod
+    def _prune(table: dict[str, _Tally], now: float) -> None:
+        for key in [k for k, t in table.items() if t.locked_until <= now]:
+            del table[key]
+        # Still full of live lockouts: forget the oldest half rather than grow without end.
+        if len(table) >= AuthGuard._MAX_TRACKED:
+            for key in list(table)[: len(table) // 2]:
+                del table[key]
+
+
+# ---------------------------------------------------------------------------- handler
+
+
+class Handler:
+    def __init__(
+        self,
+        *,
+        clients: Iterable[ClientSettings],
+        signing_domains: Callable[[], Iterable[str]],
+        sealer: SealerLike,
+        spool: SpoolLike,
+        metrics: Metrics,
+        auth_guard: AuthGuard,
+        max_recipients: int,
+        max_line_length: int,
+    ) -> None:
+        clients = tuple(clients)
+        self._directory = ClientDirectory(clients)
+        self._passwords = {
+            c.name: parse_password_hash(c.password_hash) for c in clients if c.password_hash
+        }
+        self._signing_domains = signing_domains
+        self._sealer = sealer
+        self._spool = spool
+        self._metrics = metrics
+        self._guard = auth_guard
+        self._max_recipients = max_recipients
+        self._max_line_length = max_line_length
+
+    # -- session start
+
+    async def handle_PROXY(
+        self, server: GatewaySMTP, session: Session, envelope: Envelope, proxy_data: Any
+    ) -> bool:
+        source = proxy_data.src_addr
+        if source is None or not server.count_proxied_ip(str(source)):
+            log.info("event=refused client_ip=%s reason='connections per IP'", source)
+            return False
+        return True
+
+    async def handle_EHLO(
+        self,
+        server: GatewaySMTP,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        session.host_name = hostname
+        # aiosmtpd implements both but advertises neither.
+        return [*responses[:-1], "250-PIPELINING", "250-ENHANCEDSTATUSCODES", responses[-1]]
+
+    # -- AUTH
+
+    async def handle_AUTH(
+        self, server: GatewaySMTP, session: Session, envelope: Envelope, args: list[str]
+    ) -> str | None:
+        ip = server.client_ip
+        if self._guard.locked(ip):
+            self._metrics.rejected.inc("auth_locked")
+            return "454 4.7.0 Too many failed logins from your address, try again later"
+        credentials = await _read_credentials(server, args)
+        if credentials is None:
+            return None  # the exchange was aborted and already answered
+        login, password = credentials
+        user = login.decode("utf-8", "replace")
+        if self._guard.locked(ip, user):
+            self._metrics.rejected.inc("auth_locked")
+            return "454 4.7.0 Too many failed logins for this user, try again later"
+        stored = self._passwords.get(user)
+        # scrypt takes tens of milliseconds of CPU; keep it off the event loop.
+        valid = await asyncio.to_thread(verify_password, stored or _DUMMY_HASH, password)
+        if stored is None or not valid:
+            self._guard.failed(ip, user)
+            self._metrics.rejected.inc("auth_failed")
+            log.info("event=auth_failed client_ip=%s user=%r", ip, user)
+            await asyncio.sleep(self._guard.delay)
+            return "535 5.7.8 Authentication credentials invalid"
+        self._guard.succeeded(ip, user)
+        session.authenticated = True
+        server.authenticated_client = user
+        log.info("event=auth client_ip=%s client=%s", ip, user)
+        return "235 2.7.0 Authentication successful"
+
+    # -- the transaction
+
+    def _client(self, server: GatewaySMTP, session: Session) -> Client | None:
+        if server.authenticated_client is not None:
+            return self._directory.by_name(server.authenticated_client)
+        return self._directory.by_address(server.client_ip)
+
+    def _refuse(
+        self, server: GatewaySMTP, rejection: Rejection, client: Client | None, sender: str | None
+    ) -> str:
+        self._metrics.rejected.inc(rejection.reason)
+        log.info(
+            "event=rejected client=%s client_ip=%s sender=%s reason=%s reply=%d",
+            client.name if client else "-",
+            server.client_ip,
+            sender or "-",
+            rejection.reason,
+            rejection.code,
+        )
+        return f"{rejection.code} {rejection.status} {rejection.text}"
+
+    async def handle_MAIL(
+        self,
+        server: GatewaySMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        mail_options: list[str],
+    ) -> str:
+        client = self._client(server, session)
+        rejection = policy.check_relay(client)
+        if rejection is None:
+            assert client is not None
+            rejection = policy.check_sender_domain(
+                policy.domain_of(address), client, self._domains(), "Sender"
+            )
+        if rejection is not None:
+            return self._refuse(server, rejection, client, address)
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 2.1.0 Sender OK"
+
+    async def handle_RCPT(
+        self,
+        server: GatewaySMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        rcpt_options: list[str],
+    ) -> str:
+        rejection = policy.check_recipient_count(len(envelope.rcpt_tos), self._max_recipients)
+        if rejection is not None:
+            client = self._client(server, session)
+            return self._refuse(server, rejection, client, envelope.mail_from)
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        return "250 2.1.5 Recipient OK"
+
+    async def handle_DATA(self, server: GatewaySMTP, session: Session, envelope: Envelope) -> str:
+        raw: bytes = envelope.original_content or b""
+        client = self._client(server, session)
+        sender: str = envelope.mail_from or ""
+        if client is None:  # MAIL checked this already; kept so no path skips it
+            return self._refuse(server, policy.RELAY_DENIED, None, sender)
+        found = (
+            policy.check_line_ends(raw)
+            or policy.check_line_length(raw, self._max_line_length)
+            or policy.header_from_domain(raw)
+        )
+        if isinstance(found, Rejection):
+            return self._refuse(server, found, client, sender)
+        domain = found
+        rejection = policy.check_sender_domain(domain, client, self._domains(), "From")
+        if rejection is not None:
+            return self._refuse(server, rejection, client, sender)
+
+        started = time.perf_counter()
+        try:
+            sealed = await self._sealer.seal(raw, domain)
+        except SealError as error:
+            self._metrics.rejected.inc("seal_failed")
+            log.warning(
+                "event=seal_failed client=%s sender=%s size=%d error=%r",
+                client.name,
+                sender,
+                len(raw),
+                str(error),
+            )
+            return "451 4.3.0 Message could not be sealed, try again later"
+        self._metrics.signing_seconds.observe(time.perf_counter() - started)
+        self._metrics.sealed.inc()
+        self._metrics.documents.inc(amount=len(sealed.documents))
+
+        recipients = list(envelope.rcpt_tos)
+        try:
+            queue_id = await self._spool.put(
+                SpoolEnvelope(
+                    sender=sender, recipients=recipients, data=sealed.data, client=client.name
+                )
+            )
+        except Exception as error:
+            self._metrics.rejected.inc("spool_failed")
+            log.error("event=spool_failed client=%s error=%r", client.name, error, exc_info=error)
+            return "451 4.3.0 Message could not be queued, try again later"
+        self._metrics.received.inc()
+        log.info(
+            "event=queued queue_id=%s client=%s client_ip=%s sender=%s recipients=%d size=%d "
+            "documents=%d result=250",
+            queue_id,
+            client.name,
+            server.client_ip,
+            sender,
+            len(recipients),
+            len(sealed.data),
+            len(sealed.documents),
+        )
+        return f"250 2.0.0 Queued as {queue_id}"
+
+    def _domains(self) -> frozenset[str]:
+        return frozenset(d.lower() for d in self._signing_domains())
+
+
+async def _read_credentials(server: GatewaySMTP, args: list[str]) -> tuple[bytes, bytes] | None:
+    """(login, password) from AUTH PLAIN or LOGIN, or None once the failure is answered."""
+    mechanism = args[0].upper()
+    initial = args[1] if len(args) > 1 else None
+    if mechanism == "PLAIN":
+        if initial is not None:
+            blob = await _decode(server, initial)
+        else:
+            blob = await _challenge(server, "")
+        if blob is None:
+            return None
+        parts = blob.split(b"\0")
+        # RFC 4616: [authzid] NUL authcid NUL passwd; acting as another user is not offered.
+        if len(parts) != 3 or (parts[0] and parts[0] != parts[1]):
+            await server.push("501 5.5.2 Malformed PLAIN credentials")
+            return None
+        return parts[1], parts[2]
+    if mechanism == "LOGIN":
+        if initial is not None:
+            login = await _decode(server, initial)
+        else:
+            login = await _challenge(server, "User Name")
+        if login is None:
+            return None
+        password = await _challenge(server, "Password")
+        if password is None:
+            return None
+        return login, password
+    await server.push("504 5.5.4 Unrecognized authentication type")
+    return None
+
+
+async def _challenge(server: GatewaySMTP, prompt: str) -> bytes | None:
+    answer = await server.challenge_auth(prompt)
+    return answer if isinstance(answer, bytes) else None
+
+
+async def _decode(server: GatewaySMTP, text: str) -> bytes | None:
+    try:
+        return base64.b64decode(text.encode("ascii"), validate=True)
+    except (binascii.Error, UnicodeEncodeError):
+        await server.push("501 5.5.2 Cannot decode base64")
+        return None

@@ -1,0 +1,728 @@
+"""The SMTP session as a client sees it: real sockets to the gateway's listeners on
+127.0.0.1, real TLS, real sealing with test keys, and a spool double that records puts.
+
+Clients connect from 127.0.0.1 (allow-listed as the "loopback" client) or bind another
+loopback address such as 127.0.0.2 (not allow-listed) to play an outsider.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import dataclasses
+import random
+import ssl
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiosmtplib
+import pytest
+import trustme
+
+from gateway import policy, server
+from gateway.metrics import Metrics
+from gateway.seal import DocumentRules, Sealed, seal
+from gateway.settings import ClientSettings, hash_password
+from gateway.smtp_handler import AuthGuard, Handler, SessionLimits, Sessions
+from gateway.spool import Envelope
+from keys.signing import SigningMaterial
+
+HOST = "127.0.0.1"
+OUTSIDER = "127.0.0.2"
+DOMAIN = "caisses.example"
+PASSWORD = "correct horse battery staple"
+PASSWORD_HASH = hash_password(PASSWORD)
+CLIENTS = (
+    ClientSettings(name="loopback", networks=("127.0.0.1/32",), sender_domains=(DOMAIN,)),
+    ClientSettings(name="batch", password_hash=PASSWORD_HASH, sender_domains=(DOMAIN,)),
+)
+SIGNING_DOMAINS = frozenset({DOMAIN, "second.example"})
+
+
+def message(
+    sender: str = f"decomptes@{DOMAIN}", extra_headers: str = "", body: str = "Bonjour.\r\n"
+) -> bytes:
+    return (
+        f"From: Caisses Sociales <{sender}>\r\nTo: membre@example.org\r\n"
+        f"Subject: Votre décompte\r\n{extra_headers}"
+        "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n"
+        f"Content-Transfer-Encoding: 8bit\r\n\r\n{body}"
+    ).encode()
+
+
+@dataclass
+class RecordingSpool:
+    """Stands in for gateway.spool: records what would be stored."""
+
+    puts: list[Envelope] = field(default_factory=list)
+    fail: bool = False
+
+    async def put(self, envelope: Envelope) -> str:
+        if self.fail:
+            raise OSError("disk full")
+        self.puts.append(envelope)
+        return f"Q{len(self.puts):04d}"
+
+
+@dataclass
+class InlineSealer:
+    """The real `seal` with test keys, run inline (gateway.sealer runs it in a pool)."""
+
+    material: SigningMaterial
+
+    async def seal(self, raw: bytes, domain: str) -> Sealed:
+        return seal(raw, self.material, DocumentRules())
+
+
+@dataclass
+class Gateway:
+    receiver: server.Receiver
+    spool: RecordingSpool
+    metrics: Metrics
+
+    def port(self, mode: server.Mode = "relay") -> int:
+        return self.receiver.address(mode)[1]
+
+
+@contextlib.asynccontextmanager
+async def running_gateway(
+    material: SigningMaterial,
+    tls: ssl.SSLContext,
+    proxy_protocol_timeout: float | None = None,
+    **limit_overrides: Any,
+) -> AsyncIterator[Gateway]:
+    values: dict[str, Any] = {
+        "max_message_size": 64 * 1024,
+        "max_recipients": 3,
+        "command_timeout": 5.0,
+        "data_timeout": 5.0,
+        "max_line_length": 998,
+        "max_connections": 20,
+        "max_connections_per_ip": 10,
+        "auth_max_failures_per_ip": 3,
+        "auth_max_failures_per_user": 5,
+    }
+    values.update(limit_overrides)
+    limits = SessionLimits(**{f.name: values[f.name] for f in dataclasses.fields(SessionLimits)})
+    spool, metrics = RecordingSpool(), Metrics()
+    handler = Handler(
+        clients=CLIENTS,
+        signing_domains=lambda: SIGNING_DOMAINS,
+        sealer=InlineSealer(material),
+        spool=spool,
+        metrics=metrics,
+        auth_guard=AuthGuard(
+            values["auth_max_failures_per_ip"],
+            values["auth_max_failures_per_user"],
+            lockout=60.0,
+            delay=0.01,
+        ),
+        max_recipients=limits.max_recipients,
+        max_line_length=limits.max_line_length,
+    )
+    sessions = Sessions(values["max_connections"], values["max_connections_per_ip"])
+    receiver = await server.start(
+        handler,
+        [
+            server.ListenerSpec("relay", HOST, 0, proxy_protocol_timeout),
+            server.ListenerSpec("submission", HOST, 0),
+            server.ListenerSpec("smtps", HOST, 0),
+        ],
+        hostname="gateway.test",
+        tls=tls,
+        limits=limits,
+        sessions=sessions,
+    )
+    try:
+        yield Gateway(receiver, spool, metrics)
+    finally:
+        await receiver.close(grace=1.0)
+
+
+@pytest.fixture
+def server_tls(ca: trustme.CA) -> ssl.SSLContext:
+    context = (
+        server.tls_context.__wrapped__() if hasattr(server.tls_context, "__wrapped__") else None
+    )
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert(HOST, "localhost").configure_cert(context)
+    return context
+
+
+@pytest.fixture
+async def gateway(
+    signing_material: SigningMaterial, server_tls: ssl.SSLContext
+) -> AsyncIterator[Gateway]:
+    async with running_gateway(signing_material, server_tls) as running:
+        yield running
+
+
+class Raw:
+    """A plain socket client that sends exactly the bytes given and reads whole replies."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    @classmethod
+    async def connect(cls, port: int, source: str = HOST) -> Raw:
+        reader, writer = await asyncio.open_connection(HOST, port, local_addr=(source, 0))
+        return cls(reader, writer)
+
+    async def reply(self) -> str:
+        """One reply; a multi-line reply comes back joined with newlines."""
+        lines = []
+        async with asyncio.timeout(5):
+            while True:
+                line = (await self.reader.readline()).decode()
+                if not line:
+                    raise ConnectionError("closed: " + "\n".join(lines))
+                lines.append(line.rstrip("\r\n"))
+                if len(line) < 4 or line[3] != "-":
+                    return "\n".join(lines)
+
+    async def send(self, data: bytes) -> None:
+        self.writer.write(data)
+        await self.writer.drain()
+
+    async def command(self, line: str) -> str:
+        await self.send(line.encode() + b"\r\n")
+        return await self.reply()
+
+    async def greet(self) -> str:
+        assert (await self.reply()).startswith("220 ")
+        return await self.command("EHLO client.test")
+
+    async def closed(self) -> bool:
+        async with asyncio.timeout(5):
+            return await self.reader.read() == b""
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+@contextlib.asynccontextmanager
+async def raw(port: int, source: str = HOST) -> AsyncIterator[Raw]:
+    client = await Raw.connect(port, source)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+async def transaction(
+    client: Raw, data: bytes, sender: str = f"decomptes@{DOMAIN}", rcpts: int = 1
+) -> str:
+    """MAIL, RCPT, DATA with dot-stuffing; the reply to the end of data."""
+    assert (await client.command(f"MAIL FROM:<{sender}>")).startswith("250 ")
+    for i in range(rcpts):
+        assert (await client.command(f"RCPT TO:<membre{i}@example.org>")).startswith("250 ")
+    assert (await client.command("DATA")).startswith("354 ")
+    stuffed = b"\r\n".join(
+        b"." + line if line.startswith(b".") else line for line in data.split(b"\r\n")
+    )
+    await client.send(stuffed + (b"" if stuffed.endswith(b"\r\n") else b"\r\n") + b".\r\n")
+    return await client.reply()
+
+
+# ---------------------------------------------------------------------------- accepting
+
+
+async def test_message_from_allow_listed_network_is_sealed_and_queued(gateway: Gateway) -> None:
+    async with raw(gateway.port()) as client:
+        await client.greet()
+        reply = await transaction(client, message(), rcpts=2)
+    assert reply == "250 2.0.0 Queued as Q0001"
+    [stored] = gateway.spool.puts
+    assert stored.sender == f"decomptes@{DOMAIN}"
+    assert stored.recipients == ["membre0@example.org", "membre1@example.org"]
+    assert stored.client == "loopback"
+    assert stored.data.count(b"DKIM-Signature:") == 2
+    assert stored.data.endswith(b"Bonjour.\r\n")
+    assert gateway.metrics.received.value() == 1
+    assert gateway.metrics.sealed.value() == 1
+    assert gateway.metrics.signing_seconds.count == 1
+
+
+async def test_ehlo_advertises_extensions_and_no_auth_before_tls(gateway: Gateway) -> None:
+    async with raw(gateway.port("submission")) as client:
+        ehlo = await client.greet()
+    keywords = {line[4:].split()[0] for line in ehlo.splitlines()[1:]}
+    assert {"SIZE", "8BITMIME", "SMTPUTF8", "PIPELINING", "ENHANCEDSTATUSCODES", "STARTTLS"} <= (
+        keywords
+    )
+    assert "AUTH" not in keywords
+    assert "250-SIZE 65536" in ehlo.splitlines()
+
+
+async def test_pipelined_transaction_gets_one_reply_per_command(gateway: Gateway) -> None:
+    async with raw(gateway.port()) as client:
+        await client.greet()
+        await client.send(f"MAIL FROM:<a@{DOMAIN}>\r\nRCPT TO:<m@example.org>\r\nDATA\r\n".encode())
+        replies = [await client.reply() for _ in range(3)]
+        await client.send(message() + b".\r\n")
+        replies.append(await client.reply())
+    assert [r[:3] for r in replies] == ["250", "250", "354", "250"]
+
+
+# ---------------------------------------------------------------------------- policy
+
+
+async def test_outsider_cannot_relay(gateway: Gateway) -> None:
+    async with raw(gateway.port(), source=OUTSIDER) as client:
+        await client.greet()
+        reply = await client.command(f"MAIL FROM:<decomptes@{DOMAIN}>")
+        rcpt = await client.command("RCPT TO:<victim@example.org>")
+    assert reply.startswith("550 5.7.1 Relaying denied")
+    assert rcpt.startswith("503 ")
+    assert gateway.spool.puts == []
+    assert gateway.metrics.rejected.value("relay_denied") == 1
+
+
+async def test_submission_requires_starttls_then_auth(
+    gateway: Gateway, client_tls: ssl.SSLContext
+) -> None:
+    async with raw(gateway.port("submission")) as client:
+        await client.greet()
+        assert (await client.command(f"MAIL FROM:<a@{DOMAIN}>")).startswith("530 5.7.0 ")
+    smtp = aiosmtplib.SMTP(
+        hostname=HOST, port=gateway.port("submission"), start_tls=True, tls_context=client_tls
+    )
+    async with smtp:
+        await smtp.ehlo()
+        response = await smtp.execute_command(b"MAIL", f"FROM:<a@{DOMAIN}>".encode())
+    assert (response.code, response.message) == (530, "5.7.0 Authentication required")
+    assert gateway.spool.puts == []
+
+
+@pytest.mark.parametrize(
+    ("sender", "reply"),
+    [
+        ("decomptes@elsewhere.example", "550 5.7.1 Sender domain elsewhere.example is not a"),
+        ("decomptes@second.example", "550 5.7.1 Sender domain second.example is not allowed"),
+    ],
+)
+async def test_envelope_sender_must_be_signed_and_allowed(
+    gateway: Gateway, sender: str, reply: str
+) -> None:
+    async with raw(gateway.port()) as client:
+        await client.greet()
+        assert (await client.command(f"MAIL FROM:<{sender}>")).startswith(reply)
+    assert gateway.spool.puts == []
+
+
+@pytest.mark.parametrize(
+    ("data", "reply"),
+    [
+        (
+            b"To: m@example.org\r\nSubject: x\r\n\r\nbody\r\n",
+            "550 5.6.0 Message has no From header",
+        ),
+        (
+            message(extra_headers=f"From: other@{DOMAIN}\r\n"),
+            "550 5.6.0 Message has 2 From headers",
+        ),
+        (
+            message(sender="someone@elsewhere.example"),
+            "550 5.7.1 From domain elsewhere.example is not a domain this gateway signs for",
+        ),
+        (
+            message(sender="someone@second.example"),
+            "550 5.7.1 From domain second.example is not allowed for client loopback",
+        ),
+    ],
+)
+async def test_header_from_is_checked(gateway: Gateway, data: bytes, reply: str) -> None:
+    async with raw(gateway.port()) as client:
+        await client.greet()
+        assert (await transaction(client, data)).startswith(reply)
+        # The session goes on: the next message is accepted.
+        assert (await transaction(client, message())).startswith("250 2.0.0 Queued as")
+    assert len(gateway.spool.puts) == 1
+
+
+# ---------------------------------------------------------------------------- AUTH
+
+
+async def authenticated(port: int, tls: ssl.SSLContext, mechanism: str) -> aiosmtplib.SMTP:
+    smtp = aiosmtplib.SMTP(hostname=HOST, port=port, start_tls=True, tls_context=tls)
+    await smtp.connect()
+    await smtp.ehlo()
+    assert mechanism.lower() in smtp.server_auth_methods
+    if mechanism == "PLAIN":
+        await smtp.auth_plain("batch", PASSWORD)
+    else:
+        await smtp.auth_login("batch", PASSWORD)
+    return smtp
+
+
+@pytest.mark.parametrize("mechanism", ["PLAIN", "LOGIN"])
+async def test_authenticated_client_sends_after_starttls(
+    gateway: Gateway, client_tls: ssl.SSLContext, mechanism: str
+) -> None:
+    smtp = await authenticated(gateway.port("submission"), client_tls, mechanism)
+    async with smtp:
+        refused, reply = await smtp.sendmail(f"a@{DOMAIN}", ["m@example.org"], message())
+    assert refused == {}
+    assert reply.startswith("2.0.0 Queued as Q0001")
+    assert gateway.spool.puts[0].client == "batch"
+
+
+async def test_smtps_offers_auth_at_once(gateway: Gateway, client_tls: ssl.SSLContext) -> None:
+    smtp = aiosmtplib.SMTP(
+        hostname=HOST, port=gateway.port("smtps"), use_tls=True, tls_context=client_tls
+    )
+    async with smtp:
+        await smtp.ehlo()
+        assert not smtp.supports_extension("starttls")
+        response = await smtp.auth_plain("batch", PASSWORD)
+    assert response.code == 235
+
+
+async def test_wrong_password_is_refused_then_the_address_is_locked_out(
+    gateway: Gateway, client_tls: ssl.SSLContext
+) -> None:
+    smtp = aiosmtplib.SMTP(
+        hostname=HOST, port=gateway.port("submission"), start_tls=True, tls_context=client_tls
+    )
+    async with smtp:
+        await smtp.ehlo()
+        codes = []
+        for _ in range(4):
+            token = base64.b64encode(b"\0batch\0wrong").decode()
+            response = await smtp.execute_command(b"AUTH", b"PLAIN", token.encode())
+            codes.append((response.code, response.message[:5]))
+        # Locked out: even the right password waits.
+        token = base64.b64encode(f"\0batch\0{PASSWORD}".encode()).decode()
+        right = await smtp.execute_command(b"AUTH", b"PLAIN", token.encode())
+    assert codes == [(535, "5.7.8")] * 3 + [(454, "4.7.0")]
+    assert (right.code, right.message[:5]) == (454, "4.7.0")
+    assert gateway.metrics.rejected.value("auth_failed") == 3
+
+
+async def test_a_user_is_locked_out_across_addresses(
+    signing_material: SigningMaterial, server_tls: ssl.SSLContext, client_tls: ssl.SSLContext
+) -> None:
+    async with running_gateway(
+        signing_material,
+        server_tls,
+        auth_max_failures_per_ip=100,
+        auth_max_failures_per_user=2,
+    ) as gateway:
+        replies = []
+        for source in ("127.0.0.2", "127.0.0.3", "127.0.0.4"):
+            smtp = aiosmtplib.SMTP(
+                hostname=HOST,
+                port=gateway.port("submission"),
+                start_tls=True,
+                tls_context=client_tls,
+                source_address=(source, 0),
+            )
+            async with smtp:
+                await smtp.ehlo()
+                token = base64.b64encode(b"\0batch\0wrong").decode()
+                response = await smtp.execute_command(b"AUTH", b"PLAIN", token.encode())
+                replies.append(response.code)
+    assert replies == [535, 535, 454]
+
+
+async def test_auth_with_bad_base64_is_a_syntax_error(
+    gateway: Gateway, client_tls: ssl.SSLContext
+) -> None:
+    smtp = aiosmtplib.SMTP(
+        hostname=HOST, port=gateway.port("submission"), start_tls=True, tls_context=client_tls
+    )
+    async with smtp:
+        await smtp.ehlo()
+        response = await smtp.execute_command(b"AUTH", b"PLAIN", b"!!notbase64")
+    assert (response.code, response.message) == (501, "5.5.2 Cannot decode base64")
+
+
+# ---------------------------------------------------------------------------- limits
+
+
+async def test_too_many_recipients(gateway: Gateway) -> None:
+    async with raw(gateway.port()) as client:
+        await client.greet()
+        await client.command(f"MAIL FROM:<a@{DOMAIN}>")
+        replies = [await client.command(f"RCPT TO:<m{i}@example.org>") for i in range(4)]
+    assert [r[:9] for r in replies] == ["250 2.1.5"] * 3 + ["452 4.5.3"]
+
+
+async def test_declared_size_over_the_limit(gateway: Gateway) -> None:
+    async with raw(gateway.port()) as client:
+        await client.greet()
+        reply = await client.command(f"MAIL FROM:<a@{DOMAIN}> SIZE=70000")
+    assert reply == "552 5.3.4 Message too big: at most 65536 bytes"
+
+
+async def test_actual_size_over_the_limit(gateway: Gateway) -> None:
+    body = ("x" * 900 + "\r\n") * 80  # 72 KB
+    async with raw(gateway.port()) as client:
+        await client.greet()
+        reply = await transaction(client, message(body=body))
+    assert reply == "552 5.3.4 Message too big: at most 65536 bytes"
+    assert gateway.spool.puts == []
+
+
+@pytest.mark.parametrize(("length", "accepted"), [(998, True), (999, False), (5000, False)])
+async def test_line_length(gateway: Gateway, length: int, accepted: bool) -> None:
+    async with raw(gateway.port()) as client:
+        await client.greet()
+        reply = await transaction(client, message(body="y" * length + "\r\n"))
+    if accepted:
+        assert reply.startswith("250 2.0.0 ")
+    else:
+        assert reply == "554 5.6.0 Line too long: at most 998 characters per line"
+        assert gateway.spool.puts == []
+
+
+async def test_dot_stuffed_line_of_998_characters_is_accepted(gateway: Gateway) -> None:
+    async with raw(gateway.port()) as client:
+        await client.greet()
+        reply = await transaction(client, message(body="." * 998 + "\r\n"))
+    assert reply.startswith("250 ")
+    assert gateway.spool.puts[0].data.endswith(b"\r\n" + b"." * 998 + b"\r\n")
+
+
+async def test_command_line_too_long(gateway: Gateway) -> None:
+    async with raw(gateway.port()) as client:
+        await client.greet()
+        reply = await client.command("NOOP " + "z" * 2000)
+        after = await client.command("NOOP")
+    assert reply == "500 5.5.6 Command line too long"
+    assert after.startswith("250 ")
+
+
+# ---------------------------------------------------------------------------- failures
+
+
+async def test_unsealable_message_is_answered_451_and_not_kept(gateway: Gateway) -> None:
+    broken_pdf = (
+        f"From: <a@{DOMAIN}>\r\nTo: m@example.org\r\nSubject: x\r\nMIME-Version: 1.0\r\n"
+        'Content-Type: multipart/mixed; boundary="b"\r\n\r\n--b\r\n'
+        "Content-Type: text/plain\r\n\r\nhi\r\n--b\r\n"
+        'Content-Type: application/pdf; name="d.pdf"\r\nContent-Transfer-Encoding: base64\r\n'
+        'Content-Disposition: attachment; filename="d.pdf"\r\n\r\n%%% not base64 %%%\r\n--b--\r\n'
+    ).encode()
+    async with raw(gateway.port()) as client:
+        await client.greet()
+        reply = await transaction(client, broken_pdf)
+    assert reply == "451 4.3.0 Message could not be sealed, try again later"
+    assert gateway.spool.puts == []
+    assert gateway.metrics.rejected.value("seal_failed") == 1
+
+
+async def test_spool_failure_is_answered_451(gateway: Gateway) -> None:
+    gateway.spool.fail = True
+    async with raw(gateway.port()) as client:
+        await client.greet()
+        reply = await transaction(client, message())
+    assert reply == "451 4.3.0 Message could not be queued, try again later"
+
+
+# ---------------------------------------------------------------------------- smuggling
+
+SMUGGLED = (
+    b"MAIL FROM:<evil@caisses.example>\r\nRCPT TO:<victim@example.org>\r\nDATA\r\n"
+    b"From: <evil@caisses.example>\r\nTo: victim@example.org\r\n\r\nsmuggled\r\n"
+)
+
+
+@pytest.mark.parametrize(
+    "end",
+    [
+        b"\n.\n",
+        b"\n.\r\n",
+        b"\r\n.\n",
+        b"\r.\r\n",
+        b"\r\n.\r",
+        b"\r.\r",
+        b"\n.\r",
+        b"\r.\n",
+        b"\r\n\x00.\r\n",
+    ],
+    ids=repr,
+)
+async def test_no_payload_yields_a_second_message(gateway: Gateway, end: bytes) -> None:
+    async with raw(gateway.port()) as client:
+        await client.greet()
+        await client.command(f"MAIL FROM:<decomptes@{DOMAIN}>")
+        await client.command("RCPT TO:<membre@example.org>")
+        assert (await client.command("DATA")).startswith("354 ")
+        await client.send(message() + end + SMUGGLED + b"\r\n.\r\n")
+        reply = await client.reply()
+        quit_reply = await client.command("QUIT")
+    # One message, one reply: refused for its bare line ends (or, for the NUL variant,
+    # accepted whole); the smuggled commands were never commands.
+    assert quit_reply.startswith("221 ")
+    if b"\x00" in end:
+        assert reply.startswith("250 ")
+        [stored] = gateway.spool.puts
+        assert stored.recipients == ["membre@example.org"]
+        assert b"smuggled" in stored.data
+    else:
+        assert reply == "554 5.6.0 Bare CR or LF in message data: every line must end with CRLF"
+        assert gateway.spool.puts == []
+
+
+@pytest.mark.parametrize(
+    "line",
+    [b"NOOP\n", b"NOOP\rRSET\r\n", b"MAIL FROM:<a@caisses.example>\r\rRCPT TO:<x@y>\r\n"],
+    ids=repr,
+)
+async def test_bare_line_ends_in_commands_are_refused(gateway: Gateway, line: bytes) -> None:
+    async with raw(gateway.port()) as client:
+        await client.greet()
+        await client.send(line)
+        reply = await client.reply()
+        after = await client.command("RSET")
+    assert reply == "500 5.5.2 Bare CR or LF in command: lines must end with CRLF"
+    assert after.startswith("250 ")
+
+
+async def test_bare_lf_after_data_command_cannot_start_a_message(gateway: Gateway) -> None:
+    async with raw(gateway.port()) as client:
+        await client.greet()
+        await client.command(f"MAIL FROM:<decomptes@{DOMAIN}>")
+        await client.command("RCPT TO:<membre@example.org>")
+        await client.send(b"DATA\n")
+        reply = await client.reply()
+    assert reply.startswith("500 5.5.2 ")
+    assert gateway.spool.puts == []
+
+
+# ---------------------------------------------------------------------------- DATA framing
+
+
+async def start_data(client: Raw) -> None:
+    await client.greet()
+    await client.command(f"MAIL FROM:<decomptes@{DOMAIN}>")
+    await client.command("RCPT TO:<membre@example.org>")
+    assert (await client.command("DATA")).startswith("354 ")
+
+
+async def test_empty_message_ends_at_once(gateway: Gateway) -> None:
+    async with raw(gateway.port()) as client:
+        await start_data(client)
+        await client.send(b".\r\n")
+        assert (await client.reply()).startswith("550 5.6.0 Message has no From header")
+
+
+async def test_dots_inside_lines_and_stuffed_lines_are_content(gateway: Gateway) -> None:
+    body = "ends with a dot.\r\n.\r\n..two\r\n.\r\nlast.\r\n"
+    async with raw(gateway.port()) as client:
+        await start_data(client)
+        reply = await transaction_data(client, message(body=body))
+    assert reply.startswith("250 ")
+    assert gateway.spool.puts[0].data.endswith(body.encode())
+
+
+async def transaction_data(client: Raw, data: bytes) -> str:
+    stuffed = data.replace(b"\r\n.", b"\r\n..")
+    await client.send(stuffed + b".\r\n")
+    return await client.reply()
+
+
+async def test_data_sent_one_byte_at_a_time(gateway: Gateway) -> None:
+    data = message(body="a.\r\n..b\r\n").replace(b"\r\n.", b"\r\n..") + b".\r\nNOOP\r\n"
+    async with raw(gateway.port()) as client:
+        await start_data(client)
+        for i in range(len(data)):
+            client.writer.write(data[i : i + 1])
+            if i % 64 == 0:
+                await client.writer.drain()
+                await asyncio.sleep(0)
+        await client.writer.drain()
+        reply = await client.reply()
+        noop = await client.reply()
+    assert reply.startswith("250 ")
+    assert noop.startswith("250 ")
+    assert gateway.spool.puts[0].data.endswith(b"a.\r\n..b\r\n")
+
+
+async def test_oversized_message_of_dotted_lines_is_drained_and_refused(gateway: Gateway) -> None:
+    body = "x.\r\n" * 20_000  # 80 KB, in lines that each hold a "." before CRLF
+    async with raw(gateway.port()) as client:
+        await start_data(client)
+        reply = await transaction_data(client, message(body=body))
+        after = await client.command("NOOP")
+    assert reply == "552 5.3.4 Message too big: at most 65536 bytes"
+    assert after.startswith("250 ")
+    assert gateway.spool.puts == []
+
+
+# ---------------------------------------------------------------------------- PROXY
+
+
+@pytest.mark.parametrize(
+    ("source", "allowed"), [("127.0.0.1", True), ("192.0.2.7", False)], ids=["inside", "outside"]
+)
+async def test_behind_a_proxy_the_client_is_the_proxied_address(
+    signing_material: SigningMaterial, server_tls: ssl.SSLContext, source: str, allowed: bool
+) -> None:
+    async with (
+        running_gateway(signing_material, server_tls, proxy_protocol_timeout=3.0) as gw,
+        raw(gw.port()) as client,
+    ):
+        await client.send(f"PROXY TCP4 {source} 127.0.0.1 40000 25\r\n".encode())
+        await client.greet()
+        reply = await client.command(f"MAIL FROM:<decomptes@{DOMAIN}>")
+    if allowed:
+        assert reply.startswith("250 2.1.0")
+    else:
+        assert reply.startswith("550 5.7.1 Relaying denied")
+
+
+async def test_proxy_listener_drops_a_connection_without_header(
+    signing_material: SigningMaterial, server_tls: ssl.SSLContext
+) -> None:
+    async with (
+        running_gateway(signing_material, server_tls, proxy_protocol_timeout=3.0) as gw,
+        raw(gw.port()) as client,
+    ):
+        await client.send(b"EHLO direct.test\r\n")
+        assert await client.closed()
+
+
+async def test_random_line_ends_never_split_or_merge_messages(gateway: Gateway) -> None:
+    """Bodies made of dots, CRs, LFs and CRLFs, stuffed as a conforming client would: each
+    transaction gets exactly one reply, accepted exactly as sent or refused whole."""
+    rng = random.Random(20231218)  # fixed: the same payloads on every run
+    pieces = [b"a", b".", b"\r", b"\n", b"\r\n", b"\r\n.", b".\r\n", b" "]
+    accepted = 0
+    async with raw(gateway.port()) as client:
+        await client.greet()
+        for _ in range(150):
+            body = b"".join(rng.choice(pieces) for _ in range(rng.randrange(1, 24)))
+            data = message(body="") + body
+            if not data.endswith(b"\r\n"):
+                data += b"\r\n"
+            await client.command(f"MAIL FROM:<decomptes@{DOMAIN}>")
+            await client.command("RCPT TO:<membre@example.org>")
+            assert (await client.command("DATA")).startswith("354 ")
+            await client.send(data.replace(b"\r\n.", b"\r\n..") + b".\r\n")
+            reply = await client.reply()
+            if policy.check_line_ends(data) is None:
+                accepted += 1
+                assert reply.startswith("250 "), (body, reply)
+                assert gateway.spool.puts[-1].data.endswith(data)
+            else:
+                assert reply.startswith("554 5.6.0 Bare CR or LF"), (body, reply)
+            assert (await client.command("NOOP")).startswith("250 ")
+    assert len(gateway.spool.puts) == accepted
+    assert 0 < accepted < 150  # both kinds were tried
+
+
+@pytest.mark.parametrize(("extra", "accepted"), [(0, True), (1, False)])
+async def test_size_limit_is_exact(gateway: Gateway, extra: int, accepted: bool) -> None:
+    head = message(body="")
+    lines, rest = divmod(65536 - len(head), 100)
+    body = b"z" * 98 + b"\r\n"
+    data = head + body * lines + b"z" * (rest - 2 + extra) + b"\r\n"
+    assert len(data) == 65536 + extra
+    async with raw(gateway.port()) as client:
+        await client.greet()
+        reply = await transaction(client, data)
+    assert reply.startswith("250 ") if accepted else reply.startswith("552 5.3.4")
