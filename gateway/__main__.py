@@ -22,13 +22,13 @@ import signal
 import socket
 import ssl
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TextIO
 
 from gateway import metrics as metrics_http
 from gateway import queue_cli, server
-from gateway.delivery import Delivery, DirectMX, MaildirRoute, Outcome, Route, Smarthost
+from gateway.delivery import Delivery, DirectMX, MaildirRoute, Route, Smarthost
 from gateway.metrics import Metrics
 from gateway.scheduler import RetryPolicy, Scheduler
 from gateway.seal import DocumentRules
@@ -125,25 +125,6 @@ def _configure_logging(level: str) -> None:
 
 
 # ---------------------------------------------------------------------------- running
-
-
-class _CountingDelivery:
-    """Counts delivery outcomes for the metrics on their way to the scheduler."""
-
-    def __init__(self, delivery: Delivery, metrics: Metrics) -> None:
-        self._delivery = delivery
-        self._metrics = metrics
-
-    async def deliver(self, sender: str, recipients: Sequence[str], data: bytes) -> list[Outcome]:
-        outcomes = await self._delivery.deliver(sender, recipients, data)
-        for outcome in outcomes:
-            counter = {
-                "delivered": self._metrics.delivered,
-                "transient": self._metrics.deferred,
-                "permanent": self._metrics.bounced,
-            }[outcome.status]
-            counter.inc()
-        return outcomes
 
 
 class _NotifyingSpool:
@@ -258,9 +239,14 @@ def _scheduler(
     async def seal_dsn(raw: bytes, domain: str) -> bytes:
         return (await sealer.seal(raw, domain)).data
 
+    def count(states: Mapping[str, int]) -> None:
+        metrics.delivered.inc(amount=states["delivered"])
+        metrics.deferred.inc(amount=states["deferred"])
+        metrics.bounced.inc(amount=states["bounced"])
+
     return Scheduler(
         spool,
-        _CountingDelivery(delivery, metrics),
+        delivery,
         seal_dsn,
         reporting_mta=settings.gateway.hostname or socket.gethostname(),
         policy=RetryPolicy(
@@ -269,6 +255,7 @@ def _scheduler(
             lifetime=settings.delivery.max_lifetime,
         ),
         grace=settings.gateway.shutdown_grace,
+        on_recorded=count,
     )
 
 

@@ -25,7 +25,7 @@ import functools
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
@@ -45,6 +45,9 @@ from gateway.spool import (
 log = logging.getLogger("sealpost.delivery")
 
 Seal = Callable[[bytes, str], Awaitable[bytes]]
+# Told, after each recorded attempt, how many recipients became delivered / deferred /
+# bounced: the states as stored, which is what the metrics must count.
+OnRecorded = Callable[[Mapping[str, int]], None]
 
 
 class Deliverer(Protocol):
@@ -80,6 +83,7 @@ class Scheduler:
         grace: float = 10.0,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
+        on_recorded: OnRecorded | None = None,
     ) -> None:
         self._spool = spool
         self._delivery = delivery
@@ -91,6 +95,7 @@ class Scheduler:
         self._grace = grace
         self._clock = clock
         self._rng = rng or random.SystemRandom()
+        self._on_recorded = on_recorded
         self._wake = asyncio.Event()
         self._in_flight: dict[str, asyncio.Task[None]] = {}
         # Messages whose outcome could not be recorded: left alone for a poll interval, so
@@ -227,6 +232,8 @@ class Scheduler:
                 counts["deferred"] += counts["bounced"]
                 counts["bounced"] = 0
         done = await self._spool.record(message.id, updates)
+        if self._on_recorded is not None:
+            self._on_recorded(counts)
         log.info(
             "event=attempt id=%s nrcpt=%d delivered=%d deferred=%d bounced=%d done=%s"
             " reply=%s",

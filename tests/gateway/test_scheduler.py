@@ -208,6 +208,22 @@ async def test_550_for_one_recipient_others_arrive_and_one_signed_dsn_names_it(
     assert failed["Diagnostic-Code"] == "smtp; 550 5.1.1 <gone@x.example>: No such user"
 
 
+async def test_each_recorded_attempt_reports_the_recipient_states_it_stored(
+    spool: Spool, peer: Peer, seal: DkimSeal
+) -> None:
+    peer.refuse["gone@x.example"] = "550 5.1.1 <gone@x.example>: No such user"
+    peer.refuse["full@x.example"] = "452 4.2.2 <full@x.example>: Mailbox full"
+    reports: list[dict[str, int]] = []
+    async with running(spool, peer, seal, on_recorded=lambda c: reports.append(dict(c))):
+        await queue(spool, None, ["a@x.example", "gone@x.example", "full@x.example"])
+        await until(lambda: _reported(reports))
+    assert reports[0] == {"delivered": 1, "deferred": 1, "bounced": 1}
+
+
+async def _reported(reports: list[dict[str, int]]) -> bool:
+    return len(reports) >= 1
+
+
 async def test_lifetime_reached_bounces_with_a_dsn(
     spool: Spool, peer: Peer, seal: DkimSeal
 ) -> None:
