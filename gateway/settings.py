@@ -29,7 +29,7 @@ import os
 import secrets
 import tomllib
 from collections.abc import Mapping
-from dataclasses import MISSING, dataclass, field, fields, is_dataclass
+from dataclasses import MISSING, Field, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar, get_args, get_origin, get_type_hints
 
@@ -264,12 +264,14 @@ def _describe(kind: Any) -> str:
     )
 
 
-def _convert(value: object, kind: Any, where: str, errors: list[str]) -> object:
+def _convert(
+    value: object, kind: Any, where: str, errors: list[str], base: object = None
+) -> object:
     if is_dataclass(kind) and isinstance(kind, type):
         if not isinstance(value, dict):
             errors.append(f"{where}: expected a table")
             return None
-        return _build(kind, value, where, errors)
+        return _build(kind, value, where, errors, base)
     if get_origin(kind) is tuple:
         (item_kind, _ellipsis) = get_args(kind)
         if not isinstance(value, list):
@@ -288,7 +290,18 @@ def _convert(value: object, kind: Any, where: str, errors: list[str]) -> object:
     return None
 
 
-def _build(cls: type[T], data: dict[str, Any], where: str, errors: list[str]) -> T | None:
+def _field_default(f: Field[Any]) -> object:
+    if f.default_factory is not MISSING:
+        return f.default_factory()
+    return None if f.default is MISSING else f.default
+
+
+def _build(
+    cls: type[T], data: dict[str, Any], where: str, errors: list[str], base: object = None
+) -> T | None:
+    """`cls` from a table; keys the table leaves out keep their value in `base` (the field's
+    own default, so `[relay]` with only a timeout keeps the relay's default address) or,
+    without a base, the class default."""
     hints = get_type_hints(cls)
     names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
     before = len(errors)
@@ -300,11 +313,13 @@ def _build(cls: type[T], data: dict[str, Any], where: str, errors: list[str]) ->
     for f in fields(cls):  # type: ignore[arg-type]
         place = f"{where}.{f.name}" if where else f.name
         if f.name in data:
-            values[f.name] = _convert(data[f.name], hints[f.name], place, errors)
+            values[f.name] = _convert(data[f.name], hints[f.name], place, errors, _field_default(f))
         elif f.default is MISSING and f.default_factory is MISSING:
             errors.append(f"{place}: required")
     if len(errors) > before:
         return None
+    if isinstance(base, cls):
+        return replace(base, **values)  # type: ignore[type-var]
     return cls(**values)
 
 

@@ -94,6 +94,20 @@ def test_environment_overrides_the_file(tmp_path: Path) -> None:
     assert s.gateway.shutdown_grace == 2.5
 
 
+def test_a_table_keeps_the_defaults_of_the_keys_it_leaves_out(tmp_path: Path) -> None:
+    # Behind HAProxy only the PROXY timeout is set; the relay must keep listening.
+    from_file = load(write(tmp_path, "[relay]\nproxy_protocol_timeout = 3\n"), {})
+    from_env = load(None, {"SEALPOST_GATEWAY_SUBMISSION_PROXY_PROTOCOL_TIMEOUT": "3"})
+    assert (from_file.relay.listen, from_file.relay.proxy_protocol_timeout) == (
+        "127.0.0.1:2525",
+        3.0,
+    )
+    assert (from_env.submission.listen, from_env.submission.proxy_protocol_timeout) == (
+        "127.0.0.1:2587",
+        3.0,
+    )
+
+
 def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
     errors = errors_of(
         tmp_path,
