@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.sealpost-installed
 
-.PHONY: run test lint typecheck unit clean
+.PHONY: run demo test lint typecheck unit clean
 
 $(STAMP): requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +16,9 @@ $(STAMP): requirements.lock pyproject.toml
 
 run: $(STAMP)
 	BIN=$(BIN) scripts/run.sh
+
+demo: $(STAMP)
+	$(BIN)/python scripts/demo.py
 
 test: lint typecheck unit
 
