@@ -30,7 +30,7 @@ async def run(messages: int, putters: int, size: int, path: Path) -> None:
         commits += 1
         return real_commit(conn, writes)
 
-    spool_module._commit = counting  # type: ignore[assignment]
+    spool_module._commit = counting
     spool = Spool.open(path)
     latencies: list[float] = []
     body = b"Subject: bench\r\n\r\n" + b"z" * size

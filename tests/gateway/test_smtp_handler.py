@@ -172,7 +172,7 @@ class Raw:
 
     async def reply(self) -> str:
         """One reply; a multi-line reply comes back joined with newlines."""
-        lines = []
+        lines: list[str] = []
         async with asyncio.timeout(5):
             while True:
                 line = (await self.reader.readline()).decode()

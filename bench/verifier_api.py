@@ -1,7 +1,7 @@
 """Benchmark (not a test): API verifications of sealed statement emails against a real
 `sealpost-verifier` (uvicorn, N worker processes) on 127.0.0.1.
 
-    .venv/bin/python bench/verifier.py [--requests 2000] [--concurrency 16] [--workers 2]
+    .venv/bin/python bench/verifier_api.py [--requests 2000] [--concurrency 16] [--workers 2]
 
 Prints verifications/s, p50/p99 latency and the server's peak RSS. Target on a 2-core
 machine: at least 150 verifications/s with p99 under 150 ms. The client shares the cores
