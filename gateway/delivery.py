@@ -43,6 +43,8 @@ import dns.name
 import dns.rdatatype
 import dns.resolver
 
+from keys.safeio import fsync_dir
+
 log = logging.getLogger("sealpost.delivery")
 
 Status = Literal["delivered", "transient", "permanent"]
@@ -416,7 +418,7 @@ def write_maildir(root: Path, sender: str, recipients: Sequence[str], data: byte
                 f.flush()
                 os.fsync(f.fileno())
             os.rename(tmp, new)
-            _fsync_dir(root / "new")
+            fsync_dir(root / "new")
         except OSError as exc:
             with contextlib.suppress(OSError):
                 tmp.unlink()
@@ -424,11 +426,3 @@ def write_maildir(root: Path, sender: str, recipients: Sequence[str], data: byte
             continue
         outcomes.append(Outcome(rcpt, "delivered", f"250 2.0.0 maildir {name}"))
     return outcomes
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

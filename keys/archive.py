@@ -134,7 +134,7 @@ def _history(raw: list[dict[str, str]]) -> tuple[StateChange, ...]:
     return tuple(StateChange(state=h["state"], at=parse_time(h["at"])) for h in raw)
 
 
-def _revocation(raw: dict[str, str] | None) -> Revocation | None:
+def parse_revocation(raw: dict[str, str] | None) -> Revocation | None:
     if raw is None:
         return None
     return Revocation(
@@ -156,7 +156,7 @@ def parse_archive(document: dict[str, Any]) -> PublicArchive:
                     domain=k["domain"],
                     generation=k["generation"],
                     history=_history(k["history"]),
-                    revocation=_revocation(k["revocation"]),
+                    revocation=parse_revocation(k["revocation"]),
                     selector=k["selector"],
                     algorithm=k["algorithm"],
                     public_key=k["public_key"],
@@ -169,7 +169,7 @@ def parse_archive(document: dict[str, Any]) -> PublicArchive:
                     domain=c["domain"],
                     generation=c["generation"],
                     history=_history(c["history"]),
-                    revocation=_revocation(c["revocation"]),
+                    revocation=parse_revocation(c["revocation"]),
                     serial=c["serial"],
                     pem=c["pem"],
                     sha256=c["sha256"],

@@ -19,6 +19,8 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import TypeVar
 
+from keys.archive import Revocation
+
 
 class State(StrEnum):
     PENDING = "pending"
@@ -49,13 +51,6 @@ class Refused(Exception):
 class Change:
     state: State
     at: dt.datetime
-
-
-@dataclass(frozen=True)
-class Revocation:
-    compromised_at: dt.datetime
-    reason: str
-    revoked_at: dt.datetime
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from keys import pki
 from keys import secrets as key_secrets
-from keys.archive import format_time, parse_time
+from keys.archive import Revocation, format_time, parse_revocation, parse_time
 from keys.dns import DnsCheckFailed, Resolver, check_published, public_value
 from keys.export import write_public
 from keys.lifecycle import (
@@ -45,7 +45,6 @@ from keys.lifecycle import (
     Domain,
     Generation,
     Refused,
-    Revocation,
     Root,
     State,
     StoreState,
@@ -265,20 +264,10 @@ def _history(raw: list[dict[str, str]]) -> tuple[Change, ...]:
     return tuple(Change(State(c["state"]), parse_time(c["at"])) for c in raw)
 
 
-def _revocation(raw: dict[str, str] | None) -> Revocation | None:
-    if raw is None:
-        return None
-    return Revocation(
-        compromised_at=parse_time(raw["compromised_at"]),
-        reason=raw["reason"],
-        revoked_at=parse_time(raw["revoked_at"]),
-    )
-
-
 def _dkim(raw: dict[str, Any]) -> DkimKey:
     return DkimKey(
         history=_history(raw["history"]),
-        revocation=_revocation(raw["revocation"]),
+        revocation=parse_revocation(raw["revocation"]),
         selector=raw["selector"],
         algorithm=raw["algorithm"],
         public_key=raw["public_key"],
@@ -298,7 +287,7 @@ def state_from_json(document: dict[str, Any]) -> StoreState:
             c = g["certificate"]
             certificate = Certificate(
                 history=_history(c["history"]),
-                revocation=_revocation(c["revocation"]),
+                revocation=parse_revocation(c["revocation"]),
                 serial=c["serial"],
                 pem=c["pem"],
                 key_file=c["key_file"],

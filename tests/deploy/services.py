@@ -1,6 +1,6 @@
-"""Sealpost's programs as real processes for the deployment tests: free ports on 127.0.0.1,
-an environment free of the caller's SEALPOST_* settings, a bounded wait for the listening
-port, and the process's output kept in a log file the test can read."""
+"""Sealpost's programs as real processes for the deployment tests: an environment free of
+the caller's SEALPOST_* settings, a bounded wait for the listening port, and the
+process's output kept in a log file the test can read."""
 
 from __future__ import annotations
 
@@ -8,19 +8,11 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).parents[2]
-DOMAIN = "caisses.example"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:

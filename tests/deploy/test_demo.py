@@ -16,7 +16,8 @@ from types import ModuleType
 
 import pytest
 
-from tests.deploy.services import ROOT, Service, environment, free_port
+from tests.deploy.services import ROOT, Service, environment
+from tests.support import free_port
 
 DEMO = ROOT / "scripts" / "demo.py"
 

@@ -10,7 +10,6 @@ client's address from the PROXY header, not from the socket.
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
 import re
 import shutil
@@ -26,15 +25,9 @@ import aiosmtplib
 import pytest
 
 from keys import store as key_store
-from tests.deploy.services import (
-    DOMAIN,
-    Service,
-    environment,
-    eventually,
-    free_port,
-    wait_for_port,
-)
+from tests.deploy.services import Service, environment, eventually, wait_for_port
 from tests.gateway.conftest import Peer, start_peer
+from tests.support import DOMAIN, free_port, statement
 
 HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
 MESSAGES = 500
@@ -42,23 +35,9 @@ CLIENTS = 20
 KILL_AFTER = 150  # accepted messages before one gateway is killed
 ATTEMPTS = 3  # a sending system retries a message that got no 250
 BALANCER_SOURCE = "127.0.0.2"  # HAProxy's side of its connections to the gateways
-PDF = b"%PDF-1.4\n% statement\n" + bytes(range(256)) * 8 + b"\n%%EOF\n"
+SMALL_PDF = b"%PDF-1.4\n% statement\n" + bytes(range(256)) * 8 + b"\n%%EOF\n"
 
 pytestmark = pytest.mark.skipif(not Path(HAPROXY).exists(), reason="HAProxy is not installed")
-
-
-def statement(marker: str) -> bytes:
-    encoded = base64.encodebytes(PDF).replace(b"\n", b"\r\n").decode()
-    return (
-        f"From: Caisses Sociales <decomptes@{DOMAIN}>\r\nTo: membre@example.org\r\n"
-        f"Subject: statement {marker}\r\nMessage-ID: <{marker}@{DOMAIN}>\r\n"
-        'MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary="sep"\r\n\r\n'
-        "--sep\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nVotre décompte.\r\n"
-        '--sep\r\nContent-Type: application/pdf; name="decompte.pdf"\r\n'
-        "Content-Transfer-Encoding: base64\r\n"
-        'Content-Disposition: attachment; filename="decompte.pdf"\r\n\r\n'
-        f"{encoded}--sep--\r\n"
-    ).encode()
 
 
 def gateway_config(
@@ -206,7 +185,7 @@ async def send_one(port: int, marker: str) -> bool:
     try:
         async with client:
             _, reply = await client.sendmail(
-                f"decomptes@{DOMAIN}", ["membre@example.org"], statement(marker)
+                f"decomptes@{DOMAIN}", ["membre@example.org"], statement(marker, SMALL_PDF)
             )
     except (aiosmtplib.SMTPException, OSError):
         return False

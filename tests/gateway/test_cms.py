@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -13,6 +12,7 @@ from cryptography.hazmat.primitives import serialization
 
 from gateway import cms
 from keys.signing import SigningMaterial
+from tests.checks import openssl_verifies
 
 DOCUMENT = b"%PDF-1.4\r\n" + bytes(range(256)) * 100 + b"\n%%EOF\n"
 
@@ -60,28 +60,11 @@ def test_it_carries_the_signer_certificate_and_the_chain(
     assert carried == expected
 
 
-def openssl_verify(signature: bytes, document: bytes, root_pem: bytes, tmp_path: Path) -> bool:
-    (tmp_path / "doc").write_bytes(document)
-    (tmp_path / "doc.p7s").write_bytes(signature)
-    (tmp_path / "root.pem").write_bytes(root_pem)
-    result = subprocess.run(
-        [
-            "openssl", "cms", "-verify", "-binary", "-inform", "DER",
-            "-in", str(tmp_path / "doc.p7s"), "-content", str(tmp_path / "doc"),
-            "-CAfile", str(tmp_path / "root.pem"), "-purpose", "any", "-out", "/dev/null",
-        ],
-        capture_output=True,
-        timeout=30,
-        check=False,
-    )  # fmt: skip
-    return result.returncode == 0
-
-
 def test_openssl_verifies_it_with_only_the_root(
     signature: bytes, signing_material: SigningMaterial, tmp_path: Path
 ) -> None:
     root = signing_material.chain[-1].public_bytes(serialization.Encoding.PEM)
-    assert openssl_verify(signature, DOCUMENT, root, tmp_path)
+    assert openssl_verifies(signature, DOCUMENT, root, tmp_path)
 
 
 @pytest.mark.parametrize("position", [0, len(DOCUMENT) // 2, len(DOCUMENT) - 1])
@@ -91,7 +74,7 @@ def test_openssl_refuses_it_when_one_byte_changed(
     root = signing_material.chain[-1].public_bytes(serialization.Encoding.PEM)
     changed = bytearray(DOCUMENT)
     changed[position] ^= 0x20
-    assert not openssl_verify(signature, bytes(changed), root, tmp_path)
+    assert not openssl_verifies(signature, bytes(changed), root, tmp_path)
 
 
 def test_line_ends_are_signed_as_they_are(
@@ -99,4 +82,4 @@ def test_line_ends_are_signed_as_they_are(
 ) -> None:
     # Binary mode: a document whose CRLF became LF is a different document.
     root = signing_material.chain[-1].public_bytes(serialization.Encoding.PEM)
-    assert not openssl_verify(signature, DOCUMENT.replace(b"\r\n", b"\n"), root, tmp_path)
+    assert not openssl_verifies(signature, DOCUMENT.replace(b"\r\n", b"\n"), root, tmp_path)

@@ -5,7 +5,6 @@ socket. Its key store is initialised on first start, as on a fresh machine."""
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import os
 import re
@@ -21,30 +20,9 @@ import pytest
 
 from tests.gateway.conftest import Peer
 from tests.gateway.test_smtp_handler import raw, transaction
+from tests.support import DOMAIN, free_port, statement
 
 ROOT = Path(__file__).parents[2]
-DOMAIN = "caisses.example"
-PDF = b"%PDF-1.4\n% statement\n" + bytes(range(256)) * 40 + b"\n%%EOF\n"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def statement(token: str) -> bytes:
-    encoded = base64.encodebytes(PDF).replace(b"\n", b"\r\n").decode()
-    return (
-        f"From: Caisses Sociales <decomptes@{DOMAIN}>\r\nTo: membre@example.org\r\n"
-        f"Subject: {token}\r\nMessage-ID: <{token}@{DOMAIN}>\r\nMIME-Version: 1.0\r\n"
-        'Content-Type: multipart/mixed; boundary="sep"\r\n\r\n'
-        "--sep\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nVotre décompte.\r\n"
-        '--sep\r\nContent-Type: application/pdf; name="decompte-1.pdf"\r\n'
-        "Content-Transfer-Encoding: base64\r\n"
-        'Content-Disposition: attachment; filename="decompte-1.pdf"\r\n\r\n'
-        f"{encoded}--sep--\r\n"
-    ).encode()
 
 
 class GatewayProcess:
