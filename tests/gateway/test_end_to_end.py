@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import email
+import email.policy
 import os
 import re
 import signal
@@ -18,6 +20,9 @@ from pathlib import Path
 import aiosmtplib
 import pytest
 
+from keys import store as key_store
+from keys.archive import load_archive
+from tests.checks import dkimpy_results, mail_dkim_results, openssl_verifies
 from tests.gateway.conftest import Peer
 from tests.gateway.test_smtp_handler import raw, transaction
 from tests.support import DOMAIN, free_port, statement
@@ -122,10 +127,14 @@ async def test_statement_is_sealed_and_delivered(
     data = received.data
     assert len(re.findall(rb"^DKIM-Signature:.*d=caisses\.example", data, re.M)) == 2
     assert b'filename="decompte-1.pdf.p7s"' in data
-    # The peer holds the message a moment before the gateway has its 250 and records it.
+    # The peer holds the message a moment before the gateway has its 250 and records it,
+    # and the spool shows the record a moment before the scheduler counts it.
     for _ in range(50):
         scraped = await scrape(gateway_process.metrics_port)
-        if "sealpost_queue_depth 0" in scraped:
+        if all(
+            line in scraped
+            for line in ("sealpost_queue_depth 0", "sealpost_recipients_delivered_total 1")
+        ):
             break
         await asyncio.sleep(0.1)
     assert "sealpost_messages_received_total 1" in scraped
@@ -156,6 +165,84 @@ async def test_statement_is_sealed_and_delivered(
     out, _ = await asyncio.wait_for(queue.communicate(), 30)
     assert queue.returncode == 0
     assert "0 message(s)" in out.decode()
+
+
+async def send_one(port: int, marker: str) -> None:
+    client = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=False)
+    async with client:
+        _, reply = await client.sendmail(
+            f"decomptes@{DOMAIN}", ["membre@example.org"], statement(marker)
+        )
+    assert reply.startswith("2.0.0 Queued as"), reply
+
+
+def published_records(workdir: Path) -> dict[str, str]:
+    """The TXT records of every key the gateway's store published, read from its public
+    archive: what a receiving server would find in DNS."""
+    archive = load_archive(workdir / "var/public")
+    return {
+        f"{key.selector}._domainkey.{key.domain}": key.dns_txt()
+        for key in archive.dkim_keys
+        if key.state in ("active", "retired")
+    }
+
+
+def selectors(data: bytes) -> list[str]:
+    """The s= tag of each DKIM-Signature field."""
+    message = email.message_from_bytes(data, policy=email.policy.compat32)
+    fields = message.get_all("DKIM-Signature") or []
+    return [re.search(r"\bs=([\w-]+)", re.sub(r"\s+", "", f)).group(1) for f in fields]  # type: ignore[union-attr]
+
+
+async def test_what_leaves_the_gateway_passes_the_independent_checkers(
+    gateway_process: GatewayProcess, peer: Peer, tmp_path: Path
+) -> None:
+    await gateway_process.start()
+    await send_one(gateway_process.port, "checked")
+    [received] = await peer.wait_for(1, within=15)
+    records = published_records(gateway_process.workdir)
+
+    assert dkimpy_results(received.data, records) == [True, True]
+    verdicts = mail_dkim_results(received.data, records, tmp_path)
+    assert [v.split()[0] for v in verdicts] == ["pass", "pass"], verdicts
+    assert {v.split()[1] for v in verdicts} == {"a=rsa-sha256", "a=ed25519-sha256"}
+
+    message = email.message_from_bytes(received.data, policy=email.policy.default)
+    parts = {p.get_filename(): p.get_payload(decode=True) for p in message.iter_attachments()}
+    document, signature = parts["decompte-1.pdf"], parts["decompte-1.pdf.p7s"]
+    root = (gateway_process.workdir / "var/public/root.pem").read_bytes()
+    assert isinstance(document, bytes)
+    assert isinstance(signature, bytes)
+    assert openssl_verifies(signature, document, root, tmp_path)
+    changed = document[:40] + bytes([document[40] ^ 1]) + document[41:]
+    assert not openssl_verifies(signature, changed, root, tmp_path)
+
+
+async def test_a_key_rotation_reaches_the_running_gateway(
+    gateway_process: GatewayProcess, peer: Peer
+) -> None:
+    await gateway_process.start()
+    await send_one(gateway_process.port, "before")
+    [before] = await peer.wait_for(1, within=15)
+
+    keys_dir, public = gateway_process.workdir / "var/keys", gateway_process.workdir / "var/public"
+    generation = key_store.rotate(keys_dir, public, DOMAIN)
+    key_store.activate(keys_dir, public, DOMAIN, force=True)
+    new = sorted(k.selector for k in generation.dkim)
+
+    # The gateway looks at the store at most once a second; sessions are not dropped.
+    for n in range(30):
+        await send_one(gateway_process.port, f"after-{n}")
+        received = await peer.wait_for(n + 2, within=15)
+        if sorted(selectors(received[-1].data)) == new:
+            break
+        await asyncio.sleep(0.2)
+    assert sorted(selectors(before.data)) != new
+    assert sorted(selectors(received[-1].data)) == new
+    assert dkimpy_results(received[-1].data, published_records(gateway_process.workdir)) == [
+        True,
+        True,
+    ]
 
 
 async def scrape(port: int) -> str:
