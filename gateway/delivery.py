@@ -377,7 +377,8 @@ async def _quit(client: aiosmtplib.SMTP) -> None:
     if not client.is_connected:
         return
     try:
-        await asyncio.wait_for(client.quit(), timeout=2.0)
+        async with asyncio.timeout(2.0):  # not wait_for: see Scheduler._run
+            await client.quit()
     except (aiosmtplib.SMTPException, OSError, TimeoutError):
         client.close()
 

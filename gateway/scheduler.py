@@ -121,8 +121,9 @@ class Scheduler:
         task, self._loop_task = self._loop_task, None
         if task is not None:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            # asyncio.wait, not `await task` under suppress(CancelledError): that would
+            # also swallow a cancellation of stop()'s own caller.
+            await asyncio.wait([task])
         attempts = list(self._in_flight.values())
         if attempts:
             _, pending = await asyncio.wait(attempts, timeout=self._grace)
@@ -142,8 +143,11 @@ class Scheduler:
                 log.error("event=scheduler_error error=%r", exc)
                 wait = self._poll
             if wait > 0:
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for can lose a
+                # cancellation that lands as the wait ends, and stop() then waits forever.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=wait)
+                    async with asyncio.timeout(wait):
+                        await self._wake.wait()
 
     async def _start_due(self) -> None:
         free = self._concurrency - len(self._in_flight)

@@ -198,8 +198,7 @@ class Spool:
         self._closed = True
         if self._writer is not None:
             self._writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._writer
+            await asyncio.wait([self._writer])  # never swallows our caller's cancellation
         conn = self._conn
         if conn is not None:
             await asyncio.get_running_loop().run_in_executor(self._executor, conn.close)

@@ -99,8 +99,11 @@ class GatewayProcess:
     async def terminate(self) -> int:
         assert self.process is not None
         self.process.send_signal(signal.SIGTERM)
-        async with asyncio.timeout(20):
-            return await self.process.wait()
+        try:
+            async with asyncio.timeout(20):
+                return await self.process.wait()
+        except TimeoutError:
+            raise AssertionError(f"no graceful stop within 20 s:\n{self.log()[-4000:]}") from None
 
 
 @pytest.fixture
