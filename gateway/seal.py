@@ -275,10 +275,25 @@ def _name(part: _Part, index: int) -> str:
     return _filename(part) or f"document-{index}"
 
 
+def _check_validity(material: SigningMaterial) -> None:
+    """Refuse rather than send a document whose signature every verifier would reject.
+    The real clock, not `now`: OpenSSL writes the real time as the signing time."""
+    certificate = material.certificate
+    now = dt.datetime.now(dt.UTC)
+    if not certificate.not_valid_before_utc <= now <= certificate.not_valid_after_utc:
+        raise SealError(
+            f"the signing certificate of generation {material.generation} of "
+            f"{material.domain} is valid from {certificate.not_valid_before_utc:%Y-%m-%d} "
+            f"to {certificate.not_valid_after_utc:%Y-%m-%d}, not now: "
+            "rotate and activate a new key generation (sealpost-keys rotate, activate)"
+        )
+
+
 def _signature_part(message: bytes, part: _Part, name: str, material: SigningMaterial) -> bytes:
     """The `.p7s` part, without the CRLF that ends its body (that one is the next
     delimiter's)."""
     document = _decoded_body(message, part, name)
+    _check_validity(material)
     signature = cms.detached_signature(
         document, material.certificate, material.certificate_key, material.chain
     )

@@ -13,9 +13,11 @@ DOMAIN = "caisses.example"
 ORG = "Caisses Sociales de Monaco"
 
 
-def make_material(domain: str = DOMAIN, generation: str = "202611") -> SigningMaterial:
+def make_material(
+    domain: str = DOMAIN, generation: str = "202611", issued_at: dt.datetime | None = None
+) -> SigningMaterial:
     """Signing material built straight from keys.pki, for tests that need no key store."""
-    now = dt.datetime.now(dt.UTC)
+    now = issued_at or dt.datetime.now(dt.UTC)
     root_key = pki.new_root_key()
     root = pki.make_root(root_key, ORG, now)
     cert_key = pki.new_signing_cert_key()

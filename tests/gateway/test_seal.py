@@ -661,3 +661,12 @@ def test_without_now_the_signature_time_is_the_current_time(
     stamps = [int(t) for t in re.findall(rb"\bt=(\d+);", sealed.data)]
     assert len(stamps) == 2
     assert all(before <= stamp <= after for stamp in stamps)
+
+
+def test_an_expired_signing_certificate_is_refused_rather_than_used(statement: bytes) -> None:
+    expired = make_material(issued_at=dt.datetime.now(dt.UTC) - dt.timedelta(days=400))
+    with pytest.raises(SealError, match=r"valid from .* not now: rotate and activate"):
+        seal(statement, expired, DocumentRules())
+    # Mail without a statement document needs no certificate: DKIM keys do not expire.
+    note = crlf(b"From: statements@caisses.example\nTo: m@example.org\nSubject: hi\n\nHi\n")
+    assert seal(note, expired, DocumentRules()).documents == ()
