@@ -6,6 +6,7 @@ import asyncio
 import os
 import re
 import signal
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -115,6 +116,52 @@ async def test_a_closed_sealer_refuses_politely(key_store: Path) -> None:
     sealer.close()
     with pytest.raises(SealError, match="shutting down"):
         await sealer.seal(STATEMENT, DOMAIN)
+
+
+GATEWAY_STAND_IN = """
+import sys, time
+from pathlib import Path
+from gateway.seal import DocumentRules
+from gateway.sealer import Sealer
+
+if __name__ == "__main__":
+    sealer = Sealer(Path(sys.argv[1]), DocumentRules(), workers=2)
+    while len(sealer.worker_pids()) < 2:
+        time.sleep(0.05)
+    print(*sealer.worker_pids(), flush=True)
+    time.sleep(60)
+"""
+
+
+def gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return True
+    return state == "Z"
+
+
+async def test_workers_do_not_outlive_a_killed_gateway(key_store: Path, tmp_path: Path) -> None:
+    script = tmp_path / "stand_in.py"
+    script.write_text(GATEWAY_STAND_IN)
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, str(script), str(key_store),
+        stdout=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])},
+    )  # fmt: skip
+    assert process.stdout is not None
+    try:
+        line = await asyncio.wait_for(process.stdout.readline(), 30)
+        workers = [int(pid) for pid in line.split()]
+        assert len(workers) == 2
+    finally:
+        process.kill()
+        await process.wait()
+    for _ in range(50):  # they look for the gateway once a second
+        if all(gone(pid) for pid in workers):
+            break
+        await asyncio.sleep(0.1)
+    assert all(gone(pid) for pid in workers)
 
 
 async def test_workers_follow_a_key_rotation_without_restart(tmp_path: Path) -> None:
