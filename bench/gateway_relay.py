@@ -1,9 +1,11 @@
 """End-to-end gateway benchmark: Sealpost against its client/sink ceiling and Postfix+OpenDKIM.
 
-    .venv/bin/python bench/gateway_relay.py                  throughput, latency, RSS with a full queue
-    .venv/bin/python bench/gateway_relay.py --messages 300 --warmup 50 --rss-messages 1000 --quiet-wait 0
+    .venv/bin/python bench/gateway_relay.py         throughput, latency, RSS with a full queue
+    .venv/bin/python bench/gateway_relay.py --messages 300 --warmup 50 \
+        --rss-messages 1000 --quiet-wait 0          a quick check that it all works
     .venv/bin/python bench/gateway_relay.py --rss-only [--rss-messages N]
-    sudo .venv/bin/python bench/gateway_relay.py --compare 5   interleaved with the Postfix peer (run.sh)
+    sudo .venv/bin/python bench/gateway_relay.py --compare 5
+                                                    interleaved with the Postfix peer (run.sh)
 
 The load is the peer's own (../shared/bench/postfix-opendkim/): ``message.eml`` (a 27 KB
 statement with a PDF), sent by Postfix's ``smtp-source`` over 20 concurrent sessions, one
@@ -345,7 +347,7 @@ class GatewayConfig:
 
     def toml(self) -> str:
         lines = [
-            "# Written by bench/gateway_relay.py: everything on 127.0.0.1, in a temporary directory.",
+            "# Written by bench/gateway_relay.py: all on 127.0.0.1, in a temporary directory.",
             "[gateway]",
             'hostname = "bench.caisses.example"',
             f'log_level = "{self.log_level}"',
