@@ -14,15 +14,18 @@ ORG = "Caisses Sociales de Monaco"
 
 
 def make_material(
-    domain: str = DOMAIN, generation: str = "202611", issued_at: dt.datetime | None = None
+    domain: str = DOMAIN,
+    generation: str = "202611",
+    issued_at: dt.datetime | None = None,
+    org: str = ORG,
 ) -> SigningMaterial:
     """Signing material built straight from keys.pki, for tests that need no key store."""
     now = issued_at or dt.datetime.now(dt.UTC)
     root_key = pki.new_root_key()
-    root = pki.make_root(root_key, ORG, now)
+    root = pki.make_root(root_key, org, now)
     cert_key = pki.new_signing_cert_key()
     certificate = pki.issue_signing_certificate(
-        pki.Issuer(root, root_key), cert_key, ORG, domain, generation, now
+        pki.Issuer(root, root_key), cert_key, org, domain, generation, now
     )
     return SigningMaterial(
         domain=domain,

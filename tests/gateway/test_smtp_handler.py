@@ -143,9 +143,6 @@ async def running_gateway(
 
 @pytest.fixture
 def server_tls(ca: trustme.CA) -> ssl.SSLContext:
-    context = (
-        server.tls_context.__wrapped__() if hasattr(server.tls_context, "__wrapped__") else None
-    )
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert(HOST, "localhost").configure_cert(context)
     return context

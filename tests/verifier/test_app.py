@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import datetime as dt
 import os
 import tempfile
 from collections.abc import Iterator
@@ -192,26 +191,7 @@ HOSTILE = "<script>alert(1)</script>"
 
 
 def _hostile_material() -> SigningMaterial:
-    now = dt.datetime.now(dt.UTC)
-    org = f'Evil "{HOSTILE}" & Co'
-    root_key = pki.new_root_key()
-    root = pki.make_root(root_key, org, now)
-    cert_key = pki.new_signing_cert_key()
-    cert = pki.issue_signing_certificate(
-        pki.Issuer(root, root_key), cert_key, org, "caisses.example", "202611", now
-    )
-    base = make_material()
-    return SigningMaterial(
-        domain=base.domain,
-        generation=base.generation,
-        rsa_selector=base.rsa_selector,
-        rsa_key=base.rsa_key,
-        ed25519_selector=base.ed25519_selector,
-        ed25519_key=base.ed25519_key,
-        certificate=cert,
-        certificate_key=cert_key,
-        chain=(root,),
-    )
+    return make_material(org=f'Evil "{HOSTILE}" & Co')
 
 
 def test_hostile_header_filename_and_certificate_values_are_escaped(
