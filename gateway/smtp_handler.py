@@ -232,6 +232,7 @@ class GatewaySMTP(SMTP):
         self._limits = limits
         self._admitted = False
         self._ip: str | None = None
+        self._proxied_ip: str | None = None
         self._counted_ip: str | None = None
         self.busy = False
         # The client name after a successful AUTH.
@@ -256,11 +257,12 @@ class GatewaySMTP(SMTP):
 
     @property
     def client_ip(self) -> str | None:
-        """The client's address: from the PROXY header when there is one."""
-        session = self.session
-        if session is not None and session.proxy_data is not None:
-            source = session.proxy_data.src_addr
-            return None if source is None else str(source)
+        """The client's address; on a PROXY listener, the one the header carried (None
+        until then, which no allow-list matches). Kept on the connection, never read from
+        the session: aiosmtpd starts a new session at STARTTLS, and the balancer's own
+        address must not pass for the client's then (an open relay when it is allowed)."""
+        if self._proxy_timeout is not None:
+            return self._proxied_ip
         return self._ip
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -295,7 +297,7 @@ class GatewaySMTP(SMTP):
     def count_proxied_ip(self, ip: str) -> bool:
         if not self._sessions.claim_ip(ip):
             return False
-        self._counted_ip = ip
+        self._counted_ip = self._proxied_ip = ip
         return True
 
     def close_with(self, reply: str) -> None:

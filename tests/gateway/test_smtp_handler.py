@@ -672,6 +672,25 @@ async def test_behind_a_proxy_the_client_is_the_proxied_address(
         assert reply.startswith("550 5.7.1 Relaying denied")
 
 
+async def test_behind_a_proxy_starttls_keeps_the_proxied_address(
+    signing_material: SigningMaterial, server_tls: ssl.SSLContext, client_tls: ssl.SSLContext
+) -> None:
+    # aiosmtpd starts a new session at STARTTLS; the balancer (127.0.0.1, allow-listed)
+    # must not then pass for the outside client it carries.
+    async with (
+        running_gateway(signing_material, server_tls, proxy_protocol_timeout=3.0) as gw,
+        raw(gw.port()) as client,
+    ):
+        await client.send(b"PROXY TCP4 192.0.2.7 127.0.0.1 40000 25\r\n")
+        await client.greet()
+        assert (await client.command("STARTTLS")).startswith("220")
+        await client.writer.start_tls(client_tls, server_hostname=HOST)
+        assert (await client.command("EHLO outsider.test")).startswith("250")
+        reply = await client.command(f"MAIL FROM:<decomptes@{DOMAIN}>")
+    assert reply.startswith("550 5.7.1 Relaying denied")
+    assert gw.spool.puts == []
+
+
 async def test_proxy_listener_drops_a_connection_without_header(
     signing_material: SigningMaterial, server_tls: ssl.SSLContext
 ) -> None:
