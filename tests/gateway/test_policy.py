@@ -104,6 +104,14 @@ def test_line_length() -> None:
         (b"From: a@caisses.example, b@caisses.example\r\n", "bad_from"),
         (b"From: undisclosed\r\n", "bad_from"),
         (b"From: <@caisses.example>\r\n", "bad_from"),
+        # Forms where readers disagree on the author: never signed as the fund's.
+        (b"From: a@caisses.example\r\nFrom : Direction <boss@x.example>\r\n", "several_from"),
+        (b"From : <a@caisses.example>\r\n", "bad_from"),
+        (b"From: a@caisses.example <boss@second.example>\r\n", "bad_from"),
+        (b"From: <a@caisses.example> <boss@evil.example>\r\n", "bad_from"),
+        (b"From: a@caisses.example (x) boss@evil.example\r\n", "bad_from"),
+        (b"From: <@evil.example:a@caisses.example>\r\n", "bad_from"),
+        (b"From: Caisses <a@caisses.example> (service)\r\n", "caisses.example"),
     ],
 )
 def test_header_from(head: bytes, expected: str) -> None:
