@@ -365,6 +365,7 @@ class GatewaySMTP(SMTP):
 class _Tally:
     failures: int = 0
     locked_until: float = 0.0
+    in_flight: int = 0  # attempts being checked now: each may yet be a failure
 
 
 class AuthGuard:
@@ -395,6 +396,35 @@ class AuthGuard:
             tally is not None and tally.locked_until > now
             for tally in (self._ips.get(ip or ""), self._users.get(user or "\0"))
         )
+
+    def begin(self, ip: str | None, user: str) -> bool:
+        """Reserve one attempt, or False when the IP or login has none left. Attempts
+        being checked count as failures until they finish, so concurrent connections
+        cannot make more guesses than the limit while the slow checks run."""
+        if self.locked(ip, user):
+            return False
+        tallies = [
+            (table.setdefault(key, _Tally()), limit)
+            for table, key, limit in (
+                (self._ips, ip or "", self.max_per_ip),
+                (self._users, user, self.max_per_user),
+            )
+        ]
+        if any(t.failures + t.in_flight >= limit for t, limit in tallies):
+            return False
+        for tally, _ in tallies:
+            tally.in_flight += 1
+        return True
+
+    def finish(self, ip: str | None, user: str, ok: bool) -> None:
+        for table, key in ((self._ips, ip or ""), (self._users, user)):
+            tally = table.get(key)
+            if tally is not None and tally.in_flight:
+                tally.in_flight -= 1
+        if ok:
+            self.succeeded(ip, user)
+        else:
+            self.failed(ip, user)
 
     def failed(self, ip: str | None, user: str) -> None:
         now = self._clock()
@@ -492,19 +522,23 @@ class Handler:
             return None  # the exchange was aborted and already answered
         login, password = credentials
         user = login.decode("utf-8", "replace")
-        if self._guard.locked(ip, user):
+        if not self._guard.begin(ip, user):
             self._metrics.rejected.inc("auth_locked")
-            return "454 4.7.0 Too many failed logins for this user, try again later"
+            return "454 4.7.0 Too many failed logins for this user or address, try again later"
         stored = self._passwords.get(user)
         # scrypt takes tens of milliseconds of CPU; keep it off the event loop.
-        valid = await asyncio.to_thread(verify_password, stored or _DUMMY_HASH, password)
-        if stored is None or not valid:
-            self._guard.failed(ip, user)
+        try:
+            valid = await asyncio.to_thread(verify_password, stored or _DUMMY_HASH, password)
+        except BaseException:
+            self._guard.finish(ip, user, ok=False)
+            raise
+        ok = stored is not None and valid
+        self._guard.finish(ip, user, ok)
+        if not ok:
             self._metrics.rejected.inc("auth_failed")
             log.info("event=auth_failed client_ip=%s user=%r", ip, user)
             await asyncio.sleep(self._guard.delay)
             return "535 5.7.8 Authentication credentials invalid"
-        self._guard.succeeded(ip, user)
         session.authenticated = True
         server.authenticated_client = user
         log.info("event=auth client_ip=%s client=%s", ip, user)

@@ -398,6 +398,33 @@ async def test_wrong_password_is_refused_then_the_address_is_locked_out(
     assert gateway.metrics.rejected.value("auth_failed") == 3
 
 
+async def test_concurrent_guesses_cannot_exceed_the_limit(
+    gateway: Gateway, client_tls: ssl.SSLContext
+) -> None:
+    # Ten connections guess at once: attempts being checked count against the limit, so
+    # no more than three (the per-address limit) are even tried.
+    clients = [
+        aiosmtplib.SMTP(
+            hostname=HOST, port=gateway.port("submission"), start_tls=True, tls_context=client_tls
+        )
+        for _ in range(10)
+    ]
+    token = base64.b64encode(b"\0batch\0guess")
+    try:
+        for smtp in clients:
+            await smtp.connect()
+            await smtp.ehlo()
+        replies = await asyncio.gather(
+            *(smtp.execute_command(b"AUTH", b"PLAIN", token) for smtp in clients)
+        )
+    finally:
+        for smtp in clients:
+            smtp.close()
+    codes = sorted(reply.code for reply in replies)
+    assert codes == [454] * 7 + [535] * 3
+    assert gateway.metrics.rejected.value("auth_failed") == 3
+
+
 async def test_a_user_is_locked_out_across_addresses(
     signing_material: SigningMaterial, server_tls: ssl.SSLContext, client_tls: ssl.SSLContext
 ) -> None:
