@@ -89,6 +89,16 @@ class _StrictLineReader(asyncio.StreamReader):
             raise BareLineEnding
         return line
 
+    async def readline(self) -> bytes:
+        """As StreamReader's, which aiosmtpd uses for AUTH answers. On an overlong line it
+        drops the line itself and raises ValueError: no rest is left to skip, so the next
+        command is checked for bare line ends as usual."""
+        try:
+            return await super().readline()
+        except ValueError:
+            self._overrun = False
+            raise
+
     async def read_data(self, max_size: int) -> bytes | None:
         """The message after DATA, up to the CRLF "." CRLF that ends it, dot-unstuffed; None
         when it is larger than `max_size` (then it is read to its end and dropped).
@@ -699,7 +709,11 @@ async def _read_credentials(server: GatewaySMTP, args: list[str]) -> tuple[bytes
 
 
 async def _challenge(server: GatewaySMTP, prompt: str) -> bytes | None:
-    answer = await server.challenge_auth(prompt)
+    try:
+        answer = await server.challenge_auth(prompt)
+    except ValueError:  # the answer was longer than a command line may be
+        await server.push("500 5.5.6 Authentication answer too long")
+        return None
     return answer if isinstance(answer, bytes) else None
 
 

@@ -451,6 +451,20 @@ async def test_a_user_is_locked_out_across_addresses(
     assert replies == [535, 535, 454]
 
 
+async def test_an_overlong_auth_answer_is_refused_and_the_next_command_still_checked(
+    gateway: Gateway, client_tls: ssl.SSLContext
+) -> None:
+    async with raw(gateway.port("submission")) as client:
+        await client.greet()
+        assert (await client.command("STARTTLS")).startswith("220")
+        await client.writer.start_tls(client_tls, server_hostname=HOST)
+        assert (await client.command("EHLO client.test")).startswith("250")
+        assert (await client.command("AUTH LOGIN")).startswith("334")
+        assert (await client.command("A" * 3000)).startswith("500 5.5.6")
+        await client.send(b"NOOP\n")
+        assert (await client.reply()).startswith("500 5.5.2")
+
+
 async def test_auth_with_bad_base64_is_a_syntax_error(
     gateway: Gateway, client_tls: ssl.SSLContext
 ) -> None:
