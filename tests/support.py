@@ -1,7 +1,9 @@
-"""Small things tests across packages need: a free loopback port, a statement email."""
+"""Small things tests across packages need: a free loopback port, a statement email,
+a scrape of the gateway's metrics."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import socket
 
@@ -30,3 +32,13 @@ def statement(marker: str, pdf: bytes = PDF) -> bytes:
         'Content-Disposition: attachment; filename="decompte-1.pdf"\r\n\r\n'
         f"{encoded}--sep--\r\n"
     ).encode()
+
+
+async def scrape(port: int) -> str:
+    """The gateway's /metrics page, HTTP headers included."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /metrics HTTP/1.1\r\nHost: gateway\r\n\r\n")
+    async with asyncio.timeout(5):
+        response = await reader.read()
+    writer.close()
+    return response.decode()

@@ -27,7 +27,7 @@ import pytest
 from keys import store as key_store
 from tests.deploy.services import Service, environment, eventually, wait_for_port
 from tests.gateway.conftest import Peer, start_peer
-from tests.support import DOMAIN, free_port, statement
+from tests.support import DOMAIN, free_port, scrape, statement
 
 HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
 MESSAGES = 500
@@ -219,15 +219,6 @@ def snapshot(directory: Path) -> dict[str, str]:
 def delivered_markers(peer: Peer) -> Counter[str]:
     found = (re.search(rb"^Message-ID: <([^@>]+)@", m.data, re.M) for m in peer.messages)
     return Counter(match[1].decode() for match in found if match)
-
-
-async def scrape(port: int) -> str:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(b"GET /metrics HTTP/1.1\r\nHost: gateway\r\n\r\n")
-    async with asyncio.timeout(5):
-        response = await reader.read()
-    writer.close()
-    return response.decode()
 
 
 async def wait_for_empty_queue(metrics_port: int, within: float = 10.0) -> None:

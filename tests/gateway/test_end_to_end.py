@@ -25,7 +25,7 @@ from keys.archive import load_archive
 from tests.checks import dkimpy_results, mail_dkim_results, openssl_verifies
 from tests.gateway.conftest import Peer
 from tests.gateway.test_smtp_handler import raw, transaction
-from tests.support import DOMAIN, free_port, statement
+from tests.support import DOMAIN, free_port, scrape, statement
 
 ROOT = Path(__file__).parents[2]
 
@@ -246,15 +246,6 @@ async def test_a_key_rotation_reaches_the_running_gateway(
         True,
         True,
     ]
-
-
-async def scrape(port: int) -> str:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(b"GET /metrics HTTP/1.1\r\nHost: gateway\r\n\r\n")
-    async with asyncio.timeout(5):
-        response = await reader.read()
-    writer.close()
-    return response.decode()
 
 
 async def send_until_stopped(
