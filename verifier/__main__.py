@@ -15,6 +15,7 @@ from pathlib import Path
 
 import uvicorn
 
+from keys.archive import ARCHIVE_FILE
 from verifier.settings import Settings, SettingsError, from_env, to_env
 
 
@@ -56,6 +57,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"sealpost-verifier: {exc}", file=sys.stderr)
         return 2
+    archive = settings.archive_dir / ARCHIVE_FILE
+    if not archive.is_file():
+        # Not fatal: the archive is picked up once it appears, but until then every
+        # verification answers 503, and the operator should know why from the first line.
+        print(
+            f"sealpost-verifier: warning: no public archive at {archive} yet; verifications "
+            f"answer 503 until `sealpost-keys export-public {settings.archive_dir}` "
+            "(or `sealpost-keys init`) writes it",
+            file=sys.stderr,
+        )
     # Worker processes rebuild the app from the environment; the launcher's view wins.
     os.environ.update(to_env(settings))
     uvicorn.run(

@@ -47,3 +47,20 @@ def test_the_command_serves_the_archive_it_is_given(archive_dir: Path) -> None:
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+def test_a_missing_archive_is_named_on_the_first_line(tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "-m", "verifier", "--port", str(port), "--archive", str(tmp_path)]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        assert process.stderr is not None
+        first = process.stderr.readline().decode()
+    finally:
+        process.kill()
+        process.wait(timeout=10)
+    assert "warning: no public archive at" in first
+    assert str(tmp_path / "archive.json") in first
