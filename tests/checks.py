@@ -72,6 +72,14 @@ def mail_dkim_results(data: bytes, records: dict[str, str], tmp_path: Path) -> l
     return result.stdout.decode().splitlines()
 
 
+# The command the verifier's /openssl page gives insurers (verifier/templates/openssl.html),
+# so that what the gateway emits is checked the way insurers check it: only the given root
+# is trusted (-no-CApath -no-CAstore keep SSL_CERT_DIR and the system store out), and the
+# signer must be a certificate made for signing (-purpose smimesign: keyUsage
+# digitalSignature or nonRepudiation, extendedKeyUsage emailProtection when present).
+OPENSSL_TRUST_AND_PURPOSE = ("-no-CApath", "-no-CAstore", "-purpose", "smimesign")
+
+
 def openssl_verifies(signature: bytes, document: bytes, root_pem: bytes, tmp_path: Path) -> bool:
     (tmp_path / "doc").write_bytes(document)
     (tmp_path / "doc.p7s").write_bytes(signature)
@@ -80,7 +88,8 @@ def openssl_verifies(signature: bytes, document: bytes, root_pem: bytes, tmp_pat
         [
             "openssl", "cms", "-verify", "-binary", "-inform", "DER",
             "-in", str(tmp_path / "doc.p7s"), "-content", str(tmp_path / "doc"),
-            "-CAfile", str(tmp_path / "root.pem"), "-purpose", "any", "-out", "/dev/null",
+            "-CAfile", str(tmp_path / "root.pem"), *OPENSSL_TRUST_AND_PURPOSE,
+            "-out", "/dev/null",
         ],
         capture_output=True,
         timeout=30,

@@ -365,6 +365,16 @@ MESSAGES: dict[str, tuple[str, str]] = {
         'openssl prints "Verification successful" when the document is intact and signed '
         "by the fund, and an error otherwise.",
     ),
+    "openssl_flags": (
+        "Gardez toutes les options : avec -CAfile root.pem -no-CApath -no-CAstore, openssl "
+        "ne fait confiance qu'à la racine de la Caisse, et à aucune autre autorité installée "
+        "sur votre ordinateur ; avec -purpose smimesign, il exige un certificat fait pour "
+        "signer des documents, et non par exemple un certificat de serveur web.",
+        "Keep every option: with -CAfile root.pem -no-CApath -no-CAstore, openssl trusts "
+        "the fund's root only, and no other authority installed on your computer; with "
+        "-purpose smimesign, it requires a certificate made for signing documents, not for "
+        "example a web server certificate.",
+    ),
     "openssl_attime": (
         "Un certificat de signature est valable environ treize mois. Pour un document plus "
         "ancien, ajoutez -attime suivi de la date de signature en secondes depuis 1970 "
