@@ -151,7 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     activate = command(
         "activate",
-        "Make the pending generation sign; the active one becomes retired (still in DNS).",
+        "Make the pending generation sign; the active one becomes retired (still in DNS) "
+        "and its private keys are destroyed.",
     )
     activate.add_argument("--domain", required=True)
     activate.add_argument(
@@ -193,7 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
     revoke = command(
         "revoke",
         "Mark a compromised DKIM key or certificate as revoked: verifiers flag its "
-        "signatures; a DKIM key is then published with an empty p=.",
+        "signatures; a DKIM key is then published with an empty p=. Its private key (and "
+        "those of its generation, if it was signing) is destroyed.",
     )
     revoke.add_argument("key", metavar="SELECTOR|CERT-SERIAL")
     revoke.add_argument(
@@ -204,6 +206,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="when the key may have been compromised, ISO 8601 with zone",
     )
     revoke.add_argument("--reason", required=True, help="why, in a few words (kept in the archive)")
+
+    destroy = command(
+        "destroy",
+        "Destroy what is left of the private keys of a retired, withdrawn or revoked "
+        "generation (every store-changing command does it too); refused for an active or "
+        "pending one. Their public keys stay in the archive.",
+    )
+    destroy.add_argument("--domain", required=True)
+    destroy.add_argument("generation", metavar="GENERATION", help="e.g. 202611")
 
     listing = command("list", "Show every key and certificate with its state and dates.")
     listing.add_argument("--domain", help="only this domain")
@@ -256,6 +267,8 @@ def _rows(state: StoreState, only: str | None) -> list[dict[str, Any]]:
                 "fingerprint": pki.fingerprint(root),
                 "history": [{"state": "active", "at": created}],
                 "revocation": None,
+                "private_key": "kept",  # the root CA key is never destroyed
+                "key_destroyed_at": None,
             }
         )
     for domain in state.domains:
@@ -281,6 +294,10 @@ def _row(domain: Domain, generation: Generation, item: DkimKey | Certificate) ->
         "created": format_time(generation.created_at),
         "fingerprint": fingerprint,
         "history": [{"state": str(c.state), "at": format_time(c.at)} for c in item.history],
+        "private_key": "kept" if item.key_destroyed_at is None else "destroyed",
+        "key_destroyed_at": None
+        if item.key_destroyed_at is None
+        else format_time(item.key_destroyed_at),
         "revocation": None
         if revocation is None
         else {
@@ -291,12 +308,15 @@ def _row(domain: Domain, generation: Generation, item: DkimKey | Certificate) ->
     }
 
 
-TABLE_COLUMNS = ("domain", "generation", "kind", "id", "algorithm", "state", "since", "created")
+TABLE_COLUMNS = (
+    "domain", "generation", "kind", "id", "algorithm", "state", "since", "created", "private_key"
+)  # fmt: skip
 
 
 def _print_table(rows: list[dict[str, Any]], out: TextIO) -> None:
     """Fingerprints are cut to 16 hex digits here; --json has them whole."""
     header = [*(c.upper() for c in TABLE_COLUMNS), "SHA256"]
+    header[TABLE_COLUMNS.index("private_key")] = "PRIVATE"
     lines = [[str(row[c]) for c in TABLE_COLUMNS] + [row["fingerprint"][:16]] for row in rows]
     widths = [max(len(line[i]) for line in [header, *lines]) for i in range(len(header))]
     for line in [header, *lines]:
@@ -394,7 +414,16 @@ def cmd_activate(args: argparse.Namespace, now: dt.datetime | None) -> int:
             f"Generation {result.retired.id} is retired: keep its DNS records until mail "
             f"signed with it has been delivered, then run: sealpost-keys withdraw {selectors}"
         )
+    _print_destroyed(result.destroyed)
     return EXIT_OK
+
+
+def _print_destroyed(idents: Sequence[str]) -> None:
+    if idents:
+        print(
+            f"Destroyed the private keys of {', '.join(idents)} (overwritten, then deleted); "
+            "their public keys stay in the archive."
+        )
 
 
 def cmd_withdraw(args: argparse.Namespace, now: dt.datetime | None) -> int:
@@ -420,6 +449,7 @@ def cmd_revoke(args: argparse.Namespace, now: dt.datetime | None) -> int:
     if isinstance(item, DkimKey):
         print("Publish its record with an empty p= (verifiers then treat it as revoked):")
         print(key_dns.zone_line(result.domain, item))
+    _print_destroyed(result.destroyed)
     if result.was_active:
         if result.pending is not None:
             next_step = (
@@ -437,6 +467,23 @@ def cmd_revoke(args: argparse.Namespace, now: dt.datetime | None) -> int:
             "active signing key and the gateway answers 451 to its mail until a pending "
             f"generation is activated. Next: {next_step}."
         )
+    return EXIT_OK
+
+
+def cmd_destroy(args: argparse.Namespace, now: dt.datetime | None) -> int:
+    result = store.destroy(args.store, args.domain, args.generation, now=now)
+    name = f"generation {result.generation} of {result.domain}"
+    removed = [d.ident for d in result.destroyed if d.was_present]
+    if removed:
+        print(
+            f"Destroyed the private keys of {name}: {', '.join(removed)} (overwritten, then "
+            "deleted); their public keys stay in the archive."
+        )
+    else:
+        print(f"No private key of {name} is left in the store: nothing to destroy.")
+    others = [f"{d.ident} ({d.domain} {d.generation})" for d in result.others if d.was_present]
+    if others:
+        print(f"Also destroyed leftover private keys of keys out of service: {', '.join(others)}.")
     return EXIT_OK
 
 
@@ -470,6 +517,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, dt.datetime | None], int]] = {
     "activate": cmd_activate,
     "withdraw": cmd_withdraw,
     "revoke": cmd_revoke,
+    "destroy": cmd_destroy,
     "list": cmd_list,
     "dns": cmd_dns,
     "export-public": cmd_export,

@@ -38,6 +38,9 @@ ALLOWED: Mapping[State, frozenset[State]] = {
     State.REVOKED: frozenset(),
 }
 
+# States that can never sign again: their private keys are destroyed.
+OUT_OF_SERVICE = frozenset({State.RETIRED, State.WITHDRAWN, State.REVOKED})
+
 # States whose DKIM record must be in DNS: pending (so it propagates before use), active,
 # retired (mail in flight still verifies) and revoked (published with an empty p=).
 IN_DNS = frozenset({State.PENDING, State.ACTIVE, State.RETIRED, State.REVOKED})
@@ -77,6 +80,8 @@ class DkimKey(Tracked):
     algorithm: str  # the DKIM k= tag: "rsa" or "ed25519"
     public_key: str  # the p= value, base64
     key_file: str  # relative to the store directory
+    # When the private key file was overwritten and deleted (None: still in the store).
+    key_destroyed_at: dt.datetime | None = None
 
     @property
     def label(self) -> str:
@@ -88,6 +93,7 @@ class Certificate(Tracked):
     serial: str  # lower-case hex
     pem: str
     key_file: str
+    key_destroyed_at: dt.datetime | None = None  # as DkimKey.key_destroyed_at
 
     @property
     def label(self) -> str:

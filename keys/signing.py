@@ -74,9 +74,24 @@ class SigningKeys:
             cached = self._materials.get(name)
             if cached is not None:
                 return cached
-            material = self._load(state, name)
+            material = self._load_current(state, name)
             self._materials[name] = material
             return material
+
+    def _load_current(self, state: StoreState, name: str) -> SigningMaterial:
+        """An activation commits the new state, then destroys the retired keys: a state
+        read just before it names files that may be gone by now. Such a state has been
+        replaced on disk, so look again (a few times: rotations may follow each other)."""
+        for _ in range(3):
+            try:
+                return self._load(state, name)
+            except NoActiveKey:
+                self._checked_at = None
+                fresh = self._refresh()
+                if fresh is state:
+                    raise
+                state = fresh
+        return self._load(state, name)
 
     def domains(self) -> frozenset[str]:
         """Every domain of the store, including one that has no active key right now (the

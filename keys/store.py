@@ -15,6 +15,14 @@ generation directory is left behind and overwritten by the next rotation.
 
 Each operation takes the lock, loads the state, applies a pure transition from
 keys.lifecycle, writes, refreshes the public archive and appends to the audit log.
+
+A key out of service (retired, withdrawn, revoked) must not be able to sign again, so its
+private file is destroyed (overwritten with zeros, fsync'd, unlinked) right after the
+commit that takes it out of service, and its `key_destroyed_at` is recorded in a second
+state write. Never before the commit: until then the gateway may still load it. Every
+store-changing operation ends with that sweep, so a crash between commit and destruction,
+or a store made before keys were destroyed, is cleaned by the next command. The root CA
+key is never destroyed. The public halves stay in the state and the archive.
 """
 
 from __future__ import annotations
@@ -28,7 +36,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -39,6 +47,7 @@ from keys.archive import Revocation, format_time, parse_revocation, parse_time
 from keys.dns import DnsCheckFailed, Resolver, check_published, public_value
 from keys.export import write_public
 from keys.lifecycle import (
+    OUT_OF_SERVICE,
     Certificate,
     Change,
     DkimKey,
@@ -58,7 +67,7 @@ from keys.lifecycle import (
 from keys.lifecycle import activate as lifecycle_activate
 from keys.lifecycle import revoke as lifecycle_revoke
 from keys.lifecycle import withdraw as lifecycle_withdraw
-from keys.safeio import atomic_write
+from keys.safeio import atomic_write, fsync_dir
 
 FORMAT = "sealpost-key-store/1"
 STATE_FILE = "state.json"
@@ -209,12 +218,17 @@ def _revocation_json(revocation: Revocation | None) -> dict[str, str] | None:
     }
 
 
+def _optional_time(value: dt.datetime | None) -> str | None:
+    return None if value is None else format_time(value)
+
+
 def _dkim_json(key: DkimKey) -> dict[str, Any]:
     return {
         "selector": key.selector,
         "algorithm": key.algorithm,
         "public_key": key.public_key,
         "key_file": key.key_file,
+        "key_destroyed_at": _optional_time(key.key_destroyed_at),
         "history": _history_json(key.history),
         "revocation": _revocation_json(key.revocation),
     }
@@ -246,6 +260,7 @@ def state_to_json(state: StoreState) -> dict[str, Any]:
                             "serial": g.certificate.serial,
                             "pem": g.certificate.pem,
                             "key_file": g.certificate.key_file,
+                            "key_destroyed_at": _optional_time(g.certificate.key_destroyed_at),
                             "history": _history_json(g.certificate.history),
                             "revocation": _revocation_json(g.certificate.revocation),
                         },
@@ -264,6 +279,12 @@ def _history(raw: list[dict[str, str]]) -> tuple[Change, ...]:
     return tuple(Change(State(c["state"]), parse_time(c["at"])) for c in raw)
 
 
+def _destroyed_at(raw: dict[str, Any]) -> dt.datetime | None:
+    # Absent from state files written before keys were destroyed at retirement.
+    value = raw.get("key_destroyed_at")
+    return None if value is None else parse_time(value)
+
+
 def _dkim(raw: dict[str, Any]) -> DkimKey:
     return DkimKey(
         history=_history(raw["history"]),
@@ -272,6 +293,7 @@ def _dkim(raw: dict[str, Any]) -> DkimKey:
         algorithm=raw["algorithm"],
         public_key=raw["public_key"],
         key_file=raw["key_file"],
+        key_destroyed_at=_destroyed_at(raw),
     )
 
 
@@ -291,6 +313,7 @@ def state_from_json(document: dict[str, Any]) -> StoreState:
                 serial=c["serial"],
                 pem=c["pem"],
                 key_file=c["key_file"],
+                key_destroyed_at=_destroyed_at(c),
             )
             generations.append(
                 Generation(g["id"], parse_time(g["created_at"]), rsa, ed, certificate)
@@ -358,6 +381,149 @@ def read_private_key(store: Path, relative: str, passphrase: bytes | None) -> pk
         raise StoreError(
             f"cannot load the private key {path}: wrong passphrase or damaged file"
         ) from exc
+
+
+# --- destroying private keys ----------------------------------------------------------
+
+
+def shred(path: Path) -> bool:
+    """Overwrites a file with zeros (same length, fsync'd), unlinks it and fsyncs its
+    directory; False when there is no such file. The zeros make the key unreadable from
+    this filesystem's blocks (not from an SSD's remapped cells or a copy-on-write
+    snapshot: the store belongs on an encrypted volume)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return False
+    try:
+        size = os.fstat(fd).st_size
+        zeros = memoryview(bytes(size))
+        offset = 0
+        while offset < size:
+            offset += os.pwrite(fd, zeros[offset:], offset)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.unlink(path)
+    fsync_dir(path.parent)
+    return True
+
+
+def _key_path(store: Path, relative: str) -> Path:
+    """The file a DKIM or certificate key names, refused unless it is under domains/: a
+    damaged state.json must not make a sweep overwrite the root CA key or a file outside
+    the store."""
+    parts = Path(relative).parts
+    if not parts or parts[0] != "domains" or ".." in parts or Path(relative).is_absolute():
+        raise StoreError(f"refusing to destroy {relative!r}: not a key file under domains/")
+    return store / relative
+
+
+@dataclass(frozen=True)
+class Destroyed:
+    """One out-of-service key whose private file is now gone."""
+
+    domain: str
+    generation: str
+    ident: str  # selector or certificate serial
+    key_file: str
+    was_present: bool  # False: already gone (a crash after the unlink), now recorded
+
+
+class DestroyFailed(StoreError):
+    def __init__(self, message: str, done: list[Destroyed]) -> None:
+        super().__init__(message)
+        self.done = done
+
+
+def _ident(item: DkimKey | Certificate) -> str:
+    return item.selector if isinstance(item, DkimKey) else item.serial
+
+
+def _leftovers(
+    store: Path, state: StoreState
+) -> list[tuple[Domain, Generation, DkimKey | Certificate]]:
+    """Out-of-service keys whose private file exists or whose destruction is unrecorded."""
+    found = []
+    for domain in state.domains:
+        for generation in domain.generations:
+            for item in generation.items:
+                if item.state not in OUT_OF_SERVICE:
+                    continue
+                if item.key_destroyed_at is None or _key_path(store, item.key_file).exists():
+                    found.append((domain, generation, item))
+    return found
+
+
+_Item = TypeVar("_Item", DkimKey, Certificate)
+
+
+def _mark_destroyed(
+    state: StoreState, domain: Domain, generation: Generation, ident: str, when: dt.datetime
+) -> StoreState:
+    current = _domain(state, domain.name)
+    stored = next(g for g in current.generations if g.id == generation.id)
+
+    def stamp(item: _Item) -> _Item:
+        return replace(item, key_destroyed_at=when) if _ident(item) == ident else item
+
+    changed = replace(
+        stored,
+        rsa=stamp(stored.rsa),
+        ed25519=stamp(stored.ed25519),
+        certificate=stamp(stored.certificate),
+    )
+    return state.with_domain(current.replace_generation(changed))
+
+
+def sweep(store: Path, state: StoreState, when: dt.datetime) -> tuple[StoreState, list[Destroyed]]:
+    """Destroys the private key file of every retired, withdrawn or revoked key, and records
+    it in the state. Runs after a commit (never before: until state.json says a key is out
+    of service, the gateway may still load it). Raises DestroyFailed after saving what was
+    done, so a file that resists (permissions, I/O) does not hide the ones destroyed."""
+    done: list[Destroyed] = []
+    try:
+        for domain, generation, item in _leftovers(store, state):
+            present = shred(_key_path(store, item.key_file))
+            ident = _ident(item)
+            state = _mark_destroyed(state, domain, generation, ident, when)
+            done.append(Destroyed(domain.name, generation.id, ident, item.key_file, present))
+    except OSError as exc:
+        if done:
+            save_state(store, state)
+        raise DestroyFailed(
+            f"could not destroy a private key of a key out of service "
+            f"({exc.filename or 'store'}: {exc.strerror or exc}); fix the cause and run "
+            "sealpost-keys destroy --domain DOMAIN GENERATION",
+            done,
+        ) from exc
+    if done:
+        save_state(store, state)
+    return state, done
+
+
+def _audit_destroyed(done: list[Destroyed], **details: Any) -> dict[str, Any]:
+    """The audit details of a destruction: ids and file names, never contents."""
+    return {
+        **details,
+        "keys": [d.ident for d in done if d.was_present],
+        "files": [d.key_file for d in done if d.was_present],
+        "already_absent": [d.ident for d in done if not d.was_present],
+    }
+
+
+def _sweep_after(store: Path, state: StoreState, when: dt.datetime, operation: str) -> list[str]:
+    """The sweep every store-changing operation runs once its change is committed; one
+    audit line `destroy` when it destroyed (or failed to destroy) anything."""
+    try:
+        _state, done = sweep(store, state, when)
+    except DestroyFailed as exc:
+        details = _audit_destroyed(exc.done, after=operation, error=str(exc))
+        audit(store, "destroy", "failed", **details)
+        raise StoreError(f"the {operation} is saved, but {exc}") from exc
+    if done:
+        audit(store, "destroy", "ok", **_audit_destroyed(done, after=operation))
+    return [d.ident for d in done]
 
 
 # --- operations ------------------------------------------------------------------------
@@ -471,6 +637,8 @@ def init_domain(
         if existing is not None:
             if exist_ok:
                 record.details["noop"] = True
+                # keys-init runs this at every start: the sweep then needs no ops at all.
+                _sweep_after(store, state, when, "init")
                 return InitResult(existing, created=False, created_root=False, created_secret=None)
             raise Refused(
                 f"{name} is already initialised in {store} (generations: "
@@ -524,8 +692,10 @@ def init_domain(
             ),
         )
         new_domain = Domain(name, org, (generation,))
-        _commit(store, public, state.with_domain(new_domain), when)
+        state = state.with_domain(new_domain)
+        _commit(store, public, state, when)
         record.details.update(keys=_ids(generation), created_root=created_root)
+        _sweep_after(store, state, when, "init")
         return InitResult(new_domain, True, created_root, created_secret)
 
 
@@ -558,8 +728,10 @@ def rotate(
             passphrase if state.encrypt_all else None,
             when,
         )
-        _commit(store, public, state.with_domain(new_domain_generation(current, generation)), when)
+        state = state.with_domain(new_domain_generation(current, generation))
+        _commit(store, public, state, when)
         record.details["keys"] = _ids(generation)
+        _sweep_after(store, state, when, "rotate")
         return generation
 
 
@@ -567,6 +739,7 @@ def rotate(
 class ActivateResult:
     activated: Generation
     retired: Generation | None
+    destroyed: list[str]  # ids of the keys whose private files this activation destroyed
 
 
 def activate(
@@ -592,11 +765,14 @@ def activate(
             result = lifecycle_activate(current, when, propagation, force)
             if check_dns:
                 check_published(name, result.activated.dkim, resolver, dns_timeout)
-            _commit(store, public, state.with_domain(result.domain), when)
-        record.details["keys"] = _ids(result.activated)
-        if result.retired is not None:
-            record.details["retired"] = _ids(result.retired)
-        return ActivateResult(result.activated, result.retired)
+            state = state.with_domain(result.domain)
+            _commit(store, public, state, when)
+            record.details["keys"] = _ids(result.activated)
+            if result.retired is not None:
+                record.details["retired"] = _ids(result.retired)
+            # Only now: until the retirement is committed the gateway may load these keys.
+            destroyed = _sweep_after(store, state, when, "activate")
+        return ActivateResult(result.activated, result.retired, destroyed)
 
 
 def withdraw(
@@ -622,6 +798,7 @@ def withdraw(
             state = state.with_domain(changed)
             withdrawn.append(key)
         _commit(store, public, state, when)
+        _sweep_after(store, state, when, "withdraw")
         return withdrawn
 
 
@@ -641,6 +818,7 @@ class RevokeResult:
     # The revoked key was signing: the domain has no active key until `activate`.
     was_active: bool
     pending: Generation | None
+    destroyed: list[str]  # ids of the keys whose private files the revocation destroyed
 
 
 def revoke(
@@ -658,11 +836,75 @@ def revoke(
         domain, generation, item = _owner(state, ident)
         record.details["domain"] = domain.name
         result = lifecycle_revoke(domain, generation, item, utc_now(compromised_at), reason, when)
-        _commit(store, public, state.with_domain(result.domain), when)
+        state = state.with_domain(result.domain)
+        _commit(store, public, state, when)
         record.details["was_active"] = result.was_active
+        destroyed = _sweep_after(store, state, when, "revoke")
         return RevokeResult(
-            domain.name, result.revoked, result.generation, result.was_active, result.domain.pending
+            domain.name,
+            result.revoked,
+            result.generation,
+            result.was_active,
+            result.domain.pending,
+            destroyed,
         )
+
+
+@dataclass(frozen=True)
+class DestroyResult:
+    domain: str
+    generation: str
+    destroyed: list[Destroyed]  # this generation's keys, files gone now or found gone
+    others: list[Destroyed]  # leftovers of other generations the sweep destroyed too
+
+
+def _check_out_of_service(domain: Domain, generation: Generation) -> None:
+    """Refuses while any key of the generation may still sign (active) or is meant to
+    (pending): destroying it would stop the gateway or lose a generation being published."""
+    for item in generation.items:
+        if item.state == State.ACTIVE:
+            raise Refused(
+                f"generation {generation.id} of {domain.name} is active ({item.label} signs "
+                "the mail): its private keys are destroyed when it is retired by the next "
+                f"activation (sealpost-keys activate --domain {domain.name}) or revoked"
+            )
+        if item.state == State.PENDING:
+            raise Refused(
+                f"generation {generation.id} of {domain.name} is pending ({item.label} is "
+                "waiting for activation): activate it (sealpost-keys activate --domain "
+                f"{domain.name}), or revoke its keys if they must never sign"
+            )
+
+
+def destroy(
+    store: Path,
+    domain: str,
+    generation_id: str,
+    *,
+    now: dt.datetime | None = None,
+) -> DestroyResult:
+    """Destroys what is left of the private keys of a retired, withdrawn or revoked
+    generation (and, as every command does, of any other key out of service). Nothing left
+    is not an error. The public halves stay in the state and the archive."""
+    when = utc_now(now)
+    name = normalise_domain(domain)
+    details = {"domain": name, "generation": generation_id}
+    with _audited(store, "destroy", **details) as record, locked(store):
+        state = load_state(store)
+        current = _domain(state, name)
+        generation = next((g for g in current.generations if g.id == generation_id), None)
+        if generation is None:
+            known = ", ".join(g.id for g in current.generations)
+            raise NotFound(f"{name} has no generation {generation_id!r} (generations: {known})")
+        _check_out_of_service(current, generation)
+        try:
+            _state, done = sweep(store, state, when)
+        except DestroyFailed as exc:
+            record.details.update(_audit_destroyed(exc.done))
+            raise
+        record.details.update(_audit_destroyed(done))
+        mine = [d for d in done if d.domain == name and d.generation == generation_id]
+        return DestroyResult(name, generation_id, mine, [d for d in done if d not in mine])
 
 
 def export_public(store: Path, public: Path, *, now: dt.datetime | None = None) -> list[Path]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
+from dataclasses import replace
 
 import pytest
 
@@ -218,3 +219,23 @@ def test_domain_names_are_normalised(given: str, expected: str) -> None:
 def test_domain_names_that_are_not_hostnames_are_rejected(bad: str) -> None:
     with pytest.raises(ValueError, match="not a valid domain name"):
         normalise_domain(bad)
+
+
+def test_revoking_a_retired_generation_keeps_the_record_of_its_destroyed_keys() -> None:
+    """The store destroys a key when it retires; a later revocation (an old backup stolen)
+    must not make the state claim the key is back."""
+    retired = generation("202611", (State.PENDING, T0), (State.ACTIVE, T0), (State.RETIRED, T0))
+    destroyed_at = T0 + HOUR
+    retired = replace(
+        retired,
+        rsa=replace(retired.rsa, key_destroyed_at=destroyed_at),
+        ed25519=replace(retired.ed25519, key_destroyed_at=destroyed_at),
+        certificate=replace(retired.certificate, key_destroyed_at=destroyed_at),
+    )
+    domain = Domain("caisses.example", "Org", (retired,))
+    result = revoke(domain, retired, retired.certificate, T0, "backup stolen", T0 + 2 * HOUR)
+    assert [i.state for i in result.generation.items] == [
+        State.RETIRED, State.RETIRED, State.REVOKED
+    ]  # fmt: skip
+    assert {i.key_destroyed_at for i in result.generation.items} == {destroyed_at}
+    assert generation("202612", (State.PENDING, T0)).rsa.key_destroyed_at is None

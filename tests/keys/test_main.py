@@ -29,7 +29,9 @@ DOMAIN = "caisses.example"
 NOW = dt.datetime(2026, 11, 23, 10, 0, tzinfo=dt.UTC)
 HOUR = dt.timedelta(hours=1)
 KEYS_BIN = Path(sys.executable).parent / "sealpost-keys"
-COMMANDS = ["init", "rotate", "activate", "withdraw", "revoke", "list", "dns", "export-public"]
+COMMANDS = [
+    "init", "rotate", "activate", "withdraw", "revoke", "destroy", "list", "dns", "export-public"
+]  # fmt: skip
 
 
 class Cli:
@@ -291,7 +293,8 @@ def test_list_shows_every_key_and_certificate(cli: Cli) -> None:
     assert code == EXIT_OK
     lines = out.splitlines()
     assert lines[0].split() == [
-        "DOMAIN", "GENERATION", "KIND", "ID", "ALGORITHM", "STATE", "SINCE", "CREATED", "SHA256"
+        "DOMAIN", "GENERATION", "KIND", "ID", "ALGORITHM", "STATE", "SINCE", "CREATED",
+        "PRIVATE", "SHA256",
     ]  # fmt: skip
     assert len(lines) == 1 + 1 + 6
     assert lines[1].split()[2:3] == ["root"]
@@ -364,3 +367,93 @@ def test_encrypt_all_is_chosen_when_the_store_is_created(cli: Cli) -> None:
     )  # fmt: skip
     assert code == EXIT_REFUSED
     assert "--encrypt-all applies to a new store only" in cli.capsys.readouterr().err
+
+
+def key_paths(cli: Cli, generation: str) -> list[Path]:
+    directory = cli.store / "domains" / DOMAIN / generation
+    return [
+        directory / name for name in ("dkim-rsa.key.pem", "dkim-ed25519.key.pem", "cms.key.pem")
+    ]
+
+
+def test_destroy_is_refused_for_an_active_or_a_pending_generation(cli: Cli) -> None:
+    assert cli("init", "--domain", DOMAIN)[0] == EXIT_OK
+    assert cli("rotate", "--domain", DOMAIN)[0] == EXIT_OK
+
+    code, out, err = cli("destroy", "--domain", DOMAIN, "202611")
+    assert code == EXIT_REFUSED
+    assert "refused: generation 202611 of caisses.example is active" in err
+    assert "destroyed when it is retired by the next activation" in err
+    code, out, err = cli("destroy", "--domain", DOMAIN, "202611b")
+    assert code == EXIT_REFUSED
+    assert "refused: generation 202611b of caisses.example is pending" in err
+    assert out == ""
+    assert all(path.exists() for g in ("202611", "202611b") for path in key_paths(cli, g))
+
+    code, _, err = cli("destroy", "--domain", DOMAIN, "202511")
+    assert code == EXIT_NOT_FOUND
+    assert "caisses.example has no generation '202511' (generations: 202611, 202611b)" in err
+
+
+def test_activate_destroys_and_destroy_finishes_the_job(cli: Cli) -> None:
+    assert cli("init", "--domain", DOMAIN)[0] == EXIT_OK
+    assert cli("rotate", "--domain", DOMAIN)[0] == EXIT_OK
+    rsa_file = key_paths(cli, "202611")[0]
+    saved = rsa_file.read_bytes()
+    serial = str(listing(cli)[("202611", "ecdsa-p256")]["id"])
+
+    code, out, err = cli("activate", "--domain", DOMAIN, "--force", now=NOW + HOUR)
+    assert code == EXIT_OK, err
+    assert f"Destroyed the private keys of s202611r, s202611e, {serial}" in out
+    assert not any(path.exists() for path in key_paths(cli, "202611"))
+    assert all(path.exists() for path in key_paths(cli, "202611b"))
+    rows = listing(cli)
+    assert rows[("202611", "rsa-2048")]["private_key"] == "destroyed"
+    assert rows[("202611", "rsa-2048")]["key_destroyed_at"] == "2026-11-23T11:00:00Z"
+    assert rows[("202611b", "rsa-2048")]["private_key"] == "kept"
+    assert rows[("202611b", "rsa-2048")]["key_destroyed_at"] is None
+    table = cli("list")[1].splitlines()
+    wanted = ["s202611r", "rsa-2048", "retired", "destroyed"]
+    assert any(line.split()[3:6] + line.split()[8:9] == wanted for line in table)
+
+    # A key file comes back (a backup restored into the store): destroy removes it again.
+    rsa_file.write_bytes(saved)
+    code, out, err = cli("destroy", "--domain", DOMAIN, "202611", now=NOW + 2 * HOUR)
+    assert code == EXIT_OK, err
+    assert "Destroyed the private keys of generation 202611 of caisses.example: s202611r" in out
+    assert not rsa_file.exists()
+
+    code, out, err = cli("destroy", "--domain", DOMAIN, "202611", now=NOW + 3 * HOUR)
+    assert code == EXIT_OK, err
+    assert out == (
+        "No private key of generation 202611 of caisses.example is left in the store: "
+        "nothing to destroy.\n"
+    )
+    outcomes = [
+        (r["operation"], r["outcome"], r.get("keys"))
+        for r in map(json.loads, (cli.store / "audit.log").read_text().splitlines())
+        if r["operation"] == "destroy"
+    ]
+    assert outcomes == [
+        ("destroy", "ok", ["s202611r", "s202611e", serial]),
+        ("destroy", "ok", ["s202611r"]),
+        ("destroy", "ok", []),
+    ]
+
+
+def test_destroy_also_sweeps_other_generations(cli: Cli) -> None:
+    assert cli("init", "--domain", DOMAIN)[0] == EXIT_OK
+    assert cli("rotate", "--domain", DOMAIN)[0] == EXIT_OK
+    first_cms = key_paths(cli, "202611")[2]
+    saved = first_cms.read_bytes()
+    assert cli("activate", "--domain", DOMAIN, "--force")[0] == EXIT_OK
+    assert cli("rotate", "--domain", DOMAIN)[0] == EXIT_OK
+    assert cli("activate", "--domain", DOMAIN, "--force")[0] == EXIT_OK
+    first_cms.write_bytes(saved)
+
+    code, out, err = cli("destroy", "--domain", DOMAIN, "202611b")
+    assert code == EXIT_OK, err
+    assert "No private key of generation 202611b of caisses.example is left" in out
+    serial = str(listing(cli)[("202611", "ecdsa-p256")]["id"])
+    assert f"Also destroyed leftover private keys of keys out of service: {serial} " in out
+    assert not first_cms.exists()

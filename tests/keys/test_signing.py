@@ -186,3 +186,21 @@ def test_a_cms_signature_with_the_active_certificate_verifies_with_openssl(
     altered = tmp_path / "altered.pdf"
     altered.write_bytes(document.replace(b"PDF-1.4", b"PDF-1.5"))
     assert openssl_verify(altered).returncode != 0
+
+
+def test_a_state_read_just_before_an_activation_still_gives_signing_keys(
+    paths: tuple[Path, Path],
+) -> None:
+    """The state it holds names the generation the activation then retires and destroys:
+    the files are gone, so it must look at the new state rather than fail (451)."""
+    keys, public = paths
+    clock = FakeClock()
+    signing = SigningKeys(keys, clock=clock)
+    assert signing.domains() == frozenset({DOMAIN})  # the state is read, no key yet
+    old = active_generation(keys)
+    store.rotate(keys, public, DOMAIN)
+    store.activate(keys, public, DOMAIN, force=True)
+    assert not list((keys / "domains" / DOMAIN / old).glob("*.pem"))
+
+    material = signing.material(DOMAIN)  # within the second: no stat would be due
+    assert material.generation == active_generation(keys) != old
