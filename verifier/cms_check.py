@@ -18,8 +18,11 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from keys.archive import format_time
 from verifier.report import DocStatus, DocumentCheck, KeyInfo, SignerInfo
+from verifier.service import outside_service, retired_at
 from verifier.trust import Trust
 
 # The signer's clock and ours may disagree a little; beyond this a signing time in the
@@ -102,6 +105,9 @@ def _check(
         _verify_signature(signer, signer_info, signed_attrs.dump(), hash_cls())
     except _Invalid as exc:
         return _replace(base, reason=exc.reason, detail=exc.detail)
+    usage = _usage_problem(signer)
+    if usage is not None:
+        return _replace(base, reason="wrong_key_usage", detail=usage)
     if trust.issuing_root(signer) is None:
         return _replace(base, reason="not_fund_root")
     published = trust.certificate(info.sha256)
@@ -125,7 +131,36 @@ def _check(
         if signing_time >= published.revocation.compromised_at:
             return _replace(base, status=DocStatus.REVOKED, reason="signed_after_compromise")
         return _replace(base, status=DocStatus.REVOKED, reason="revoked_key")
+    outside = outside_service(published, signing_time)
+    if outside is not None:
+        retired = retired_at(published)
+        detail = f"in service until {format_time(retired)}" if retired else "never activated"
+        return _replace(base, reason=outside, detail=detail)
     return _replace(base, status=DocStatus.VALID, reason=None)
+
+
+def _usage_problem(cert: x509.Certificate) -> str | None:
+    """What `openssl cms -verify -purpose smimesign` would refuse in the signer: a CA, a
+    key not for signatures, an extended key usage other than e-mail protection."""
+    extensions = cert.extensions
+    try:
+        if extensions.get_extension_for_class(x509.BasicConstraints).value.ca:
+            return "a CA certificate"
+    except x509.ExtensionNotFound:
+        pass
+    try:
+        usage = extensions.get_extension_for_class(x509.KeyUsage).value
+        if not (usage.digital_signature or usage.content_commitment):
+            return "keyUsage has neither digitalSignature nor nonRepudiation"
+    except x509.ExtensionNotFound:
+        return "no keyUsage"
+    try:
+        extended = extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        if ExtendedKeyUsageOID.EMAIL_PROTECTION not in extended:
+            return "extendedKeyUsage lacks emailProtection"
+    except x509.ExtensionNotFound:
+        return "no extendedKeyUsage"
+    return None
 
 
 def _replace(check: DocumentCheck, **changes: object) -> DocumentCheck:
@@ -270,3 +305,16 @@ def _name_text(name: x509.Name) -> str:
         for attr in rdn
     ]
     return _CONTROL.sub("\ufffd", ", ".join(parts))[:500]
+
+
+def signed_digest(signature: bytes) -> tuple[str, bytes] | None:
+    """The hash name and the digest a .p7s states for its document (None if unreadable):
+    lets a signature find its document by content when a mail program renamed it."""
+    try:
+        signer_info, signed_attrs, _ = _parse(signature)
+        name = signer_info["digest_algorithm"]["algorithm"].native
+        if name not in _HASHES:
+            return None
+        return _HASHES[name][1], _attributes(signed_attrs).message_digest
+    except (_Invalid, ValueError, TypeError, KeyError, OverflowError):
+        return None

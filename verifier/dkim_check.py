@@ -8,14 +8,17 @@ a forwarder's) are listed but not checked.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import logging
 from typing import Any
 
 import dkim
 from dkim.util import InvalidTagValueList, parse_tag_value
 
-from keys.archive import PublicDkimKey
+from keys.archive import PublicDkimKey, format_time
+from verifier import headers
 from verifier.report import DkimCheck, DkimStatus, KeyInfo
+from verifier.service import outside_service, retired_at
 from verifier.trust import Trust
 
 # dkimpy logs through the logger it is given; ours goes nowhere, so nothing derived from an
@@ -41,20 +44,57 @@ def signature_domain(value: bytes) -> str:
     return _text(_tags(value).get(b"d")).lower().rstrip(".")
 
 
-def check_dkim(raw: bytes, signatures: list[bytes], trust: Trust) -> tuple[DkimCheck, ...]:
-    """`signatures`: the DKIM-Signature values as the email parser saw them, used to
-    describe them when dkimpy cannot read the message at all."""
+def check_dkim(
+    raw: bytes,
+    signatures: list[bytes],
+    trust: Trust,
+    defects: tuple[str, ...] | None = None,
+) -> tuple[DkimCheck, ...]:
+    """`signatures`: the DKIM-Signature values as the header reader saw them, used to
+    describe them when dkimpy cannot read the message at all. `defects`: what in the
+    message readers would read differently (computed from `raw` when not given); a
+    signature that passes over such a message does not vouch for what a reader shows."""
     if _header_block_size(raw) > MAX_HEADER_BYTES:
         return _unchecked(signatures, "headers_too_large", None)
+    block = headers.read(headers.split(raw)[0])
+    if defects is None:
+        defects = block.defects
     try:
         verifier = dkim.DKIM(raw, logger=_SILENT, minkey=1024)
     except Exception as exc:  # dkimpy raises many types on hostile input
         return _unchecked(signatures, "unparseable_message", type(exc).__name__)
     found = [v for k, v in verifier.headers if k.lower() == b"dkim-signature"]
     checked = tuple(
-        _check_one(verifier, idx, value, trust) for idx, value in enumerate(found[:MAX_SIGNATURES])
+        _vouches(_check_one(verifier, idx, value, trust), value, block, defects)
+        for idx, value in enumerate(found[:MAX_SIGNATURES])
     )
     return checked + _unchecked(found[MAX_SIGNATURES:], "too_many_signatures", None)
+
+
+def covered_fields(signature: bytes, block: headers.HeaderBlock) -> set[int]:
+    """The header fields this signature's h= list covers."""
+    names = _tags(signature).get(b"h", b"").split(b":")
+    return headers.signed_instances(block.fields, names)
+
+
+def _vouches(
+    check: DkimCheck, value: bytes, block: headers.HeaderBlock, defects: tuple[str, ...]
+) -> DkimCheck:
+    """A passing signature vouches for the message only if every reader reads the same
+    headers, and every From, Subject, Reply-To... present is one it covers."""
+    if check.status is not DkimStatus.PASS:
+        return check
+    if defects:
+        return _with(
+            check, status=DkimStatus.FAIL, reason="headers_malformed", detail=", ".join(defects)
+        )
+    names = _tags(value).get(b"h", b"").split(b":")
+    unsigned = headers.unsigned_shown(block.fields, names)
+    if unsigned:
+        return _with(
+            check, status=DkimStatus.FAIL, reason="header_not_signed", detail=", ".join(unsigned)
+        )
+    return check
 
 
 def _text(value: bytes | None) -> str:
@@ -121,7 +161,27 @@ def _check_one(verifier: Any, idx: int, value: bytes, trust: Trust) -> DkimCheck
         return _with(check, status=DkimStatus.FAIL, reason="header_changed")
     if key.revocation is not None:
         return _with(check, status=DkimStatus.REVOKED, reason="revoked_key")
+    outside = _outside_service(key, tags.get(b"t"))
+    if outside is not None:
+        return _with(check, reason=outside[0], detail=outside[1])
     return _with(check, status=DkimStatus.PASS)
+
+
+def _outside_service(key: PublicDkimKey, stamp: bytes | None) -> tuple[str, str] | None:
+    """Why the signature's own time (t=) falls outside its key's time of service, if it
+    does. The gateway always writes t=; a signature without it is not the gateway's."""
+    if stamp is None or not stamp.strip().isdigit():
+        return "no_timestamp", "no t= tag"
+    try:
+        signed = dt.datetime.fromtimestamp(int(stamp.strip()), dt.UTC)
+    except (OverflowError, ValueError, OSError):
+        return "no_timestamp", "t= out of range"
+    reason = outside_service(key, signed)
+    if reason is None:
+        return None
+    retired = retired_at(key)
+    until = f", in service until {format_time(retired)}" if retired else ""
+    return reason, f"t={format_time(signed)}{until}"
 
 
 def _with(check: DkimCheck, **changes: Any) -> DkimCheck:

@@ -1,5 +1,6 @@
-"""Turns an upload into something the checks can use: what kind of file it is, the email's
-display headers, its documents and signatures, and any message forwarded inside it.
+"""Turns an upload into something the checks can use: its bytes with one kind of line end,
+its header block as the DKIM check reads it, every attachment, and any message forwarded
+inside it.
 
 Everything stays in memory. Limits on MIME depth and part count bound the work a hostile
 upload can cause.
@@ -7,40 +8,42 @@ upload can cause.
 
 from __future__ import annotations
 
-import contextlib
 import email.header
-import email.policy
 import email.utils
 import re
+import unicodedata
 from dataclasses import dataclass, field
-from email.message import Message
-from email.parser import BytesParser
 
+from verifier import headers, mime
 from verifier.report import MessageInfo
 from verifier.settings import Limits
 
 OLE2_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
 # A header line: a field name of printable characters without a colon, then a colon.
 _HEADER_LINE = re.compile(rb"^[\x21-\x39\x3b-\x7e]{1,200}:")
-_MESSAGE_HEADERS = (
-    "from",
-    "date",
-    "subject",
-    "message-id",
-    "dkim-signature",
-    "received",
-    "mime-version",
-    "to",
-    "return-path",
-)
+_MESSAGE_HEADERS = {
+    b"from",
+    b"date",
+    b"subject",
+    b"message-id",
+    b"dkim-signature",
+    b"received",
+    b"mime-version",
+    b"to",
+    b"return-path",
+}
 SIGNATURE_TYPES = ("application/pkcs7-signature", "application/x-pkcs7-signature")
-# Emitting a forwarded message/rfc822 part again must not refold its headers, or the
-# inner DKIM signatures would break where the original bytes would pass.
-_EMIT = email.policy.SMTP.clone(refold_source="none", max_line_length=0)
+PDF_TYPES = ("application/pdf", "application/x-pdf", "application/acrobat")
+# How mail programs attach a message: RFC 2046 and RFC 6532 types, or a saved .eml file.
+FORWARD_TYPES = ("message/rfc822", "message/global")
+# PDF readers accept the signature anywhere in the first kilobyte.
+_PDF_SNIFF = 1024
 _DISPLAY_MAX = 300
-_CONTENT_TYPE_LINE = re.compile(rb"^content-type:", re.IGNORECASE | re.MULTILINE)
 # Control characters and bidirectional overrides could disguise what a user reads.
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+# Anywhere in a message, these bytes are read differently by different programs: a bare CR
+# ends a line for Python's email package and not for dkimpy; many readers stop at NUL.
+_BARE_CR = re.compile(rb"\r(?!\n)")
 
 
 class NotEmail(Exception):
@@ -49,33 +52,60 @@ class NotEmail(Exception):
         self.reason = reason
 
 
+def name_key(name: str) -> str:
+    """A file name as a person (and Windows, saving it) reads it: compatibility forms
+    folded, invisible characters dropped, trailing dots and spaces gone, case ignored."""
+    text = unicodedata.normalize("NFKC", name)
+    text = "".join(ch for ch in text if unicodedata.category(ch) not in ("Cc", "Cf", "Zl", "Zp"))
+    return text.strip().rstrip(". \t").casefold()
+
+
 @dataclass
 class Attachment:
-    filename: str
+    filename: str  # for display: decoded, controls replaced, cut short
     content_type: str
-    part: Message
+    part: mime.Part
+    key: str = ""  # name_key of the full file name
+    _decoded: bytes | None = field(default=None, repr=False)
 
     def decoded(self) -> bytes:
-        payload = self.part.get_payload(decode=True)
-        return payload if isinstance(payload, bytes) else b""
+        if self._decoded is None:
+            self._decoded = self.part.decoded()
+        return self._decoded
 
     @property
     def is_signature(self) -> bool:
-        return self.filename.lower().endswith(".p7s") or self.content_type in SIGNATURE_TYPES
+        return self.key.endswith(".p7s") or self.content_type in SIGNATURE_TYPES
 
     @property
-    def is_pdf(self) -> bool:
-        return self.content_type == "application/pdf" or self.filename.lower().endswith(".pdf")
+    def is_document(self) -> bool:
+        """A statement document, whatever its name or declared type says."""
+        if self.content_type in PDF_TYPES or self.key.endswith(".pdf"):
+            return True
+        return b"%PDF-" in self.decoded()[:_PDF_SNIFF]
 
 
 @dataclass
 class Upload:
-    raw: bytes
-    message: MessageInfo
+    raw: bytes  # the upload with one kind of line end: what every check reads
+    header: headers.HeaderBlock
+    line_ends: str  # crlf, lf (converted) or mixed
+    # Bytes anywhere in the message that readers disagree on (bare_cr, nul).
+    defects: tuple[str, ...] = ()
     attachments: list[Attachment] = field(default_factory=list)
-    inner: list[bytes] = field(default_factory=list)  # raw messages forwarded inside
-    # Each DKIM-Signature value, unfolded, as bytes (what dkimpy's tag parser takes).
-    dkim_signatures: list[bytes] = field(default_factory=list)
+    # Messages attached to this one (message/rfc822, a .eml), each with its raw bytes.
+    forwarded: list[tuple[Attachment, bytes]] = field(default_factory=list)
+    # The sender's own S/MIME signature over a multipart/signed (not the fund's seal).
+    smime_signed: bool = False
+
+    @property
+    def inner(self) -> list[bytes]:
+        return [data for _, data in self.forwarded]
+
+    @property
+    def dkim_signatures(self) -> list[bytes]:
+        """Each DKIM-Signature value as dkimpy's tag parser takes it."""
+        return self.header.values(b"dkim-signature")
 
 
 def sniff(raw: bytes) -> None:
@@ -94,102 +124,133 @@ def sniff(raw: bytes) -> None:
         raise NotEmail("no_headers")
 
 
+def normalise(raw: bytes) -> tuple[bytes, str]:
+    """A file saved with LF line ends gets CRLF back, as SMTP carried it (dkimpy reads
+    both the same; the MIME reader needs one). A mix is left as it is."""
+    crlf = raw.count(b"\r\n")
+    lf = raw.count(b"\n")
+    if crlf == lf:
+        return raw, "crlf"
+    if crlf == 0:
+        return raw.replace(b"\n", b"\r\n"), "lf"
+    return raw, "mixed"
+
+
 def parse(raw: bytes, limits: Limits) -> Upload:
     sniff(raw)
-    # The standard parser recurses once per nesting level; count the parts before it
-    # does, so that a hostile nesting is refused rather than exhausting the stack.
-    if len(_CONTENT_TYPE_LINE.findall(raw)) > limits.max_mime_parts:
-        raise NotEmail("too_complex")
-    try:
-        message = BytesParser(policy=email.policy.compat32).parsebytes(raw)
-    except RecursionError as exc:
-        raise NotEmail("too_complex") from exc
-    names = {k.lower() for k in message}
-    if not names.intersection(_MESSAGE_HEADERS):
+    data, line_ends = normalise(raw)
+    block, _ = headers.split(data)
+    header = headers.read(block)
+    if not {f.key for f in header.fields} & _MESSAGE_HEADERS:
         raise NotEmail("no_headers")
-    upload = Upload(raw=raw, message=_info(message, raw))
-    upload.dkim_signatures = [
-        str(v).encode("utf-8", "surrogateescape") for v in message.get_all("DKIM-Signature", [])
-    ]
-    _walk(message, upload, limits, depth=0, counter=[0])
+    defects = tuple(
+        code
+        for code, present in (
+            ("bare_cr", _BARE_CR.search(data) is not None),
+            ("nul", b"\x00" in data),
+        )
+        if present
+    )
+    try:
+        root = mime.read(data, limits.max_mime_depth, limits.max_mime_parts)
+    except (mime.TooComplex, RecursionError) as exc:
+        raise NotEmail("too_complex") from exc
+    upload = Upload(raw=data, header=header, line_ends=line_ends, defects=defects)
+    for part in mime.walk(root):
+        _collect(part, root, upload)
     return upload
 
 
-def _walk(part: Message, upload: Upload, limits: Limits, depth: int, counter: list[int]) -> None:
-    counter[0] += 1
-    if depth > limits.max_mime_depth or counter[0] > limits.max_mime_parts:
-        raise NotEmail("too_complex")
-    content_type = part.get_content_type()
-    if content_type == "message/rfc822":
-        inner = part.get_payload()
-        if isinstance(inner, list) and inner and isinstance(inner[0], Message):
-            # Too broken to emit again: then the wrapper is judged on its own.
-            with contextlib.suppress(
-                UnicodeError, LookupError, ValueError, TypeError, RecursionError
-            ):
-                upload.inner.append(inner[0].as_bytes(policy=_EMIT))
+def _collect(part: mime.Part, root: mime.Part, upload: Upload) -> None:
+    if part.protocol_signature:
+        upload.smime_signed = True
         return
-    if part.is_multipart():
-        payload = part.get_payload()
-        if isinstance(payload, list):
-            for sub in payload:
-                if isinstance(sub, Message):
-                    _walk(sub, upload, limits, depth + 1, counter)
+    if part.children or part.headers.get_content_maintype() == "multipart":
         return
-    if depth == 0:
-        return  # a single-part message has no attachments
-    filename = _filename(part)
-    if not filename:
+    content_type = part.content_type
+    raw_name = _raw_filename(part)
+    attachment = Attachment(
+        filename=_display(raw_name),
+        content_type=content_type,
+        part=part,
+        key=name_key(raw_name),
+    )
+    if content_type in FORWARD_TYPES or attachment.key.endswith(".eml"):
+        upload.forwarded.append((attachment, attachment.decoded()))
         return
-    attachment = Attachment(filename=filename, content_type=content_type, part=part)
-    if filename.lower().endswith(".eml"):
-        upload.inner.append(attachment.decoded())
+    if part is root or _is_message_text(part, raw_name):
         return
     upload.attachments.append(attachment)
 
 
-def _filename(part: Message) -> str:
+def _is_message_text(part: mime.Part, filename: str) -> bool:
+    """The message's own text (and the pictures inside an HTML text), not an attachment."""
+    disposition = str(part.headers.get("content-disposition", "")).split(";")[0].strip().lower()
+    if filename or disposition == "attachment":
+        return False
+    maintype = part.headers.get_content_maintype()
+    return maintype == "text" or (maintype == "image" and part.parent_type == "multipart/related")
+
+
+def _raw_filename(part: mime.Part) -> str:
     try:
-        name = part.get_filename() or part.get_param("name") or ""
+        name = part.headers.get_filename() or part.headers.get_param("name") or ""
     except (ValueError, LookupError, TypeError):
         return ""
     if isinstance(name, tuple):  # an undecoded RFC 2231 triple
         name = email.utils.collapse_rfc2231_value(name)
-    return _display(str(name))
+    text = _decode_words(str(name)[: _DISPLAY_MAX * 8])
+    return text.encode("utf-8", "replace").decode("utf-8")
+
+
+def _decode_words(value: str) -> str:
+    """RFC 2047 encoded words decoded, as mail programs show them."""
+    try:
+        return str(email.header.make_header(email.header.decode_header(value)))
+    except (ValueError, LookupError, TypeError, UnicodeError, AssertionError):
+        return value
 
 
 def _display(value: str) -> str:
-    """A header value decoded for a human (RFC 2047), cut short; escaping is the page's job."""
-    value = value[: _DISPLAY_MAX * 8]  # decoding a megabyte to show 300 characters is waste
-    try:
-        text = str(email.header.make_header(email.header.decode_header(value)))
-    except (ValueError, LookupError, TypeError, UnicodeError, AssertionError):
-        text = value
-    # Undecodable bytes arrive as lone surrogates, which no page or JSON could encode.
-    text = text.encode("utf-8", "replace").decode("utf-8")
+    """A value made safe to show: controls replaced, spaces collapsed, cut short; escaping
+    for HTML is the page's job."""
+    text = value.encode("utf-8", "replace").decode("utf-8")
     text = _CONTROL.sub("\ufffd", " ".join(text.split()))
     return text[:_DISPLAY_MAX]
 
 
-def _header(message: Message, name: str) -> str:
-    value = message.get(name)
-    if value is None:
+def _field_text(value: bytes) -> str:
+    # Undecodable bytes become U+FFFD: no page or JSON could carry lone surrogates.
+    unfolded = re.sub(rb"\r?\n(?=[ \t])", b"", value[: _DISPLAY_MAX * 8]).strip()
+    text = unfolded.decode("utf-8", "replace")
+    return _display(_decode_words(text))
+
+
+def describe(upload: Upload, signed: set[int] | None) -> MessageInfo:
+    """What the page shows of the message. `signed`: the indexes of the header fields a
+    passing signature of the fund covers; only those are shown as the fund's. None: no
+    such signature, and the first instance of each field is shown, marked as not vouched."""
+    fields = upload.header.fields
+
+    def shown(name: bytes) -> str:
+        for index, item in enumerate(fields):
+            if item.key == name and (signed is None or index in signed):
+                return _field_text(item.value)
         return ""
-    return _display(str(value))
 
-
-def _info(message: Message, raw: bytes) -> MessageInfo:
-    sender = _header(message, "From")
+    sender = shown(b"from")
     _, address = email.utils.parseaddr(sender)
     domain = address.rpartition("@")[2].lower() if "@" in address else ""
-    crlf = raw.count(b"\r\n")
-    lf = raw.count(b"\n")
-    line_ends = "crlf" if crlf == lf else ("lf" if crlf == 0 else "mixed")
     return MessageInfo(
-        subject=_header(message, "Subject"),
+        subject=shown(b"subject"),
         sender=sender,
         sender_domain=domain,
-        date=_header(message, "Date"),
-        message_id=_header(message, "Message-ID"),
-        line_ends=line_ends,
+        date=shown(b"date"),
+        message_id=shown(b"message-id"),
+        to=shown(b"to"),
+        cc=shown(b"cc"),
+        reply_to=shown(b"reply-to"),
+        line_ends=upload.line_ends,
+        vouched=signed is not None,
+        defects=tuple(dict.fromkeys((*upload.defects, *upload.header.defects))),
     )

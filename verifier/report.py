@@ -3,13 +3,17 @@
 Verdict codes are a public contract (insurers' programs branch on them) and never change
 meaning:
 
-- ``authentic``: a DKIM signature of the fund, by a key that is not revoked, passes, and
-  every signed statement document is valid.
-- ``altered``: every statement document carries a valid signature of the fund, but no DKIM
-  signature of the fund passes (the message was forwarded, re-encoded or edited).
+- ``authentic``: a DKIM signature of the fund, by a key that is not revoked and was in
+  service when it signed, passes over a header block every reader reads the same way, and
+  every sealed document is valid. Only then are the message's headers shown as the fund's,
+  and only the instances that signature covers.
+- ``altered``: every attachment is a document the fund sealed, each valid, but no DKIM
+  signature of the fund vouches for the message (forwarded, re-encoded, edited, or a
+  header block readers would read differently).
 - ``tampered``: a document's signature does not match its document, or was made by a
-  certificate that is not the fund's, or a document sits unsigned next to signed ones in a
-  message whose DKIM no longer covers it, or a signature verifies only with a revoked key.
+  certificate that is not the fund's, or by a key outside its time of service, or an
+  attachment the fund did not seal sits next to sealed documents in a message whose DKIM
+  no longer covers it, or a signature verifies only with a revoked key.
 - ``unsigned``: nothing verifiable from the fund's keys.
 - ``not_email``: the upload is not a readable email.
 
@@ -18,6 +22,11 @@ answer ``tampered`` (with the ``revoked_key`` warning), whatever the signing tim
 states: the signing time is written by the signer, so whoever holds a stolen key can
 backdate it, and a "document authentic" answer would let it through. The insurer asks the
 fund for a fresh copy.
+
+Keys out of service: a generation's private keys are destroyed when it retires, so a
+signature whose own time (DKIM ``t=``, CMS signingTime) falls after its key's retirement,
+or before its activation, was not made by the fund's gateway: ``tampered``
+(``signed_after_retirement``, ``signed_before_activation``).
 """
 
 from __future__ import annotations
@@ -48,7 +57,7 @@ class DocStatus(StrEnum):
     VALID = "valid"
     INVALID = "invalid"
     REVOKED = "revoked"
-    UNSIGNED = "unsigned"  # a PDF without a .p7s
+    UNSIGNED = "unsigned"  # an attachment without a .p7s of the fund
 
 
 @dataclass(frozen=True)
@@ -89,6 +98,12 @@ class DocumentCheck:
     filename: str
     status: DocStatus
     size: int | None = None
+    content_type: str = ""
+    # document (a PDF, by type, name or content), file (any other attachment) or message
+    # (an email attached to this one).
+    kind: str = "document"
+    # Attached to a forward, outside the fund's message that was judged.
+    outside: bool = False
     sha256: str | None = None
     # digest_mismatch, bad_signature, not_fund_root, ... (i18n keys)
     reason: str | None = None
@@ -107,7 +122,14 @@ class MessageInfo:
     sender_domain: str = ""
     date: str = ""
     message_id: str = ""
+    to: str = ""
+    cc: str = ""
+    reply_to: str = ""
     line_ends: str = "crlf"  # crlf, lf or mixed
+    # True when the values above are the instances a passing fund signature covers.
+    vouched: bool = False
+    # What in the message readers could read differently (bare_cr, nul, long_line, ...).
+    defects: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -121,6 +143,13 @@ class Report:
     forwarded: bool = False  # the verdict is about a message found inside a forward
 
 
+# A signature made by a key outside its time of service: the fund did not make it.
+# The gateway always writes DKIM t=; a signature of a fund key without it is not its own.
+OUT_OF_SERVICE = frozenset({"signed_after_retirement", "signed_before_activation", "no_timestamp"})
+# The fund's DKIM signature passes, but over headers that are not all it vouches for.
+HEADER_REASONS = frozenset({"headers_malformed", "header_not_signed"})
+
+
 def decide(
     dkim: tuple[DkimCheck, ...], documents: tuple[DocumentCheck, ...]
 ) -> tuple[Verdict, str]:
@@ -130,6 +159,10 @@ def decide(
         s.status is DkimStatus.REVOKED for s in dkim
     ):
         return Verdict.TAMPERED, "reason_revoked"
+    if any(s.reason in OUT_OF_SERVICE for s in dkim) or any(
+        d.reason in OUT_OF_SERVICE for d in documents
+    ):
+        return Verdict.TAMPERED, "reason_out_of_service"
     if any(d.status is DocStatus.INVALID for d in documents):
         return Verdict.TAMPERED, "reason_document_invalid"
     dkim_pass = any(s.status is DkimStatus.PASS for s in dkim)
@@ -137,8 +170,10 @@ def decide(
         return Verdict.AUTHENTIC, "reason_authentic"
     if signed:
         if len(signed) != len(documents):
-            return Verdict.TAMPERED, "reason_unsigned_document"
+            return Verdict.TAMPERED, "reason_unsealed_attachment"
         fund = [s for s in dkim if s.status is DkimStatus.FAIL]
+        if any(s.reason in HEADER_REASONS for s in fund):
+            return Verdict.ALTERED, "reason_altered_headers"
         if any(s.reason == "body_changed" for s in fund):
             return Verdict.ALTERED, "reason_altered_body"
         if fund:
@@ -157,13 +192,18 @@ def warnings_for(
         s.status is DkimStatus.REVOKED for s in dkim
     ):
         found.append("warning_revoked_key")
+    if message.defects:
+        found.append("warning_header_defects")
     statuses = {s.status for s in dkim}
     if DkimStatus.PASS in statuses and statuses & {DkimStatus.FAIL, DkimStatus.INVALID}:
         found.append("warning_some_dkim_failed")
     if any(s.status is DkimStatus.UNKNOWN_KEY for s in dkim):
         found.append("warning_unknown_selector")
-    if any(d.status is DocStatus.UNSIGNED for d in documents):
+    unsealed = [d for d in documents if d.status is DocStatus.UNSIGNED and not d.outside]
+    if any(d.kind == "document" for d in unsealed):
         found.append("warning_unsigned_document")
+    if any(d.kind != "document" for d in unsealed):
+        found.append("warning_unsealed_attachment")
     if message.line_ends != "crlf":
         found.append("warning_lf_line_ends")
     return tuple(found)

@@ -61,6 +61,9 @@ def _document(check: DocumentCheck, t: Translate) -> dict[str, Any]:
         "filename": check.filename,
         "size": check.size,
         "sha256": check.sha256,
+        "content_type": check.content_type,
+        "kind": check.kind,
+        "outside": check.outside,
         "status": check.status.value,
         "status_text": t(f"doc_{check.status.value}"),
         "reason": check.reason,
@@ -88,7 +91,12 @@ def report_json(report: Report, t: Translate, lang: str) -> dict[str, Any]:
             "sender_domain": info.sender_domain,
             "date": info.date,
             "message_id": info.message_id,
+            "to": info.to,
+            "cc": info.cc,
+            "reply_to": info.reply_to,
             "line_ends": info.line_ends,
+            "vouched": info.vouched,
+            "defects": [{"code": d, "message": t(f"defect_{d}")} for d in info.defects],
         },
         "dkim": [_dkim(c, t) for c in report.dkim],
         "documents": [_document(c, t) for c in report.documents],
@@ -196,7 +204,28 @@ def openapi() -> dict[str, Any]:
                         "reason": {"type": "string"},
                         "reason_text": {"type": "string"},
                         "forwarded": {"type": "boolean"},
-                        "message": {"type": "object"},
+                        "message": {
+                            "type": "object",
+                            "description": (
+                                "The message's headers. When `vouched` is true they are "
+                                "exactly the instances the fund's DKIM signature covers; "
+                                "otherwise nothing vouches for them. `defects` lists what "
+                                "in the message different programs would read differently."
+                            ),
+                            "properties": {
+                                "subject": {"type": "string"},
+                                "from": {"type": "string"},
+                                "sender_domain": {"type": "string"},
+                                "date": {"type": "string"},
+                                "message_id": {"type": "string"},
+                                "to": {"type": "string"},
+                                "cc": {"type": "string"},
+                                "reply_to": {"type": "string"},
+                                "line_ends": {"enum": ["crlf", "lf", "mixed"]},
+                                "vouched": {"type": "boolean"},
+                                "defects": {"type": "array"},
+                            },
+                        },
                         "dkim": {
                             "type": "array",
                             "items": {
@@ -229,6 +258,15 @@ def openapi() -> dict[str, Any]:
                                     "size": {"type": ["integer", "null"]},
                                     "sha256": {"type": ["string", "null"]},
                                     "status": {"enum": ["valid", "invalid", "revoked", "unsigned"]},
+                                    "content_type": {"type": "string"},
+                                    "kind": {"enum": ["document", "file", "message"]},
+                                    "outside": {
+                                        "type": "boolean",
+                                        "description": (
+                                            "attached to a forward, outside the fund's "
+                                            "message that was judged"
+                                        ),
+                                    },
                                     "reason": {"type": ["string", "null"]},
                                     "signing_time": {"type": ["string", "null"]},
                                     "signer": {"type": ["object", "null"]},

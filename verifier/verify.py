@@ -9,9 +9,11 @@ import datetime as dt
 import hashlib
 
 from verifier import intake
-from verifier.cms_check import check_document
-from verifier.dkim_check import check_dkim, signature_domain
+from verifier.cms_check import check_document, signed_digest
+from verifier.dkim_check import check_dkim, covered_fields, signature_domain
 from verifier.report import (
+    DkimCheck,
+    DkimStatus,
     DocStatus,
     DocumentCheck,
     MessageInfo,
@@ -68,35 +70,63 @@ def _verify(
     signatures = [a for a in upload.attachments if a.is_signature]
     if (
         not signatures
-        and upload.inner
+        and upload.forwarded
         and forward_depth < limits.max_forward_depth
         and not _fund_dkim(upload, trust)
     ):
         # The fund's message travels inside a forward: judge it, not the wrapper. The
         # wrapper's own DKIM is the forwarder's and says nothing about the statement.
-        for inner in upload.inner:
+        for index, inner in enumerate(upload.inner):
             report = _verify(inner, trust, limits, now, forward_depth + 1)
             if report.verdict is not Verdict.NOT_EMAIL:
-                extra = any(a.is_pdf for a in upload.attachments)
-                return _forwarded(report, wrapper_has_documents=extra)
+                return _forwarded(report, _outside(upload, index))
     documents = _documents(upload, trust, limits, now)
-    dkim = check_dkim(raw, upload.dkim_signatures, trust) if upload.dkim_signatures else ()
+    defects = tuple(dict.fromkeys((*upload.defects, *upload.header.defects)))
+    dkim = (
+        check_dkim(upload.raw, upload.dkim_signatures, trust, defects)
+        if upload.dkim_signatures
+        else ()
+    )
     verdict, reason = decide(dkim, documents)
+    message = intake.describe(upload, _vouched_fields(upload, dkim))
     return Report(
         verdict=verdict,
         reason=reason,
-        message=upload.message,
+        message=message,
         dkim=dkim,
         documents=documents,
-        warnings=warnings_for(dkim, documents, upload.message),
+        warnings=warnings_for(dkim, documents, message),
     )
 
 
-def _forwarded(report: Report, wrapper_has_documents: bool) -> Report:
-    # Documents attached to the forward itself are not the fund's and are not listed.
-    notes = ("warning_forward_documents",) if wrapper_has_documents else ()
+def _vouched_fields(upload: intake.Upload, dkim: tuple[DkimCheck, ...]) -> set[int] | None:
+    """The header fields a passing fund signature covers; None when none passes."""
+    values = upload.dkim_signatures
+    for index, check in enumerate(dkim):
+        if check.status is DkimStatus.PASS and index < len(values):
+            return covered_fields(values[index], upload.header)
+    return None
+
+
+def _outside(upload: intake.Upload, judged: int) -> tuple[DocumentCheck, ...]:
+    """What the forward carries besides the message that was judged: the forwarder's
+    files, or other messages. None of it is the fund's; it is listed, never hidden."""
+    found = [
+        _unsealed(a, kind="message", outside=True)
+        for i, (a, _) in enumerate(upload.forwarded)
+        if i != judged
+    ]
+    found.extend(_unsealed(a, outside=True) for a in upload.attachments)
+    return tuple(found)
+
+
+def _forwarded(report: Report, outside: tuple[DocumentCheck, ...]) -> Report:
+    notes = ("warning_forward_attachments",) if outside else ()
     return dataclasses.replace(
-        report, forwarded=True, warnings=("warning_forwarded", *notes, *report.warnings)
+        report,
+        forwarded=True,
+        documents=(*report.documents, *outside),
+        warnings=("warning_forwarded", *notes, *report.warnings),
     )
 
 
@@ -104,45 +134,75 @@ def _fund_dkim(upload: intake.Upload, trust: Trust) -> bool:
     return any(signature_domain(v) in trust.domains for v in upload.dkim_signatures)
 
 
+def _kind(attachment: intake.Attachment) -> str:
+    return "document" if attachment.is_document else "file"
+
+
+def _unsealed(
+    attachment: intake.Attachment, kind: str | None = None, outside: bool = False
+) -> DocumentCheck:
+    data = attachment.decoded()
+    return DocumentCheck(
+        filename=attachment.filename,
+        status=DocStatus.UNSIGNED,
+        size=len(data),
+        sha256=hashlib.sha256(data).hexdigest(),
+        content_type=attachment.content_type,
+        kind=kind or _kind(attachment),
+        outside=outside,
+        reason="no_signature",
+    )
+
+
 def _documents(
     upload: intake.Upload, trust: Trust, limits: Limits, now: dt.datetime
 ) -> tuple[DocumentCheck, ...]:
-    by_name: dict[str, list[intake.Attachment]] = {}
-    for attachment in upload.attachments:
-        if not attachment.is_signature:
-            by_name.setdefault(attachment.filename, []).append(attachment)
+    """Every attachment, each once: a document with the .p7s that seals it, a .p7s whose
+    document is missing, or an attachment nothing seals."""
+    files = [a for a in upload.attachments if not a.is_signature]
+    digests: dict[tuple[int, str], bytes] = {}
+
+    def digest(attachment: intake.Attachment, name: str) -> bytes:
+        key = (id(attachment), name)
+        if key not in digests:
+            digests[key] = hashlib.new(name, attachment.decoded()).digest()
+        return digests[key]
+
     checks: list[DocumentCheck] = []
     paired: set[int] = set()
-    for attachment in upload.attachments:
-        if not attachment.is_signature:
-            continue
+    for signature in (a for a in upload.attachments if a.is_signature):
         if len(checks) >= limits.max_documents:
             break
-        name = attachment.filename
-        target = name[: -len(".p7s")] if name.lower().endswith(".p7s") else name
-        candidates = [a for a in by_name.get(target, []) if id(a) not in paired]
-        document = candidates[0] if candidates else None
-        if document is not None:
-            paired.add(id(document))
+        target = signature.key.removesuffix(".p7s")
+        candidates = [a for a in files if id(a) not in paired]
+        claimed = signed_digest(signature.decoded())
+        # The document the signature names, else the one whose content it signed (a
+        # mail program may rename a file, never change what it signed).
+        matching = [a for a in candidates if claimed and digest(a, claimed[0]) == claimed[1]]
+        named = [a for a in candidates if a.key == target]
+        named_ids = {id(a) for a in named}
+        chosen = next(iter([a for a in matching if id(a) in named_ids] + matching + named), None)
+        if chosen is not None:
+            paired.add(id(chosen))
+        name = chosen.filename if chosen is not None else _strip_p7s(signature.filename)
+        check = check_document(
+            name,
+            None if chosen is None else chosen.decoded(),
+            signature.decoded(),
+            trust,
+            now,
+        )
         checks.append(
-            check_document(
-                target,
-                None if document is None else document.decoded(),
-                attachment.decoded(),
-                trust,
-                now,
+            dataclasses.replace(
+                check,
+                content_type="" if chosen is None else chosen.content_type,
+                kind="document" if chosen is None else _kind(chosen),
             )
         )
-    for attachment in upload.attachments:
-        if attachment.is_pdf and id(attachment) not in paired:
-            data = attachment.decoded()
-            checks.append(
-                DocumentCheck(
-                    filename=attachment.filename,
-                    status=DocStatus.UNSIGNED,
-                    size=len(data),
-                    sha256=hashlib.sha256(data).hexdigest(),
-                    reason="no_signature",
-                )
-            )
+    checks.extend(_unsealed(a) for a in files if id(a) not in paired)
+    checks.extend(_unsealed(a, kind="message") for a, _ in upload.forwarded)
     return tuple(checks)
+
+
+def _strip_p7s(name: str) -> str:
+    return name[: -len(".p7s")] if name.lower().endswith(".p7s") else name

@@ -32,6 +32,7 @@ from keys.archive import FORMAT, format_time
 from keys.signing import SigningMaterial
 from tests.checks import REFERENCE, crlf
 from tests.conftest import make_material
+from verifier.__main__ import server_options
 from verifier.app import create_app
 from verifier.settings import Limits, Settings
 from verifier.trust import Trust
@@ -54,20 +55,25 @@ class KeyHistory:
 
     state: str = "active"
     compromised_at: dt.datetime | None = None
+    # When the generation left service. By default 30 days ago, a minute after it started:
+    # before anything a test seals, which then reads as signed after retirement.
+    retired_at: dt.datetime | None = None
 
 
-def _history(state: str, start: dt.datetime) -> list[dict[str, str]]:
+def _history(history: KeyHistory, start: dt.datetime) -> list[dict[str, str]]:
+    state = history.state
+    times = [start, start + dt.timedelta(minutes=1)]
     states = ["pending", "active"]
+    left = history.retired_at or start + dt.timedelta(minutes=2)
     if state in ("retired", "withdrawn", "revoked"):
         states.append("retired")
+        times.append(left)
     if state in ("withdrawn", "revoked"):
         states.append(state)
+        times.append(left + dt.timedelta(minutes=1))
     if state == "pending":
         states = ["pending"]
-    return [
-        {"state": s, "at": format_time(start + dt.timedelta(minutes=i))}
-        for i, s in enumerate(states)
-    ]
+    return [{"state": s, "at": format_time(t)} for s, t in zip(states, times, strict=False)]
 
 
 def _revocation(history: KeyHistory, now: dt.datetime) -> dict[str, str] | None:
@@ -118,7 +124,7 @@ def archive_document(
                     "algorithm": algorithm,
                     "public_key": p,
                     "sha256": hashlib.sha256(base64.b64decode(p)).hexdigest(),
-                    "history": _history(history.state, start),
+                    "history": _history(history, start),
                     "revocation": _revocation(history, now),
                 }
             )
@@ -132,7 +138,7 @@ def archive_document(
                 "sha256": pki.fingerprint(cert),
                 "not_before": format_time(cert.not_valid_before_utc),
                 "not_after": format_time(cert.not_valid_after_utc),
-                "history": _history(history.state, start),
+                "history": _history(history, start),
                 "revocation": _revocation(history, now),
             }
         )
@@ -393,9 +399,18 @@ def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @contextmanager
 def serve(app: ASGIApp) -> Iterator[str]:
-    """Runs `app` under a real uvicorn on 127.0.0.1, port 0, in a thread; yields its URL."""
+    """Runs `app` under a real uvicorn on 127.0.0.1, port 0, in a thread; yields its URL.
+    uvicorn gets the verifier's own options (its HTTP protocol with the header deadline)."""
+    services = getattr(getattr(app, "state", None), "services", None)
+    settings = services.settings if services is not None else Settings()
     config = uvicorn.Config(
-        app, host="127.0.0.1", port=0, log_level="warning", lifespan="off", access_log=False
+        app,
+        host="127.0.0.1",
+        port=0,
+        log_level="warning",
+        lifespan="off",
+        access_log=False,
+        **server_options(settings),
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="verifier-under-test", daemon=True)

@@ -39,7 +39,7 @@ VALID, INVALID, UNSIGNED = DocStatus.VALID, DocStatus.INVALID, DocStatus.UNSIGNE
         ([], [doc(VALID)], Verdict.ALTERED, "reason_altered_no_dkim"),
         ([dkim(PASS)], [doc(INVALID)], Verdict.TAMPERED, "reason_document_invalid"),
         ([], [doc(VALID), doc(INVALID)], Verdict.TAMPERED, "reason_document_invalid"),
-        ([], [doc(VALID), doc(UNSIGNED)], Verdict.TAMPERED, "reason_unsigned_document"),
+        ([], [doc(VALID), doc(UNSIGNED)], Verdict.TAMPERED, "reason_unsealed_attachment"),
         ([dkim(REVOKED)], [doc(VALID)], Verdict.TAMPERED, "reason_revoked"),
         ([dkim(PASS)], [doc(DocStatus.REVOKED)], Verdict.TAMPERED, "reason_revoked"),
         ([], [], Verdict.UNSIGNED, "reason_unsigned"),

@@ -121,8 +121,12 @@ def test_pdfs_of_the_forward_itself_are_flagged_not_vouched_for(
     )
     report = verify_email(forward[:closing] + fake + forward[closing:], trust, limits)
     assert report.verdict is Verdict.AUTHENTIC  # the fund's message inside is intact
-    assert report.warnings[:2] == ("warning_forwarded", "warning_forward_documents")
-    assert [d.filename for d in report.documents] == [PDF_NAME]
+    assert report.warnings[:2] == ("warning_forwarded", "warning_forward_attachments")
+    # Listed, never hidden: the forwarder's own PDF, marked as outside the fund's message.
+    assert [(d.filename, d.status, d.outside) for d in report.documents] == [
+        (PDF_NAME, DocStatus.VALID, False),
+        ("better-statement.pdf", DocStatus.UNSIGNED, True),
+    ]
 
 
 def test_a_tampered_statement_inside_a_forward_is_tampered(
@@ -183,8 +187,10 @@ def test_an_unknown_selector_of_the_fund_is_named(
 def test_a_retired_or_withdrawn_key_still_verifies(
     material: SigningMaterial, sealed: bytes, limits: Limits, tmp_path: Path, state: str
 ) -> None:
-    trust = trust_with(tmp_path, [(material, KeyHistory(state))])
-    report = verify_email(sealed, trust, limits)
+    """A statement sealed before its generation retired, checked a day later."""
+    retired_at = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=1)
+    trust = trust_with(tmp_path, [(material, KeyHistory(state, retired_at=retired_at))])
+    report = verify_email(sealed, trust, limits, now=retired_at + dt.timedelta(days=1))
     assert report.verdict is Verdict.AUTHENTIC
     assert {c.key.state for c in report.dkim if c.key} == {state}
     assert report.documents[0].key is not None
@@ -219,7 +225,9 @@ def test_an_old_generation_verifies_next_to_the_new_one(
     material: SigningMaterial, sealed: bytes, limits: Limits, tmp_path: Path
 ) -> None:
     newer = make_material(generation="202705")
-    trust = trust_with(tmp_path, [(material, KeyHistory("withdrawn")), (newer, KeyHistory())])
+    retired_at = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=1)
+    old = KeyHistory("withdrawn", retired_at=retired_at)
+    trust = trust_with(tmp_path, [(material, old), (newer, KeyHistory())])
     assert verify_email(sealed, trust, limits).verdict is Verdict.AUTHENTIC
     fresh = seal(reference_message(), newer)
     assert verify_email(fresh, trust, limits).verdict is Verdict.AUTHENTIC
@@ -237,7 +245,7 @@ def test_a_pdf_slipped_next_to_signed_ones_is_tampered(
     closing = sealed.rindex(boundary + b"--")
     report = verify_email(sealed[:closing] + extra + sealed[closing:], trust, limits)
     assert report.verdict is Verdict.TAMPERED
-    assert report.reason == "reason_unsigned_document"
+    assert report.reason == "reason_unsealed_attachment"
 
 
 @pytest.mark.parametrize(
@@ -299,4 +307,8 @@ def test_hostile_nesting_is_refused_without_exhausting_the_stack(
         for _ in range(levels):
             raw = b"From: a@b.example\r\nContent-Type: message/rfc822\r\n\r\n" + raw
     report = verify_email(raw, trust, limits)
+    if kind == "message":
+        # Forwards are opened only to the configured depth; past it, nothing more is read.
+        assert report.verdict is Verdict.UNSIGNED
+        return
     assert report.reason == "reason_not_email_too_complex"

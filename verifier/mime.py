@@ -1,0 +1,125 @@
+"""The MIME tree of an upload, read as byte spans of the very bytes the DKIM check hashes.
+
+Python's email parser re-reads a forwarded message/rfc822 part as a message of its own,
+even when it travels base64- or quoted-printable-encoded (as Outlook sends it), and
+emitting it again rewrites its bytes. Here every part keeps its original bytes: a
+forwarded message is handed on exactly as it was received, a document is decoded from
+exactly what was sent. The email package only reads each part's own header lines.
+"""
+
+from __future__ import annotations
+
+import binascii
+import email.policy
+import quopri
+import re
+from dataclasses import dataclass, field
+from email.message import Message
+from email.parser import BytesHeaderParser
+
+from verifier.headers import split
+
+_HEADER_PARSER = BytesHeaderParser(policy=email.policy.compat32)
+
+
+class TooComplex(Exception):
+    """Deeper or with more parts than the limits allow."""
+
+
+@dataclass
+class Part:
+    headers: Message  # this part's own header lines, parsed
+    body: bytes  # raw, still transfer-encoded
+    depth: int
+    children: list[Part] = field(default_factory=list)
+    # The children of a multipart/signed after the first: the sender's own signature
+    # over the part before it, not something the fund sealed.
+    protocol_signature: bool = False
+    parent_type: str = ""  # the content type of the multipart holding it
+
+    @property
+    def content_type(self) -> str:
+        return self.headers.get_content_type()
+
+    @property
+    def transfer_encoding(self) -> str:
+        return str(self.headers.get("content-transfer-encoding", "7bit")).strip().lower()
+
+    def decoded(self) -> bytes:
+        """The body as a mail program decodes it: lenient, as they are."""
+        encoding = self.transfer_encoding
+        if encoding == "base64":
+            text = _BASE64_JUNK.sub(b"", self.body)
+            try:
+                return binascii.a2b_base64(text)
+            except binascii.Error:
+                pass
+            try:  # a cut-off last quantum: keep what is whole
+                return binascii.a2b_base64(text[: len(text) - len(text) % 4])
+            except binascii.Error:
+                return b""
+        if encoding == "quoted-printable":
+            return quopri.decodestring(self.body)
+        return self.body
+
+
+_BASE64_JUNK = re.compile(rb"[^A-Za-z0-9+/=]")
+
+
+def read(data: bytes, max_depth: int, max_parts: int) -> Part:
+    """The tree of `data`, a whole message (headers, blank line, body)."""
+    counter = [0]
+    return _part(data, 0, max_depth, max_parts, counter)
+
+
+def _part(data: bytes, depth: int, max_depth: int, max_parts: int, counter: list[int]) -> Part:
+    counter[0] += 1
+    if depth > max_depth or counter[0] > max_parts:
+        raise TooComplex
+    block, body = split(data)
+    headers = _HEADER_PARSER.parsebytes(block)
+    part = Part(headers=headers, body=body, depth=depth)
+    if headers.get_content_maintype() != "multipart":
+        return part
+    boundary = headers.get_boundary()
+    if not boundary:
+        return part
+    encoded = boundary.encode("utf-8", "surrogateescape")
+    spans = _child_spans(body, encoded)
+    for index, child in enumerate(spans):
+        sub = _part(child, depth + 1, max_depth, max_parts, counter)
+        sub.protocol_signature = part.content_type == "multipart/signed" and index > 0
+        sub.parent_type = part.content_type
+        part.children.append(sub)
+    return part
+
+
+def _child_spans(body: bytes, boundary: bytes) -> list[bytes]:
+    """RFC 2046 5.1.1: each child lies between the line end after one delimiter line and
+    the line end before the next; the close delimiter ends the list."""
+    delimiter = re.compile(rb"^--" + re.escape(boundary) + rb"(--)?[ \t]*\r?$", re.MULTILINE)
+    children: list[bytes] = []
+    start: int | None = None
+    for match in delimiter.finditer(body):
+        if start is not None:
+            end = match.start()
+            end -= 2 if body.startswith(b"\r\n", end - 2) else (1 if end > start else 0)
+            children.append(body[start : max(start, end)])
+            start = None
+        if match.group(1):
+            return children
+        after = match.end()
+        if body.startswith(b"\n", after):
+            after += 1
+        start = after
+    if start is not None:  # no close delimiter: a truncated message, read what is there
+        children.append(body[start:])
+    return children
+
+
+def walk(part: Part) -> list[Part]:
+    """Every part, depth first, in message order."""
+    found = [part]
+    for child in part.children:
+        found.extend(walk(child))
+    return found
