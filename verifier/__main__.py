@@ -12,10 +12,12 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 
 from keys.archive import ARCHIVE_FILE
+from verifier.protocol import http_protocol
 from verifier.settings import Settings, SettingsError, from_env, to_env
 
 
@@ -75,12 +77,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         host=settings.host,
         port=settings.port,
         workers=settings.workers,
-        proxy_headers=False,  # the rate limit keys on the peer address; no spoofing by header
-        server_header=False,
         access_log=True,
         log_level="info",
+        **server_options(settings),
     )
     return 0
+
+
+def server_options(settings: Settings) -> dict[str, Any]:
+    """The uvicorn options that make the verifier what it is; the tests serve with these."""
+    return {
+        # Our h11 protocol, with its deadline on request headers, in every worker.
+        "http": http_protocol(settings.limits.header_timeout_seconds),
+        "ws": "none",  # no WebSocket route; an upgrade would escape the header deadline
+        "proxy_headers": False,  # the rate limit keys on the peer address; no spoofing
+        "server_header": False,
+    }
 
 
 if __name__ == "__main__":

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,27 +15,26 @@ import anyio.to_thread
 import jinja2
 from cryptography.hazmat.primitives.serialization import Encoding
 from starlette.exceptions import HTTPException
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 
 from keys.archive import ArchiveError
 from verifier import i18n
+from verifier import upload as uploads
 from verifier.formdata import FormError, FormPart, parse_form
 from verifier.ratelimit import RateLimiter
 from verifier.report import Report, Verdict
 from verifier.serialize import openapi, report_json
-from verifier.settings import Settings
+from verifier.settings import FORM_OVERHEAD, Settings
 from verifier.trust import Trust, TrustSource
 from verifier.verify import not_email, verify_email, verify_pair
 
 log = logging.getLogger("verifier")
 
 CONCURRENT_CHECKS = 4
-# Room for the multipart framing around a file of the maximum size.
-_FORM_OVERHEAD = 64 * 1024
-# After the limit we keep reading (and dropping) this much more so the client, still
-# sending, gets to read our 413 instead of a reset connection.
-_DRAIN_FACTOR = 4
+_FORM_OVERHEAD = FORM_OVERHEAD
+# When the upload memory budget is full: uploads in progress end within their time bounds.
+BUSY_RETRY_AFTER = 5
 
 
 class TooLarge(Exception):
@@ -62,11 +63,17 @@ class Services:
     # Verifications running at once in this process: bounds the memory that parsed uploads
     # take under a burst; the rest wait their turn. Made on first use, inside the loop.
     checks: anyio.CapacityLimiter | None = None
+    budget: uploads.MemoryBudget | None = None
 
     def check_slots(self) -> anyio.CapacityLimiter:
         if self.checks is None:
             self.checks = anyio.CapacityLimiter(CONCURRENT_CHECKS)
         return self.checks
+
+    def upload_budget(self) -> uploads.MemoryBudget:
+        if self.budget is None:
+            self.budget = uploads.MemoryBudget(self.settings.limits.upload_memory_bytes)
+        return self.budget
 
 
 def services(request: Request) -> Services:
@@ -86,26 +93,34 @@ def _human_size(size: int) -> str:
 
 
 async def read_body(request: Request, limit: int) -> bytes:
+    pace = uploads.Pace.of(services(request).settings.limits)
     declared = request.headers.get("content-length", "")
-    body = bytearray()
-    too_large = declared.isdigit() and int(declared) > limit
-    drained = 0
     try:
-        async for chunk in request.stream():
-            if too_large:
-                drained += len(chunk)
-                if drained > limit * _DRAIN_FACTOR:
-                    break
-                continue
-            body.extend(chunk)
-            if len(body) > limit:
-                too_large = True
-                body.clear()
-    except ClientDisconnect as exc:  # nobody is left to answer; no traceback in the log
+        return await uploads.read_body(request.receive, declared, limit, pace)
+    except uploads.TooLarge as exc:
+        raise TooLarge from exc
+    except uploads.Disconnected as exc:  # nobody is left to answer; no traceback in the log
         raise HttpError(400, "error_bad_request", detail="disconnected") from exc
-    if too_large:
-        raise TooLarge
-    return bytes(body)
+    except uploads.TimedOut as exc:
+        error = HttpError(408, "error_body_timeout", rate=pace.min_rate)
+        error.headers["Connection"] = "close"  # the rest of a trickle is not waited for
+        raise error from exc
+
+
+@contextmanager
+def _reserve(request: Request) -> Iterator[None]:
+    """Holds this upload's share of the memory budget until the request is answered."""
+    limit = services(request).settings.limits.max_upload_bytes + _FORM_OVERHEAD
+    size = uploads.reservation(request.headers.get("content-length", ""), limit)
+    budget = services(request).upload_budget()
+    if not budget.take(size):
+        error = HttpError(503, "error_busy", seconds=BUSY_RETRY_AFTER)
+        error.headers["Retry-After"] = str(BUSY_RETRY_AFTER)
+        raise error
+    try:
+        yield
+    finally:  # exceptions, cancellation and disconnects included
+        budget.give_back(size)
 
 
 def _rate_limit(request: Request) -> None:
@@ -214,8 +229,9 @@ async def verify_form(request: Request) -> Response:
     limit = services(request).settings.limits.max_upload_bytes
     try:
         _rate_limit(request)
-        upload = await read_upload(request, api=False)
-        report = await run_checks(request, upload)
+        with _reserve(request):
+            upload = await read_upload(request, api=False)
+            report = await run_checks(request, upload)
     except TooLarge:
         return render(
             request, "error.html", 413, key="error_too_large", params={"limit": _human_size(limit)}
@@ -274,12 +290,15 @@ async def api_verify(request: Request) -> Response:
     limit = services(request).settings.limits.max_upload_bytes
     try:
         _rate_limit(request)
-        upload = await read_upload(request, api=True)
-        report = await run_checks(request, upload)
+        with _reserve(request):
+            upload = await read_upload(request, api=True)
+            report = await run_checks(request, upload)
     except TooLarge:
         return _api_error(request, 413, "too_large", "error_too_large", limit=_human_size(limit))
     except HttpError as exc:
-        code = {429: "rate_limited", 400: "bad_request"}.get(exc.status, "error")
+        code = {429: "rate_limited", 400: "bad_request", 408: "timeout", 503: "busy"}.get(
+            exc.status, "error"
+        )
         response = _api_error(request, exc.status, code, exc.key, **exc.params)
         response.headers.update(exc.headers)
         return response

@@ -402,6 +402,16 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "Trop de vérifications depuis votre adresse. Réessayez dans {seconds} secondes.",
         "Too many checks from your address. Try again in {seconds} seconds.",
     ),
+    "error_body_timeout": (
+        "Le fichier est arrivé trop lentement (moins de {rate} octets par seconde) : "
+        "l'envoi a été interrompu. Vérifiez votre connexion et réessayez.",
+        "The file arrived too slowly (under {rate} bytes per second): the upload was "
+        "stopped. Check your connection and try again.",
+    ),
+    "error_busy": (
+        "Le service reçoit trop de fichiers en ce moment. Réessayez dans {seconds} secondes.",
+        "The service is receiving too many files right now. Try again in {seconds} seconds.",
+    ),
     "error_no_file": ("Choisissez un fichier à vérifier.", "Choose a file to check."),
     "error_bad_request": (
         "La demande est mal formée : {detail}",

@@ -11,6 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ENV_PREFIX = "SEALPOST_VERIFIER_"
+# Room for the multipart framing around a file of the maximum size: what a form upload
+# may hold in memory beyond `max_upload_bytes`.
+FORM_OVERHEAD = 64 * 1024
 
 
 class SettingsError(ValueError):
@@ -25,6 +28,13 @@ class Limits:
     max_documents: int = 50
     # How many forwards we open to find the fund's message inside.
     max_forward_depth: int = 3
+    # Time bounds on uploads, as Apache's mod_reqtimeout "header=20 body=10,MinRate=1000":
+    # a connection that trickles bytes must not hold a slot (and memory) for ever.
+    header_timeout_seconds: int = 20
+    body_timeout_seconds: int = 10
+    body_min_rate: int = 1000  # bytes/s; each such amount received extends the deadline 1 s
+    # Upload bytes held at once in one process, reserved before a body is read.
+    upload_memory_bytes: int = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -55,7 +65,7 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
     env = os.environ if env is None else env
     base = Settings()
     lim = Limits()
-    return Settings(
+    settings = Settings(
         archive_dir=Path(env.get(ENV_PREFIX + "ARCHIVE_DIR") or base.archive_dir),
         host=env.get(ENV_PREFIX + "HOST") or base.host,
         port=_int(env, "PORT", base.port, 0),
@@ -67,8 +77,24 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
             max_mime_parts=_int(env, "MAX_MIME_PARTS", lim.max_mime_parts, 1),
             max_documents=_int(env, "MAX_DOCUMENTS", lim.max_documents, 1),
             max_forward_depth=_int(env, "MAX_FORWARD_DEPTH", lim.max_forward_depth, 0),
+            header_timeout_seconds=_int(env, "HEADER_TIMEOUT", lim.header_timeout_seconds, 1),
+            body_timeout_seconds=_int(env, "BODY_TIMEOUT", lim.body_timeout_seconds, 1),
+            body_min_rate=_int(env, "BODY_MIN_RATE", lim.body_min_rate, 1),
+            upload_memory_bytes=_int(env, "UPLOAD_MEMORY_BYTES", lim.upload_memory_bytes, 0),
         ),
     )
+    _check_upload_memory(settings.limits)
+    return settings
+
+
+def _check_upload_memory(lim: Limits) -> None:
+    # A smaller budget would answer 503 to every upload of the maximum size, for ever.
+    needed = lim.max_upload_bytes + FORM_OVERHEAD
+    if lim.upload_memory_bytes < needed:
+        raise SettingsError(
+            f"{ENV_PREFIX}UPLOAD_MEMORY_BYTES must be at least {needed} "
+            f"({ENV_PREFIX}MAX_UPLOAD_BYTES plus {FORM_OVERHEAD} for the form around it)"
+        )
 
 
 def to_env(settings: Settings) -> dict[str, str]:
@@ -85,5 +111,9 @@ def to_env(settings: Settings) -> dict[str, str]:
         "MAX_MIME_PARTS": str(lim.max_mime_parts),
         "MAX_DOCUMENTS": str(lim.max_documents),
         "MAX_FORWARD_DEPTH": str(lim.max_forward_depth),
+        "HEADER_TIMEOUT": str(lim.header_timeout_seconds),
+        "BODY_TIMEOUT": str(lim.body_timeout_seconds),
+        "BODY_MIN_RATE": str(lim.body_min_rate),
+        "UPLOAD_MEMORY_BYTES": str(lim.upload_memory_bytes),
     }
     return {ENV_PREFIX + k: v for k, v in values.items()}
