@@ -95,12 +95,12 @@ def read(block: bytes) -> HeaderBlock:
         match = _FIELD.match(line)
         if match is not None:
             fields.append([match.group(1), line[match.end() :] + b"\r\n"])
+        elif _OBS_FIELD.match(line):
+            defect("space_before_colon")
         elif line.startswith(b"From ") and number == 0:
             continue  # the mbox envelope line a saved file may start with
         elif line.startswith(b"From "):
             defect("misplaced_envelope")
-        elif _OBS_FIELD.match(line):
-            defect("space_before_colon")
         else:
             defect("not_a_field")
     result = tuple(Field(name, value) for name, value in fields)

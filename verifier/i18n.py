@@ -51,17 +51,35 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "Every document is authentic, but the message no longer carries the fund's "
         "signature: it was probably forwarded or rewritten.",
     ),
+    "reason_altered_headers": (
+        "Les documents portent une signature valide de la Caisse, mais l'en-tête du message "
+        "a été trafiqué d'une façon que la Caisse ne produit jamais : l'expéditeur, l'objet ou "
+        "l'adresse de réponse que votre messagerie affiche peuvent ne pas être ceux de la "
+        "Caisse. Ne vous fiez qu'aux documents.",
+        "The documents carry a valid signature of the fund, but the message's header was "
+        "tampered with in a way the fund never produces: the sender, subject or reply "
+        "address your mail program shows may not be the fund's. Rely on the documents only.",
+    ),
+    "reason_unsealed_attachment": (
+        "Le message contient une pièce jointe que la Caisse n'a pas scellée, à côté de "
+        "documents scellés, et sa signature ne couvre plus le message : cette pièce a été "
+        "ajoutée ou remplacée après l'envoi.",
+        "The message carries an attachment the fund did not seal, next to sealed documents, "
+        "and the fund's signature no longer covers the message: that attachment was added "
+        "or replaced after sending.",
+    ),
+    "reason_out_of_service": (
+        "Une signature a été faite avec une clé de la Caisse en dehors de sa période de "
+        "service (avant sa mise en service ou après son retrait) : la Caisse ne l'a pas "
+        "faite.",
+        "A signature was made with a fund key outside its time of service (before it was "
+        "put into service or after it was retired): the fund did not make it.",
+    ),
     "reason_document_invalid": (
         "Au moins un document ne correspond pas à sa signature, ou a été signé par une clé "
         "qui n'est pas celle de la Caisse. Ne vous y fiez pas.",
         "At least one document does not match its signature, or was signed by a key that "
         "is not the fund's. Do not rely on it.",
-    ),
-    "reason_unsigned_document": (
-        "Un document sans signature de la Caisse accompagne des documents signés, et la "
-        "signature du message ne le couvre plus. Ne vous y fiez pas.",
-        "A document without the fund's signature sits next to signed ones, and the "
-        "message's signature no longer covers it. Do not rely on it.",
     ),
     "reason_revoked": (
         "Une signature n'est valide qu'avec une clé que la Caisse a révoquée (clé "
@@ -146,6 +164,28 @@ MESSAGES: dict[str, tuple[str, str]] = {
     "dkim_reason_revoked_key": (
         "la clé a été révoquée par la Caisse",
         "the fund revoked this key",
+    ),
+    "dkim_reason_headers_malformed": (
+        "l'en-tête du message contient ce que la Caisse n'émet jamais (voir ci-dessous) : "
+        "des logiciels différents y liraient des choses différentes",
+        "the message header holds what the fund never emits (see below): different "
+        "programs would read different things in it",
+    ),
+    "dkim_reason_header_not_signed": (
+        "un champ affiché (expéditeur, objet, réponse...) a été ajouté hors de la signature",
+        "a shown field (sender, subject, reply-to...) was added outside the signature",
+    ),
+    "dkim_reason_signed_after_retirement": (
+        "signée après le retrait de la clé : la Caisse ne signait plus avec elle",
+        "signed after the key was retired: the fund no longer signed with it",
+    ),
+    "dkim_reason_signed_before_activation": (
+        "signée avant la mise en service de la clé",
+        "signed before the key was put into service",
+    ),
+    "dkim_reason_no_timestamp": (
+        "la signature n'indique pas son heure (t=), que la Caisse écrit toujours",
+        "the signature does not state its time (t=), which the fund always writes",
     ),
     "dkim_reason_malformed": ("signature mal formée", "malformed signature"),
     "dkim_reason_expired": ("signature expirée", "expired signature"),
@@ -235,9 +275,21 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "le fichier .p7s est mal formé",
         "the .p7s file is malformed",
     ),
+    "doc_reason_signed_after_retirement": (
+        "signé après le retrait du certificat : la Caisse ne signait plus avec lui",
+        "signed after the certificate was retired: the fund no longer signed with it",
+    ),
+    "doc_reason_signed_before_activation": (
+        "signé avant la mise en service du certificat",
+        "signed before the certificate was put into service",
+    ),
+    "doc_reason_wrong_key_usage": (
+        "le certificat signataire n'est pas fait pour signer des documents",
+        "the signing certificate is not made for signing documents",
+    ),
     "doc_reason_no_signature": (
-        "aucun fichier .p7s n'accompagne ce document",
-        "no .p7s file comes with this document",
+        "la Caisse n'a pas scellé ce fichier (aucun .p7s ne l'accompagne)",
+        "the fund did not seal this file (no .p7s comes with it)",
     ),
     # --- key states ---
     "state_pending": ("en attente", "pending"),
@@ -276,11 +328,67 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "est vérifié ici.",
         "The fund's message was found inside a forward; that message is what was checked.",
     ),
-    "warning_forward_documents": (
-        "Le transfert contient aussi ses propres PDF, hors du message de la Caisse : ils "
-        "ne sont pas vérifiés et ne viennent pas de la Caisse.",
-        "The forward also carries PDFs of its own, outside the fund's message: they are "
-        "not checked and do not come from the fund.",
+    "warning_forward_attachments": (
+        "Le transfert contient aussi ses propres pièces jointes, hors du message de la "
+        "Caisse : elles sont listées ci-dessous et ne viennent pas de la Caisse.",
+        "The forward also carries attachments of its own, outside the fund's message: they "
+        "are listed below and do not come from the fund.",
+    ),
+    "warning_header_defects": (
+        "L'en-tête du message contient ce que la Caisse n'émet jamais ; l'expéditeur et "
+        "l'objet affichés par votre messagerie ne sont pas garantis.",
+        "The message header holds what the fund never emits; the sender and subject your "
+        "mail program shows are not vouched for.",
+    ),
+    "warning_unsealed_attachment": (
+        "Une pièce jointe n'est pas scellée par la Caisse (voir la liste des pièces jointes).",
+        "An attachment is not sealed by the fund (see the list of attachments).",
+    ),
+    # --- what is wrong in a header block (defect codes from verifier/headers.py) ---
+    "defect_bare_cr": (
+        "un caractère CR isolé (retour chariot sans saut de ligne)",
+        "a bare CR character (carriage return without line feed)",
+    ),
+    "defect_bare_lf": (
+        "un saut de ligne LF isolé au milieu de lignes CRLF",
+        "a bare LF line feed among CRLF lines",
+    ),
+    "defect_nul": ("un caractère NUL", "a NUL character"),
+    "defect_control": ("un caractère de contrôle", "a control character"),
+    "defect_long_line": (
+        "une ligne de plus de 998 caractères",
+        "a line longer than 998 characters",
+    ),
+    "defect_not_a_field": (
+        "une ligne d'en-tête qui n'est pas un champ « nom: valeur »",
+        'a header line that is not a "name: value" field',
+    ),
+    "defect_space_before_colon": (
+        "un nom de champ suivi d'espaces avant les deux-points",
+        "a field name followed by spaces before its colon",
+    ),
+    "defect_blank_continuation": (
+        "une ligne de continuation vide",
+        "an empty continuation line",
+    ),
+    "defect_leading_continuation": (
+        "une ligne de continuation en tête de l'en-tête",
+        "a continuation line at the top of the header",
+    ),
+    "defect_misplaced_envelope": (
+        "une ligne « From » d'enveloppe au milieu de l'en-tête",
+        'an envelope "From " line inside the header',
+    ),
+    "defect_repeated_from": ("plusieurs champs From", "more than one From field"),
+    "defect_repeated_sender": ("plusieurs champs Sender", "more than one Sender field"),
+    "defect_repeated_reply-to": ("plusieurs champs Reply-To", "more than one Reply-To field"),
+    "defect_repeated_to": ("plusieurs champs To", "more than one To field"),
+    "defect_repeated_cc": ("plusieurs champs Cc", "more than one Cc field"),
+    "defect_repeated_subject": ("plusieurs champs Subject", "more than one Subject field"),
+    "defect_repeated_date": ("plusieurs champs Date", "more than one Date field"),
+    "defect_repeated_message-id": (
+        "plusieurs champs Message-ID",
+        "more than one Message-ID field",
     ),
     # --- pages ---
     "title": ("Vérifier un décompte", "Check a statement"),
@@ -315,10 +423,34 @@ MESSAGES: dict[str, tuple[str, str]] = {
     "subject": ("Objet", "Subject"),
     "date": ("Date", "Date"),
     "message_id": ("Identifiant", "Message ID"),
+    "to": ("Destinataires", "To"),
+    "cc": ("Copie", "Cc"),
+    "reply_to": ("Répondre à", "Reply to"),
+    "headers_vouched": (
+        "Ces champs sont exactement ceux que la signature de la Caisse couvre.",
+        "These fields are exactly those the fund's signature covers.",
+    ),
+    "headers_not_vouched": (
+        "Aucune signature valide de la Caisse ne couvre ces champs : ils peuvent avoir été "
+        "modifiés, ne vous y fiez pas.",
+        "No valid signature of the fund covers these fields: they may have been changed; "
+        "do not rely on them.",
+    ),
+    "header_defects": ("Anomalies de l'en-tête", "Header anomalies"),
     "dkim_section": ("Signatures du message (DKIM)", "Message signatures (DKIM)"),
     "no_dkim": ("Aucune signature DKIM.", "No DKIM signature."),
-    "documents_section": ("Documents", "Documents"),
-    "no_documents": ("Aucun document joint.", "No attached document."),
+    "documents_section": ("Pièces jointes", "Attachments"),
+    "no_documents": ("Aucune pièce jointe.", "No attachment."),
+    "kind_document": ("document (PDF)", "document (PDF)"),
+    "kind_file": ("fichier", "file"),
+    "kind_message": ("e-mail joint", "attached email"),
+    "kind": ("Nature", "Kind"),
+    "content_type": ("Type déclaré", "Declared type"),
+    "unnamed": ("(sans nom)", "(no name)"),
+    "outside_note": (
+        "joint au transfert, hors du message de la Caisse",
+        "attached to the forward, outside the fund's message",
+    ),
     "domain": ("Domaine", "Domain"),
     "selector": ("Sélecteur", "Selector"),
     "algorithm": ("Algorithme", "Algorithm"),

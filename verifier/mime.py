@@ -64,6 +64,7 @@ class Part:
 
 
 _BASE64_JUNK = re.compile(rb"[^A-Za-z0-9+/=]")
+_BARE_CR = re.compile(rb"\r(?!\n)")
 
 
 def read(data: bytes, max_depth: int, max_parts: int) -> Part:
@@ -77,7 +78,10 @@ def _part(data: bytes, depth: int, max_depth: int, max_parts: int, counter: list
     if depth > max_depth or counter[0] > max_parts:
         raise TooComplex
     block, body = split(data)
-    headers = _HEADER_PARSER.parsebytes(block)
+    # The email package would end a line (even the header block) at a bare CR; read the
+    # lines where dkimpy reads them. Such a message is never authentic, but its documents
+    # are still found and checked.
+    headers = _HEADER_PARSER.parsebytes(_BARE_CR.sub(b" ", block))
     part = Part(headers=headers, body=body, depth=depth)
     if headers.get_content_maintype() != "multipart":
         return part

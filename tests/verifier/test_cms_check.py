@@ -205,3 +205,49 @@ def test_openssl_agrees(
     assert check_document("bad.pdf", DOCUMENT + b"x", signature, trust, NOW).status is (
         DocStatus.INVALID
     )
+
+
+@pytest.mark.parametrize("profile", ["tls_server", "encryption_only", "ca"])
+def test_a_certificate_not_made_for_signing_documents_is_refused(
+    material: SigningMaterial, profile: str
+) -> None:
+    """What `openssl cms -verify -purpose smimesign` refuses, the verifier refuses too, even
+    from a root the archive lists: a TLS server certificate, a key for encryption, a CA."""
+    from cryptography import x509
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    key = pki.new_root_key()
+    root = pki.make_root(key, ORG, NOW)
+    cert_key = pki.new_signing_cert_key()
+    usage = dict.fromkeys(
+        (
+            "digital_signature", "content_commitment", "key_encipherment", "data_encipherment",
+            "key_agreement", "key_cert_sign", "crl_sign", "encipher_only", "decipher_only",
+        ),
+        False,
+    )  # fmt: skip
+    usage["key_encipherment"] = True
+    usage["digital_signature"] = profile == "tls_server"
+    eku = (
+        ExtendedKeyUsageOID.SERVER_AUTH
+        if profile == "tls_server"
+        else (ExtendedKeyUsageOID.EMAIL_PROTECTION)
+    )
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "not for CMS")]))
+        .issuer_name(root.subject)
+        .public_key(cert_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(NOW - dt.timedelta(days=1))
+        .not_valid_after(NOW + dt.timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=profile == "ca", path_length=None), critical=True)
+        .add_extension(x509.KeyUsage(**usage), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([eku]), critical=False)
+    )
+    cert = builder.sign(key, hashes.SHA384())
+    wrong = dataclasses.replace(material, certificate=cert, certificate_key=cert_key, chain=(root,))
+    trust = Trust(parse_archive(archive_document([(material, KeyHistory())], (root,))))
+    check = check_document("d.pdf", DOCUMENT, cms_detached(DOCUMENT, wrong), trust, NOW)
+    assert check.status is DocStatus.INVALID
+    assert check.reason == "wrong_key_usage"

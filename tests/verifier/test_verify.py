@@ -312,3 +312,209 @@ def test_hostile_nesting_is_refused_without_exhausting_the_stack(
         assert report.verdict is Verdict.UNSIGNED
         return
     assert report.reason == "reason_not_email_too_complex"
+
+
+# --- a key out of service signs nothing authentic (finding 3) ------------------------------
+
+
+def test_a_statement_forged_with_a_retired_generation_is_tampered(
+    material: SigningMaterial, sealed: bytes, limits: Limits, tmp_path: Path
+) -> None:
+    """The generation retired 30 days ago; signatures dated today were not the gateway's."""
+    newer = make_material(generation="202705")
+    trust = trust_with(tmp_path, [(material, KeyHistory("retired")), (newer, KeyHistory())])
+    report = verify_email(sealed, trust, limits)
+    assert report.verdict is Verdict.TAMPERED
+    assert report.reason == "reason_out_of_service"
+    assert {c.reason for c in report.dkim} == {"signed_after_retirement"}
+    (document,) = report.documents
+    assert document.reason == "signed_after_retirement"
+    assert document.status is DocStatus.INVALID
+
+
+def test_a_signature_within_the_clock_skew_of_retirement_still_counts(
+    material: SigningMaterial, sealed: bytes, limits: Limits, tmp_path: Path
+) -> None:
+    """A message sealed in the second the rotation happened (workers re-read the store)."""
+    retired_at = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=3)
+    trust = trust_with(tmp_path, [(material, KeyHistory("retired", retired_at=retired_at))])
+    assert verify_email(sealed, trust, limits).verdict is Verdict.AUTHENTIC
+
+
+def test_a_pending_generation_signs_nothing_authentic(
+    material: SigningMaterial, sealed: bytes, limits: Limits, tmp_path: Path
+) -> None:
+    trust = trust_with(tmp_path, [(material, KeyHistory("pending"))])
+    report = verify_email(sealed, trust, limits)
+    assert report.verdict is Verdict.TAMPERED
+    assert {c.reason for c in report.dkim} == {"signed_before_activation"}
+    assert report.documents[0].reason == "signed_before_activation"
+
+
+# --- every attachment is accounted for (finding 4) -----------------------------------------
+
+_BOUNDARY = b"--=_releve_8d3f2c1a9b7e"
+_PDF = b"%PDF-1.7\n% not the fund's\n1 0 obj << >> endobj\n%%EOF\n"
+
+
+def _add_part(sealed: bytes, headers: bytes, body: bytes) -> bytes:
+    import base64
+
+    part = (
+        _BOUNDARY + b"\r\n" + headers + b"Content-Transfer-Encoding: base64\r\n\r\n"
+        + base64.encodebytes(body).replace(b"\n", b"\r\n")
+    )  # fmt: skip
+    closing = sealed.rindex(_BOUNDARY + b"--")
+    return sealed[:closing] + part + sealed[closing:]
+
+
+@pytest.mark.parametrize(
+    ("headers", "body", "kind"),
+    [
+        (
+            b"Content-Type: application/vnd.openxmlformats-officedocument."
+            b"wordprocessingml.document\r\n"
+            b'Content-Disposition: attachment; filename="nouveau-rib.docx"\r\n',
+            b"PK\x03\x04 a word document",
+            "file",
+        ),
+        (
+            b"Content-Type: application/pdf\r\n"
+            b'Content-Disposition: attachment; filename="x.pdf."\r\n',
+            _PDF,
+            "document",
+        ),
+        (
+            b"Content-Type: application/octet-stream\r\n"
+            b"Content-Disposition: attachment; filename*=utf-8''releve%E2%80%8B.pdf\r\n",
+            _PDF,
+            "document",
+        ),
+        (
+            b"Content-Type: application/octet-stream\r\n"
+            b'Content-Disposition: attachment; filename="scan"\r\n',
+            _PDF,
+            "document",
+        ),
+        (b"Content-Type: image/png\r\n", b"\x89PNG\r\n\x1a\n a picture of a RIB", "file"),
+    ],
+    ids=["docx", "trailing-dot", "zero-width-space", "octet-stream", "unnamed-image"],
+)
+def test_an_attachment_the_fund_did_not_seal_makes_the_statement_tampered(
+    sealed: bytes, trust: Trust, limits: Limits, headers: bytes, body: bytes, kind: str
+) -> None:
+    report = verify_email(_add_part(sealed, headers, body), trust, limits)
+    assert report.verdict is Verdict.TAMPERED
+    assert report.reason == "reason_unsealed_attachment"
+    statuses = [(d.status, d.kind) for d in report.documents]
+    assert statuses == [(DocStatus.VALID, "document"), (DocStatus.UNSIGNED, kind)]
+
+
+def test_a_renamed_document_still_finds_its_signature(
+    sealed: bytes, trust: Trust, limits: Limits
+) -> None:
+    """A mail program renaming the PDF changes nothing it signed: documents authentic."""
+    renamed = sealed.replace(f'"{PDF_NAME}"'.encode(), b'"releve (1).pdf"')
+    report = verify_email(renamed, trust, limits)
+    assert report.verdict is Verdict.ALTERED
+    assert [(d.filename, d.status) for d in report.documents] == [
+        ("releve (1).pdf", DocStatus.VALID)
+    ]
+
+
+def test_an_unsealed_attachment_the_fund_sent_is_listed_under_its_dkim(
+    material: SigningMaterial, trust: Trust, limits: Limits
+) -> None:
+    """The gateway seals PDFs; a notice in .txt the fund sent is covered by its DKIM."""
+    notice = _add_part(
+        reference_message(),
+        b'Content-Type: text/plain\r\nContent-Disposition: attachment; filename="notice.txt"\r\n',
+        b"Conditions generales",
+    )
+    report = verify_email(seal(notice, material), trust, limits)
+    assert report.verdict is Verdict.AUTHENTIC
+    assert [(d.filename, d.status, d.kind) for d in report.documents] == [
+        (PDF_NAME, DocStatus.VALID, "document"),
+        ("notice.txt", DocStatus.UNSIGNED, "file"),
+    ]
+    assert "warning_unsealed_attachment" in report.warnings
+
+
+# --- forwards as mail programs make them (finding 5) ---------------------------------------
+
+
+def _forward(inner: bytes, part_headers: bytes, encoding: bytes, tag: bytes = b"1") -> bytes:
+    import base64
+    import quopri
+
+    if encoding == b"base64":
+        body = base64.encodebytes(inner).replace(b"\n", b"\r\n")
+    elif encoding == b"quoted-printable":
+        body = quopri.encodestring(inner.replace(b"\r\n", b"\n")).replace(b"\n", b"\r\n")
+    else:
+        body = inner
+    message = (
+        b"From: Claims Officer <claims@insurer.example>\r\nTo: <checks@insurer.example>\r\n"
+        b"Subject: TR: Votre releve\r\nDate: Mon, 02 Mar 2026 09:00:00 +0100\r\n"
+        b"MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"outer\"\r\n\r\n"
+        b"--outer\r\nContent-Type: multipart/alternative; boundary=\"alt\"\r\n\r\n"
+        b"--alt\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nVoir la piece jointe.\r\n"
+        b"--alt\r\nContent-Type: text/html; charset=utf-8\r\n\r\n<p>Voir la piece jointe.</p>\r\n"
+        b"--alt--\r\n\r\n"
+        b"--outer\r\n" + part_headers
+        + b"Content-Transfer-Encoding: " + encoding + b"\r\n\r\n"
+        + body + b"\r\n--outer--\r\n"
+    )  # fmt: skip
+    # Each mail program makes its own boundaries: a forward of a forward never reuses one.
+    return message.replace(b"outer", b"outer-" + tag).replace(b"alt", b"alt-" + tag)
+
+
+@pytest.mark.parametrize(
+    ("part_headers", "encoding"),
+    [
+        # Outlook: message/rfc822, base64, the subject as the file name.
+        (
+            b"Content-Type: message/rfc822\r\nContent-Disposition: attachment;\r\n"
+            b' filename="Votre releve.eml"\r\n',
+            b"base64",
+        ),
+        # Thunderbird: message/rfc822 with an RFC 2231 name, sent as it is.
+        (
+            b"Content-Type: message/rfc822; name*=utf-8''Votre%20relev%C3%A9.eml\r\n"
+            b"Content-Disposition: attachment; filename*=utf-8''Votre%20relev%C3%A9.eml\r\n",
+            b"7bit",
+        ),
+        # Gmail: message/rfc822, 8bit.
+        (b"Content-Type: message/rfc822\r\nContent-Disposition: attachment\r\n", b"8bit"),
+        (b"Content-Type: message/rfc822\r\n", b"quoted-printable"),
+        # A saved .eml attached as a file.
+        (
+            b'Content-Type: application/octet-stream; name="releve.eml"\r\n'
+            b'Content-Disposition: attachment; filename="releve.eml"\r\n',
+            b"base64",
+        ),
+    ],
+    ids=["outlook-base64", "thunderbird-7bit", "gmail-8bit", "quoted-printable", "eml-file"],
+)
+def test_forwards_as_mail_programs_make_them_are_judged_inside(
+    sealed: bytes, trust: Trust, limits: Limits, part_headers: bytes, encoding: bytes
+) -> None:
+    report = verify_email(_forward(sealed, part_headers, encoding), trust, limits)
+    assert report.verdict is Verdict.AUTHENTIC
+    assert report.forwarded
+    assert [d.status for d in report.documents] == [DocStatus.VALID]
+
+
+def test_a_forward_of_a_forward_is_opened(sealed: bytes, trust: Trust, limits: Limits) -> None:
+    once = _forward(sealed, b"Content-Type: message/rfc822\r\n", b"base64")
+    twice = _forward(once, b"Content-Type: message/rfc822\r\n", b"7bit", tag=b"2")
+    report = verify_email(twice, trust, limits)
+    assert report.verdict is Verdict.AUTHENTIC
+    assert report.forwarded
+
+
+def test_a_statement_tampered_inside_an_outlook_forward_is_tampered(
+    sealed: bytes, trust: Trust, limits: Limits
+) -> None:
+    forward = _forward(tamper_document(sealed), b"Content-Type: message/rfc822\r\n", b"base64")
+    assert verify_email(forward, trust, limits).verdict is Verdict.TAMPERED
