@@ -2,7 +2,8 @@
 
 Time follows Apache's mod_reqtimeout "body=T,MinRate=R": the body must start within T
 seconds, and each R bytes received extend the deadline by one second, so a large upload
-on a slow but steady line passes while a trickle is cut. Memory: a request reserves the
+on a slow but steady line passes while a trickle is cut. No pause between two chunks may
+last longer than T either. Memory: a request reserves the
 bytes it may hold before its body is read, from one budget per process, so that many
 slow uploads cannot together exhaust the verifier's memory.
 
@@ -58,8 +59,11 @@ async def read_body(receive: Receive, declared: str, limit: int, pace: Pace) -> 
     more = True
     while more:
         # One timeout per receive, recomputed from the bytes so far: a read never waits
-        # past the point where the average rate would fall below the minimum.
-        wait = pace.deadline(start, received) - anyio.current_time()
+        # past the point where the average rate would fall below the minimum, nor longer
+        # than `timeout` (Apache's core Timeout does the same per read): bytes sent fast
+        # and then held would otherwise keep their memory for hours.
+        now = anyio.current_time()
+        wait = min(pace.deadline(start, received) - now, pace.timeout)
         if wait <= 0:
             raise TimedOut
         with anyio.move_on_after(wait) as scope:

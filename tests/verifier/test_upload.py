@@ -226,6 +226,15 @@ def test_a_trickled_body_gets_a_readable_408(fast_server: str, sealed: bytes) ->
     assert "1000 bytes per second" in error["message"]
 
 
+def test_a_body_sent_fast_then_held_gets_408(fast_server: str) -> None:
+    # 20 KB at once earn 21 s at 1000 bytes/s; a pause is still bounded by 1 s.
+    with connect(fast_server) as sock:
+        sock.sendall(post_head("/api/v1/verify", 30_000) + b"x" * 20_000)
+        answer = read_answer(sock, time.monotonic())
+    assert answer.status == 408
+    assert answer.at < 1 + MARGIN
+
+
 def test_a_trickled_form_gets_the_408_page(fast_server: str, sealed: bytes) -> None:
     body, content_type = form_body(sealed)
     with connect(fast_server) as sock:
