@@ -29,6 +29,11 @@ SIGNED_HEADERS = (
     b"date",
     b"message-id",
     b"reply-to",
+    # Mail programs show Sender ("on behalf of") and thread by these: unsigned, a forger
+    # could add them to a genuine statement without breaking its signature.
+    b"sender",
+    b"in-reply-to",
+    b"references",
     b"mime-version",
     b"content-type",
 )

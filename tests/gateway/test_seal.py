@@ -225,7 +225,8 @@ def test_signature_tags(sealed: Sealed, signing_material: SigningMaterial) -> No
         # Oversigned: every name once more than the message has it (no Cc nor Reply-To).
         assert tags["h"].split(":") == [
             "from", "from", "to", "to", "cc", "subject", "subject", "date", "date",
-            "message-id", "message-id", "reply-to", "mime-version", "mime-version",
+            "message-id", "message-id", "reply-to", "sender", "in-reply-to", "references",
+            "mime-version", "mime-version",
             "content-type", "content-type",
         ]  # fmt: skip
 

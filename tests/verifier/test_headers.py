@@ -15,7 +15,8 @@ from dkim.util import parse_tag_value
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.verifier.conftest import split
+from keys.signing import SigningMaterial
+from tests.verifier.conftest import reference_message, seal_with_builders, split
 from verifier import headers
 from verifier.report import Verdict
 from verifier.settings import Limits
@@ -235,14 +236,24 @@ def test_the_reported_forgery_is_caught(sealed: bytes, trust: Trust, limits: Lim
 
 
 def test_an_unsigned_sender_field_is_not_vouched_for(
-    sealed: bytes, trust: Trust, limits: Limits
+    material: SigningMaterial, trust: Trust, limits: Limits
 ) -> None:
     """Sibling: a field mail programs show ("on behalf of") that the signature does not
-    list passes DKIM, but the page must not call the message the fund's as shown."""
-    report = verify_email(b"Sender: rib-update@evil.example\r\n" + sealed, trust, limits)
+    list (statements sealed before the gateway oversigned Sender) passes DKIM, but the
+    page must not call the message the fund's as shown."""
+    older = seal_with_builders(reference_message(), material)
+    report = verify_email(b"Sender: rib-update@evil.example\r\n" + older, trust, limits)
     assert report.verdict is not Verdict.AUTHENTIC
     assert {c.reason for c in report.dkim} == {"header_not_signed"}
     assert {c.detail for c in report.dkim} == {"sender"}
+
+
+def test_the_gateway_oversigns_sender_so_an_added_one_breaks_dkim(
+    sealed: bytes, trust: Trust, limits: Limits
+) -> None:
+    report = verify_email(b"Sender: rib-update@evil.example\r\n" + sealed, trust, limits)
+    assert report.verdict is Verdict.ALTERED
+    assert {c.reason for c in report.dkim} == {"header_changed"}
 
 
 def test_a_refolded_signed_field_stays_authentic(
