@@ -67,6 +67,16 @@ def oversigned(headers: Sequence[tuple[bytes, bytes]]) -> tuple[bytes, ...]:
     return tuple(names)
 
 
+@dataclass(frozen=True)
+class SignatureHeaders:
+    """The DKIM-Signature fields to put on top of a message, and what names them in the
+    statement log: each b= value and the body hash they share."""
+
+    headers: bytes
+    b_values: tuple[bytes, ...]
+    body_hash: bytes
+
+
 def signature_headers(
     message: bytes, domain: str, signers: Sequence[Signer], timestamp: int
 ) -> bytes:
@@ -75,14 +85,26 @@ def signature_headers(
 
     Raises dkim.DKIMException (or a subclass) when the message cannot be parsed.
     """
+    return sign(message, domain, signers, timestamp).headers
+
+
+def sign(
+    message: bytes, domain: str, signers: Sequence[Signer], timestamp: int
+) -> SignatureHeaders:
+    """As `signature_headers`, with the b= values and the body hash."""
     headers, body = dkim.rfc822_parse(message)
     policy = CanonicalizationPolicy.from_c_value(CANONICALIZATION)
     canonical_headers = policy.canonicalize_headers(headers)
     include = oversigned(headers)
     body_hash = base64.b64encode(hashlib.sha256(policy.canonicalize_body(body)).digest())
-    return b"".join(
+    made = [
         _signature_header(signer, domain, timestamp, include, body_hash, policy, canonical_headers)
         for signer in signers
+    ]
+    return SignatureHeaders(
+        headers=b"".join(header for header, _ in made),
+        b_values=tuple(value for _, value in made),
+        body_hash=body_hash,
     )
 
 
@@ -94,7 +116,7 @@ def _signature_header(
     body_hash: bytes,
     policy: CanonicalizationPolicy,
     canonical_headers: list[tuple[bytes, bytes]],
-) -> bytes:
+) -> tuple[bytes, bytes]:
     algorithm = b"rsa-sha256" if isinstance(signer.key, rsa.RSAPrivateKey) else b"ed25519-sha256"
     domain_bytes = domain.encode("ascii")
     # The tags and their order are dkimpy's; no l= (a body must not be extendable) and no
@@ -125,7 +147,8 @@ def _signature_header(
         signature = signer.key.sign(digest)
     header = HEADER_NAME + b": " + unsigned
     used = len(header) - (header.rfind(b"\n") + 1)
-    return header + _fold_base64(base64.b64encode(signature), used) + b"\r\n"
+    value = base64.b64encode(signature)
+    return header + _fold_base64(value, used) + b"\r\n", value
 
 
 def _fold(value: bytes, used: int) -> bytes:

@@ -26,6 +26,7 @@ import dkim
 
 from gateway import cms, dkim_sign
 from keys.signing import SigningMaterial
+from tlog.entry import Entry, dkim_seal_hash, p7s_seal_hash
 
 CRLF = b"\r\n"
 # Deeper than any real mail client nests; a bound on the work a hostile message can cause.
@@ -66,6 +67,8 @@ class DocumentRules:
 class Sealed:
     data: bytes
     documents: tuple[str, ...]
+    # The statement-log entry naming these seals (tlog/entry.py): no personal data.
+    entry: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -94,21 +97,30 @@ def seal(
         root = _read_part(message, 0, len(message), depth=0)
         if root.headers.get("from") is None:
             raise SealError("the message has no From header, so it cannot be DKIM-signed")
+        p7s: list[bytes] = []
         if root.boundary is None and _is_document(root, rules):
-            message, documents = _wrap_single_document(message, root, material)
+            message, documents = _wrap_single_document(message, root, material, p7s)
         else:
-            message, documents = _attach_signatures(message, root, material, rules)
+            message, documents = _attach_signatures(message, root, material, rules, p7s)
         timestamp = int((now or dt.datetime.now(dt.UTC)).timestamp())
         signers = (
             dkim_sign.Signer(material.rsa_selector, material.rsa_key),
             dkim_sign.Signer(material.ed25519_selector, material.ed25519_key),
         )
-        headers = dkim_sign.signature_headers(message, material.domain, signers, timestamp)
+        signed = dkim_sign.sign(message, material.domain, signers, timestamp)
     except SealError:
         raise
     except (ValueError, LookupError, email.errors.MessageError, dkim.DKIMException) as error:
         raise SealError(f"cannot seal the message: {error}") from error
-    return Sealed(headers + message, documents)
+    entry = Entry(
+        sealed_at=dt.datetime.fromtimestamp(timestamp, dt.UTC),
+        domain=material.domain,
+        generation=material.generation,
+        body_hash=signed.body_hash.decode("ascii"),
+        dkim=tuple(dkim_seal_hash(value) for value in signed.b_values),
+        p7s=tuple(p7s_seal_hash(signature) for signature in p7s),
+    )
+    return Sealed(signed.headers + message, documents, entry.encode())
 
 
 # --- reading the MIME structure as byte offsets --------------------------------------------
@@ -197,12 +209,15 @@ def _filename(part: _Part) -> str | None:
 
 
 def _attach_signatures(
-    message: bytes, root: _Part, material: SigningMaterial, rules: DocumentRules
+    message: bytes, root: _Part, material: SigningMaterial, rules: DocumentRules, p7s: list[bytes]
 ) -> tuple[bytes, tuple[str, ...]]:
     documents = _documents(root, rules)
     names = tuple(_name(part, index) for index, (part, _) in enumerate(documents, 1))
     insertions = [
-        (part.end, CRLF + b"--" + boundary + CRLF + _signature_part(message, part, name, material))
+        (
+            part.end,
+            CRLF + b"--" + boundary + CRLF + _signature_part(message, part, name, material, p7s),
+        )
         for (part, boundary), name in zip(documents, names, strict=True)
     ]
     pieces: list[bytes] = []
@@ -215,7 +230,7 @@ def _attach_signatures(
 
 
 def _wrap_single_document(
-    message: bytes, root: _Part, material: SigningMaterial
+    message: bytes, root: _Part, material: SigningMaterial, p7s: list[bytes]
 ) -> tuple[bytes, tuple[str, ...]]:
     """A message that is itself the document has no multipart to hold the `.p7s`.
 
@@ -244,7 +259,7 @@ def _wrap_single_document(
             CRLF,
             message[root.body_start :],
             CRLF + delimiter + CRLF,
-            _signature_part(message, root, name, material),
+            _signature_part(message, root, name, material, p7s),
             CRLF + delimiter + b"--" + CRLF,
         ]
     )
@@ -289,14 +304,17 @@ def _check_validity(material: SigningMaterial) -> None:
         )
 
 
-def _signature_part(message: bytes, part: _Part, name: str, material: SigningMaterial) -> bytes:
+def _signature_part(
+    message: bytes, part: _Part, name: str, material: SigningMaterial, p7s: list[bytes]
+) -> bytes:
     """The `.p7s` part, without the CRLF that ends its body (that one is the next
-    delimiter's)."""
+    delimiter's). The signature is also added to `p7s`, for the statement log."""
     document = _decoded_body(message, part, name)
     _check_validity(material)
     signature = cms.detached_signature(
         document, material.certificate, material.certificate_key, material.chain
     )
+    p7s.append(signature)
     if _PLAIN_NAME.fullmatch(name):
         # The common case, written directly: the email package's header machinery costs
         # more than the CMS signature itself.

@@ -34,7 +34,8 @@ class Limits:
     body_timeout_seconds: int = 10
     body_min_rate: int = 1000  # bytes/s; each such amount received extends the deadline 1 s
     # Upload bytes held at once in one process, reserved before a body is read.
-    upload_memory_bytes: int = 64 * 1024 * 1024
+    # Three uploads of the largest size at once: a slow client cannot hold much more.
+    upload_memory_bytes: int = 32 * 1024 * 1024
 
 
 @dataclass(frozen=True)

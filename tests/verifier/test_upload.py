@@ -363,13 +363,13 @@ def test_the_new_settings_come_from_the_environment_and_are_checked() -> None:
             "SEALPOST_VERIFIER_HEADER_TIMEOUT": "5",
             "SEALPOST_VERIFIER_BODY_TIMEOUT": "6",
             "SEALPOST_VERIFIER_BODY_MIN_RATE": "500",
-            "SEALPOST_VERIFIER_UPLOAD_MEMORY_BYTES": str(32 * 1024 * 1024),
+            "SEALPOST_VERIFIER_UPLOAD_MEMORY_BYTES": str(48 * 1024 * 1024),
         }
     )
     assert settings.limits.header_timeout_seconds == 5
     assert settings.limits.body_timeout_seconds == 6
     assert settings.limits.body_min_rate == 500
-    assert settings.limits.upload_memory_bytes == 32 * 1024 * 1024
+    assert settings.limits.upload_memory_bytes == 48 * 1024 * 1024
     with pytest.raises(SettingsError, match="HEADER_TIMEOUT"):
         from_env({"SEALPOST_VERIFIER_HEADER_TIMEOUT": "0"})
     with pytest.raises(SettingsError, match="UPLOAD_MEMORY_BYTES must be at least"):
