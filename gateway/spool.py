@@ -55,7 +55,9 @@ T = TypeVar("T")
 DB_NAME: Final = "spool.sqlite3"
 BUSY_TIMEOUT_MS: Final = 10_000
 
-State = Literal["queued", "deferred", "delivered", "bounced"]
+# "logging": accepted, waiting for its statement-log entry to be in a published checkpoint
+# before anyone can receive it (so no recipient ever reads a statement the log lacks).
+State = Literal["logging", "queued", "deferred", "delivered", "bounced"]
 PENDING_STATES: Final = ("queued", "deferred")
 
 _SCHEMA: Final = """
@@ -80,6 +82,15 @@ CREATE TABLE IF NOT EXISTS recipients (
 );
 CREATE INDEX IF NOT EXISTS recipients_pending ON recipients (next_attempt)
     WHERE state IN ('queued', 'deferred');
+CREATE TABLE IF NOT EXISTS log_entries (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    message_id TEXT NOT NULL,
+    entry BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS log_state (
+    name TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS corrupt (
     id TEXT NOT NULL,
     set_aside_at REAL NOT NULL,
@@ -108,6 +119,9 @@ class Envelope:
     data: bytes
     client: str = ""
     received_at: float = field(default_factory=time.time)
+    # The statement-log entry of its seals: committed with the message, in the same
+    # transaction; its recipients wait in "logging" until a checkpoint covers it.
+    log_entry: bytes | None = None
 
     @property
     def size(self) -> int:
@@ -150,6 +164,13 @@ class Update:
     state: State
     reply: str = ""
     next_attempt: float = 0.0
+
+
+@dataclass(frozen=True)
+class LogEntry:
+    seq: int
+    message_id: str
+    entry: bytes
 
 
 @dataclass(frozen=True)
@@ -214,6 +235,8 @@ class Spool:
         digest = hashlib.sha256(envelope.data).hexdigest()
         at = envelope.received_at
 
+        state = "queued" if envelope.log_entry is None else "logging"
+
         def insert(conn: sqlite3.Connection) -> None:
             conn.execute(
                 "INSERT INTO messages (id, sender, client, received_at, size, sha256, data)"
@@ -223,9 +246,14 @@ class Spool:
             )  # fmt: skip
             conn.executemany(
                 "INSERT INTO recipients (message_id, idx, address, state, next_attempt)"
-                " VALUES (?, ?, ?, 'queued', ?)",
-                [(queue_id, i, rcpt, at) for i, rcpt in enumerate(envelope.recipients)],
+                " VALUES (?, ?, ?, ?, ?)",
+                [(queue_id, i, rcpt, state, at) for i, rcpt in enumerate(envelope.recipients)],
             )
+            if envelope.log_entry is not None:
+                conn.execute(
+                    "INSERT INTO log_entries (message_id, entry) VALUES (?, ?)",
+                    (queue_id, envelope.log_entry),
+                )
 
         try:
             await self._write(insert)
@@ -294,7 +322,49 @@ class Spool:
             log.info("event=deleted id=%s", queue_id)
         return deleted
 
+    async def log_published(self, upto: int, size: int, now: float | None = None) -> int:
+        """Entries up to `upto` are in a published checkpoint of a log of `size` entries:
+        their messages may now be delivered. Returns how many messages that releases."""
+        at = time.time() if now is None else now
+
+        def apply(conn: sqlite3.Connection) -> int:
+            released = conn.execute(
+                "UPDATE recipients SET state = 'queued', next_attempt = ?"
+                " WHERE state = 'logging' AND message_id IN"
+                " (SELECT message_id FROM log_entries WHERE seq <= ?)",
+                (at, upto),
+            ).rowcount
+            conn.execute("DELETE FROM log_entries WHERE seq <= ?", (upto,))
+            conn.execute(
+                "INSERT INTO log_state (name, value) VALUES ('size', ?)"
+                " ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                (size,),
+            )
+            return int(released)
+
+        return int(await self._write(apply))
+
     # -- reading -----------------------------------------------------------------
+
+    async def log_entries(self, limit: int) -> list[LogEntry]:
+        """Entries not yet in a published checkpoint, in the order they were committed."""
+
+        def query(conn: sqlite3.Connection) -> list[LogEntry]:
+            rows = conn.execute(
+                "SELECT seq, message_id, entry FROM log_entries ORDER BY seq LIMIT ?", (limit,)
+            )
+            return [LogEntry(int(q), str(m), bytes(e)) for q, m, e in rows]
+
+        return await self._read(query)
+
+    async def log_size(self) -> int:
+        """The size of the log as of its last published checkpoint, as the spool knows it."""
+
+        def query(conn: sqlite3.Connection) -> int:
+            row = conn.execute("SELECT value FROM log_state WHERE name = 'size'").fetchone()
+            return 0 if row is None else int(row[0])
+
+        return await self._read(query)
 
     async def due(self, now: float, limit: int, exclude: Iterable[str] = ()) -> list[str]:
         """Ids of messages with a recipient due at ``now``, earliest first."""
@@ -519,6 +589,8 @@ def _pending_in_order(conn: sqlite3.Connection, until: float | None) -> Iterator
 
 
 def _state(value: object) -> State:
+    if value == "logging":
+        return "logging"
     if value == "queued":
         return "queued"
     if value == "deferred":

@@ -21,6 +21,8 @@ from keys import secrets as key_secrets
 from keys.archive import format_time
 from keys.export import der_sha256
 from keys.lifecycle import Certificate, DkimKey, Domain, Generation, Refused, StoreState
+from keys.safeio import atomic_write
+from tlog import note
 
 EXIT_OK = 0
 EXIT_USAGE = 2
@@ -215,6 +217,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     destroy.add_argument("--domain", required=True)
     destroy.add_argument("generation", metavar="GENERATION", help="e.g. 202611")
+
+    log_key = command(
+        "log-key",
+        "Create a gateway node's statement-log key: its private key goes to --out (0600, "
+        "never into this store; in production on the host that writes the log), and the log "
+        "(origin, public key, start time) is registered in the public archive.",
+    )
+    log_key.add_argument(
+        "--origin", required=True, help="the log's origin line, e.g. caisses.example/statements/gw1"
+    )
+    log_key.add_argument("--out", type=Path, required=True, help="file for the private key")
+    log_key.add_argument(
+        "--tsa-root", type=Path, help="PEM root of the Time-Stamp Authority certifying checkpoints"
+    )
 
     listing = command("list", "Show every key and certificate with its state and dates.")
     listing.add_argument("--domain", help="only this domain")
@@ -487,6 +503,28 @@ def cmd_destroy(args: argparse.Namespace, now: dt.datetime | None) -> int:
     return EXIT_OK
 
 
+def cmd_log_key(args: argparse.Namespace, now: dt.datetime | None) -> int:
+    if not note.is_valid_name(args.origin):
+        raise ValueError(f"{args.origin!r} cannot be a log origin (no spaces, no '+')")
+    tsa_root = args.tsa_root.read_text(encoding="ascii") if args.tsa_root else None
+    if args.out.exists():
+        raise Refused(f"{args.out} exists: a log key is never overwritten")
+    signer, verifier = note.generate_key(args.origin)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(args.out, (signer + "\n").encode("ascii"), store.PRIVATE_FILE_MODE)
+    try:
+        added = store.add_log(
+            args.store, args.public, args.origin, verifier, tsa_root=tsa_root, now=now
+        )
+    except BaseException:
+        args.out.unlink()
+        raise
+    print(f"Wrote the private key of the statement log {added.origin} to {args.out} (0600).")
+    print(f"Registered it in the public archive: {verifier}")
+    print(f"Its tiles and checkpoints go to {args.public / added.path}.")
+    return EXIT_OK
+
+
 def cmd_list(args: argparse.Namespace, now: dt.datetime | None) -> int:
     state = store.load_state(args.store)
     only = None
@@ -518,6 +556,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, dt.datetime | None], int]] = {
     "withdraw": cmd_withdraw,
     "revoke": cmd_revoke,
     "destroy": cmd_destroy,
+    "log-key": cmd_log_key,
     "list": cmd_list,
     "dns": cmd_dns,
     "export-public": cmd_export,

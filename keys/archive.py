@@ -20,7 +20,12 @@
           "pem": "...", "sha256": "<hex of DER>",
           "not_before": "...", "not_after": "...",
           "history": [...], "revocation": null | {...}
-      }]
+      }],
+      "logs": [{                                    # absent before the statement log
+          "origin": "caisses.example/statements/gw1", "key": "<C2SP signed-note verifier key>",
+          "started_at": "...", "path": "log/<directory, relative to this file's>"
+      }],
+      "tsa_roots": ["-----BEGIN CERTIFICATE-----..."]  # Time-Stamp Authorities trusted
     }
 
 Times are UTC, ISO 8601 with a ``Z``. States: pending, active, retired, withdrawn, revoked.
@@ -108,11 +113,29 @@ class Root:
 
 
 @dataclass(frozen=True)
+class PublicLog:
+    """A gateway node's statement log (C2SP tlog-tiles under `path`, relative to the
+    archive's directory; checkpoints signed by `key`, a C2SP signed-note verifier key)."""
+
+    origin: str
+    key: str
+    started_at: dt.datetime
+    path: str
+
+
+@dataclass(frozen=True)
 class PublicArchive:
     generated_at: dt.datetime
     roots: tuple[Root, ...]
     dkim_keys: tuple[PublicDkimKey, ...]
     certificates: tuple[PublicCertificate, ...]
+    logs: tuple[PublicLog, ...] = ()
+    tsa_roots: tuple[str, ...] = ()  # PEM
+
+    @property
+    def log_started_at(self) -> dt.datetime | None:
+        """Since when every seal must be in a statement log."""
+        return min((log.started_at for log in self.logs), default=None)
 
     @property
     def domains(self) -> frozenset[str]:
@@ -178,6 +201,16 @@ def parse_archive(document: dict[str, Any]) -> PublicArchive:
                 )
                 for c in document["certificates"]
             ),
+            logs=tuple(
+                PublicLog(
+                    origin=g["origin"],
+                    key=g["key"],
+                    started_at=parse_time(g["started_at"]),
+                    path=g["path"],
+                )
+                for g in document.get("logs", [])
+            ),
+            tsa_roots=tuple(document.get("tsa_roots", [])),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ArchiveError(f"malformed archive: {exc!r}") from exc

@@ -90,6 +90,16 @@ def build_archive(state: StoreState, now: dt.datetime) -> dict[str, Any]:
         "roots": roots,
         "dkim_keys": dkim_keys,
         "certificates": certificates,
+        "logs": [
+            {
+                "origin": log.origin,
+                "key": log.key,
+                "started_at": format_time(log.started_at),
+                "path": log.path,
+            }
+            for log in state.logs
+        ],
+        "tsa_roots": list(state.tsa_roots),
     }
 
 

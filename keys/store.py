@@ -33,6 +33,7 @@ import fcntl
 import getpass
 import json
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -53,6 +54,7 @@ from keys.lifecycle import (
     DkimKey,
     Domain,
     Generation,
+    LogRecord,
     Refused,
     Root,
     State,
@@ -270,6 +272,16 @@ def state_to_json(state: StoreState) -> dict[str, Any]:
             }
             for d in state.domains
         ],
+        "logs": [
+            {
+                "origin": log.origin,
+                "key": log.key,
+                "started_at": format_time(log.started_at),
+                "path": log.path,
+            }
+            for log in state.logs
+        ],
+        "tsa_roots": list(state.tsa_roots),
     }
 
 
@@ -330,6 +342,17 @@ def state_from_json(document: dict[str, Any]) -> StoreState:
             created_at=parse_time(root["created_at"]),
         ),
         domains=tuple(domains),
+        # Absent from state files written before the statement log existed.
+        logs=tuple(
+            LogRecord(
+                origin=g["origin"],
+                key=g["key"],
+                started_at=parse_time(g["started_at"]),
+                path=g["path"],
+            )
+            for g in document.get("logs", [])
+        ),
+        tsa_roots=tuple(document.get("tsa_roots", [])),
     )
 
 
@@ -913,3 +936,42 @@ def export_public(store: Path, public: Path, *, now: dt.datetime | None = None) 
     when = utc_now(now)
     with _audited(store, "export-public", directory=str(public)):
         return write_public(load_state(store), public, when)
+
+
+def log_directory(origin: str) -> str:
+    """A log's directory in the public archive, named after its origin."""
+    slug = re.sub(r"[^A-Za-z0-9.-]+", "-", origin).strip("-.")
+    if not slug:
+        raise ValueError(f"the log origin {origin!r} has no usable characters")
+    return f"log/{slug}"
+
+
+def add_log(
+    store: Path,
+    public: Path,
+    origin: str,
+    verifier_key: str,
+    *,
+    tsa_root: str | None = None,
+    now: dt.datetime | None = None,
+) -> LogRecord:
+    """Registers a node's statement log: its checkpoints' verifier key and start time go
+    into the public archive, so that every verifier knows it (and, from that time on,
+    requires every seal to be in a log). `tsa_root`: a PEM Time-Stamp Authority root."""
+    when = utc_now(now)
+    with _audited(store, "add-log", origin=origin) as record, locked(store):
+        state = load_state(store)
+        if any(log.origin == origin for log in state.logs):
+            raise Refused(
+                f"a statement log with origin {origin!r} is already registered; each node's "
+                "log keeps its origin and key for ever (choose another origin for a new node)"
+            )
+        added = LogRecord(origin, verifier_key, when, log_directory(origin))
+        if any(log.path == added.path for log in state.logs):
+            raise Refused(f"another log already uses the directory {added.path}")
+        roots = state.tsa_roots
+        if tsa_root and tsa_root not in roots:
+            roots = (*roots, tsa_root)
+        _commit(store, public, replace(state, logs=(*state.logs, added), tsa_roots=roots), when)
+        record.details["path"] = added.path
+        return added

@@ -261,3 +261,44 @@ def test_every_acknowledged_message_survives_sigkill(tmp_path: Path) -> None:
             await spool.close()
 
     asyncio.run(check())
+
+
+# --- the statement log's entries ride in the message's own commit -------------------------
+
+
+async def test_a_logged_message_waits_for_its_checkpoint_before_delivery(spool: Spool) -> None:
+    import dataclasses
+
+    first = await spool.put(dataclasses.replace(envelope(1), log_entry=b"entry one\n"))
+    second = await spool.put(dataclasses.replace(envelope(2), log_entry=b"entry two\n"))
+    unlogged = await spool.put(envelope(3))
+    assert await spool.due(time.time() + 1, 10) == [unlogged]
+    loaded = await spool.load(first)
+    assert loaded is not None
+    assert {r.state for r in loaded.recipients} == {"logging"}
+    entries = await spool.log_entries(10)
+    assert [(e.message_id, e.entry) for e in entries] == [
+        (first, b"entry one\n"),
+        (second, b"entry two\n"),
+    ]
+    # The first entry is in a published checkpoint: its message may go, not the second.
+    assert await spool.log_published(entries[0].seq, size=1) == 2  # two recipients
+    assert set(await spool.due(time.time() + 1, 10)) == {first, unlogged}
+    assert [e.message_id for e in await spool.log_entries(10)] == [second]
+    assert await spool.log_size() == 1
+    # The queue tool's flush never releases a message its log has not published.
+    await spool.flush()
+    assert second not in await spool.due(time.time() + 1, 10)
+
+
+async def test_log_entries_survive_reopen_with_their_messages(tmp_path: Path) -> None:
+    import dataclasses
+
+    spool = Spool.open(tmp_path / "spool")
+    queue_id = await spool.put(dataclasses.replace(envelope(), log_entry=b"e\n"))
+    await spool.close()
+    reopened = Spool.open(tmp_path / "spool")
+    try:
+        assert [e.message_id for e in await reopened.log_entries(10)] == [queue_id]
+    finally:
+        await reopened.close()

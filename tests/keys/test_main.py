@@ -30,7 +30,8 @@ NOW = dt.datetime(2026, 11, 23, 10, 0, tzinfo=dt.UTC)
 HOUR = dt.timedelta(hours=1)
 KEYS_BIN = Path(sys.executable).parent / "sealpost-keys"
 COMMANDS = [
-    "init", "rotate", "activate", "withdraw", "revoke", "destroy", "list", "dns", "export-public"
+    "init", "rotate", "activate", "withdraw", "revoke", "destroy", "log-key", "list", "dns",
+    "export-public",
 ]  # fmt: skip
 
 
@@ -457,3 +458,33 @@ def test_destroy_also_sweeps_other_generations(cli: Cli) -> None:
     serial = str(listing(cli)[("202611", "ecdsa-p256")]["id"])
     assert f"Also destroyed leftover private keys of keys out of service: {serial} " in out
     assert not first_cms.exists()
+
+
+def test_log_key_writes_a_private_key_apart_and_registers_the_log(cli: Cli, tmp_path: Path) -> None:
+    from keys.archive import load_archive
+    from tlog import note
+
+    assert cli("init", "--domain", DOMAIN)[0] == EXIT_OK
+    key_file = tmp_path / "node" / "log.key"
+    origin = "caisses.example/statements/gw1"
+    code, out, _ = cli("log-key", "--origin", origin, "--out", str(key_file))
+    assert code == EXIT_OK, out
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    signer = note.Signer.from_text(key_file.read_text().strip())
+    (log,) = load_archive(cli.public).logs
+    assert (log.origin, log.key, log.path) == (
+        origin,
+        signer.verifier().text(),
+        "log/caisses.example-statements-gw1",
+    )
+    assert log.started_at == NOW
+    assert "PRIVATE" not in (cli.public / "archive.json").read_text()
+    assert "PRIVATE" not in (cli.store / "state.json").read_text()
+    # Never twice the same origin, never over an existing key file.
+    assert cli("log-key", "--origin", origin, "--out", str(tmp_path / "other.key"))[0] == (
+        EXIT_REFUSED
+    )
+    assert not (tmp_path / "other.key").exists()
+    again = cli("log-key", "--origin", "caisses.example/statements/gw2", "--out", str(key_file))
+    assert again[0] == EXIT_REFUSED
+    assert key_file.read_text().strip() == signer.text()
