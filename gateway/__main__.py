@@ -29,9 +29,10 @@ from typing import TextIO
 from gateway import metrics as metrics_http
 from gateway import queue_cli, server
 from gateway.delivery import Delivery, DirectMX, MaildirRoute, Route, Smarthost
+from gateway.log_writer import LogConfig, LogError, LogWriter
 from gateway.metrics import Metrics
 from gateway.scheduler import RetryPolicy, Scheduler
-from gateway.seal import DocumentRules
+from gateway.seal import DocumentRules, Sealed
 from gateway.sealer import Sealer
 from gateway.settings import (
     ConfigError,
@@ -47,7 +48,9 @@ from gateway.spool import Envelope, Spool, SpoolError
 from keys import dns as key_dns
 from keys import store as key_store
 from keys.lifecycle import Refused
+from keys.safeio import atomic_write
 from keys.signing import SigningKeys
+from tlog import note
 
 log = logging.getLogger("sealpost.gateway")
 
@@ -128,15 +131,20 @@ def _configure_logging(level: str) -> None:
 
 
 class _NotifyingSpool:
-    """The spool as the SMTP handler sees it: a put also wakes the scheduler."""
+    """The spool as the SMTP handler sees it: a put also wakes the scheduler, or the
+    statement log's writer when the message waits for its entry to be published."""
 
-    def __init__(self, spool: Spool, scheduler: Scheduler) -> None:
+    def __init__(self, spool: Spool, scheduler: Scheduler, writer: LogWriter | None) -> None:
         self._spool = spool
         self._scheduler = scheduler
+        self._writer = writer
 
     async def put(self, envelope: Envelope) -> str:
         queue_id = await self._spool.put(envelope)
-        self._scheduler.notify()
+        if envelope.log_entry is not None and self._writer is not None:
+            self._writer.notify()
+        else:
+            self._scheduler.notify()
         return queue_id
 
 
@@ -161,6 +169,44 @@ def initialise_keys(settings: Settings) -> None:
         )
     for line in key_dns.zone_lines(result.domain):
         print(line, flush=True)
+
+
+def log_config(settings: Settings, hostname: str) -> LogConfig | None:
+    """This node's statement log, from its key file and the key store's record of it. On
+    first start with `keys.init_domain` set (development), the key is made and registered."""
+    if not settings.log.key:
+        return None
+    key_file = Path(settings.log.key)
+    store_dir, public = Path(settings.keys.store), Path(settings.keys.public_archive)
+    if not key_file.exists():
+        if not settings.keys.init_domain:
+            raise ValueError(
+                f"log.key: no statement-log key at {key_file}; create it with "
+                'sealpost-keys log-key --origin ORIGIN --out FILE (or set log.key = "" to run '
+                "without the statement log)"
+            )
+        origin = f"{settings.keys.init_domain}/statements/{hostname}"
+        signer_text, verifier_text = note.generate_key(origin)
+        key_file.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(key_file, (signer_text + "\n").encode("ascii"), 0o600)
+        key_store.add_log(store_dir, public, origin, verifier_text)
+        log.warning("event=log_initialised origin=%s key=%s", origin, key_file)
+    signer = note.Signer.from_text(key_file.read_text(encoding="ascii").strip())
+    state = key_store.load_state(store_dir)
+    record = next((r for r in state.logs if r.origin == signer.name), None)
+    if record is None or record.key != signer.verifier().text():
+        raise ValueError(
+            f"log.key: the statement log {signer.name!r} is not registered in {store_dir} "
+            "with this key (sealpost-keys log-key registers it)"
+        )
+    return LogConfig(
+        directory=public / record.path,
+        signer=signer,
+        interval=settings.log.interval,
+        tsa_url=settings.log.tsa_url,
+        tsa_timeout=settings.log.tsa_timeout,
+        tsa_roots=tuple(pem.encode("ascii") for pem in state.tsa_roots),
+    )
 
 
 def _route(settings: Settings) -> Route:
@@ -214,13 +260,15 @@ def _handler(
     spool: Spool,
     scheduler: Scheduler,
     metrics: Metrics,
+    writer: LogWriter | None,
 ) -> Handler:
     limits = settings.limits
     return Handler(
         clients=settings.clients,
         signing_domains=SigningKeys(Path(settings.keys.store)).domains,
         sealer=sealer,
-        spool=_NotifyingSpool(spool, scheduler),
+        spool=_NotifyingSpool(spool, scheduler, writer),
+        log_entries=writer is not None,
         metrics=metrics,
         auth_guard=AuthGuard(
             limits.auth_max_failures_per_ip,
@@ -234,10 +282,17 @@ def _handler(
 
 
 def _scheduler(
-    settings: Settings, spool: Spool, delivery: Delivery, sealer: Sealer, metrics: Metrics
+    settings: Settings,
+    spool: Spool,
+    delivery: Delivery,
+    sealer: Sealer,
+    metrics: Metrics,
+    logging_on: bool,
 ) -> Scheduler:
-    async def seal_dsn(raw: bytes, domain: str) -> bytes:
-        return (await sealer.seal(raw, domain)).data
+    async def seal_dsn(raw: bytes, domain: str) -> bytes | Sealed:
+        sealed = await sealer.seal(raw, domain)
+        # A bounce is sealed like any mail, so with the log on it is logged like any mail.
+        return sealed if logging_on else sealed.data
 
     def count(states: Mapping[str, int]) -> None:
         metrics.delivered.inc(amount=states["delivered"])
@@ -280,14 +335,21 @@ async def run(settings: Settings) -> int:
                 per_destination=settings.delivery.concurrency_per_destination,
             )
             stack.push_async_callback(delivery.close)
-            scheduler = _scheduler(settings, spool, delivery, sealer, metrics)
+            logging_config = log_config(settings, hostname)
+            scheduler = _scheduler(
+                settings, spool, delivery, sealer, metrics, logging_config is not None
+            )
+            writer = None
+            if logging_config is not None:
+                writer = LogWriter(spool, logging_config, on_published=scheduler.notify)
+                stack.push_async_callback(writer.stop)
             metrics.queue_depth = spool.depth
             if settings.metrics.listen:
                 host, port = parse_listen(settings.metrics.listen)
                 metrics_server = await metrics_http.serve(metrics, host, port)
                 stack.callback(metrics_server.close)
             receiver = await server.start(
-                _handler(settings, sealer, spool, scheduler, metrics),
+                _handler(settings, sealer, spool, scheduler, metrics, writer),
                 _listeners(settings),
                 hostname=hostname,
                 tls=tls,
@@ -300,12 +362,21 @@ async def run(settings: Settings) -> int:
                 ),
                 sessions=Sessions(limits.max_connections, limits.max_connections_per_ip),
             )
-        except (OSError, ValueError, Refused, key_store.StoreError, SpoolError) as error:
+        except (
+            OSError,
+            ValueError,
+            Refused,
+            key_store.StoreError,
+            SpoolError,
+            LogError,
+        ) as error:
             # A port in use, an unreadable certificate or store: one readable line.
             log.error("event=start_failed error=%s", error)
             return EXIT_FAILED
         scheduler.start()
         stack.push_async_callback(scheduler.stop)
+        if writer is not None:
+            writer.start()
         log.info("event=started hostname=%s workers=%d", hostname, settings.sealing.workers)
 
         stop = asyncio.Event()

@@ -44,7 +44,17 @@ from gateway.spool import (
 
 log = logging.getLogger("sealpost.delivery")
 
-Seal = Callable[[bytes, str], Awaitable[bytes]]
+
+class SealedLike(Protocol):
+    @property
+    def data(self) -> bytes: ...
+
+    @property
+    def entry(self) -> bytes: ...
+
+
+# Seals a bounce; a result with a statement-log entry (gateway.seal.Sealed) has it logged.
+Seal = Callable[[bytes, str], Awaitable["bytes | SealedLike"]]
 # Told, after each recorded attempt, how many recipients became delivered / deferred /
 # bounced: the states as stored, which is what the metrics must count.
 OnRecorded = Callable[[Mapping[str, int]], None]
@@ -273,7 +283,10 @@ class Scheduler:
             arrival=datetime.fromtimestamp(message.received_at, UTC),
         )
         sealed = await self._seal(raw, domain)
-        dsn_id = await self._spool.put(Envelope("", [message.sender], sealed, client="dsn"))
+        data, entry = (sealed, None) if isinstance(sealed, bytes) else (sealed.data, sealed.entry)
+        dsn_id = await self._spool.put(
+            Envelope("", [message.sender], data, client="dsn", log_entry=entry or None)
+        )
         log.info(
             "event=dsn id=%s dsn_id=%s nrcpt=%d", message.id, dsn_id, len(failures)
         )  # fmt: skip

@@ -136,6 +136,20 @@ class DeliverySettings:
 
 
 @dataclass(frozen=True)
+class LogSettings:
+    """This node's statement log (tlog/): every seal gets an entry, committed with the
+    message; delivery waits until a published checkpoint covers it."""
+
+    # The log's private key (`sealpost-keys log-key`); "" turns the log off.
+    key: str = "var/log.key"
+    # Integrate waiting entries and publish a checkpoint at most this often (seconds).
+    interval: float = 2.0
+    # An RFC 3161 Time-Stamp Authority for every checkpoint; "" for none.
+    tsa_url: str = ""
+    tsa_timeout: float = 10.0
+
+
+@dataclass(frozen=True)
 class MetricsSettings:
     listen: str = "127.0.0.1:9125"  # "" turns the metrics endpoint off
 
@@ -175,6 +189,7 @@ class Settings:
     sealing: SealingSettings = field(default_factory=SealingSettings)
     spool: SpoolSettings = field(default_factory=SpoolSettings)
     delivery: DeliverySettings = field(default_factory=DeliverySettings)
+    log: LogSettings = field(default_factory=LogSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     clients: tuple[ClientSettings, ...] = field(default_factory=_default_clients)
 
@@ -356,6 +371,12 @@ def validate(settings: Settings) -> list[str]:
         errors.append("relay, submission, smtps: at least one listener must be on")
     if s.metrics.listen:
         _check(errors, "metrics.listen", parse_listen, s.metrics.listen)
+    if not 0.05 <= s.log.interval <= 60:
+        errors.append("log.interval: from 0.05 to 60 seconds (recipients wait for it)")
+    if s.log.tsa_timeout <= 0:
+        errors.append("log.tsa_timeout: must be more than 0 seconds")
+    if s.log.tsa_url and not s.log.tsa_url.startswith(("http://", "https://")):
+        errors.append("log.tsa_url: an http:// or https:// URL")
     tls_needed = bool(s.submission.listen or s.smtps.listen)
     if tls_needed and not s.tls.self_signed:
         for name, value in (("certificate", s.tls.certificate), ("key", s.tls.key)):

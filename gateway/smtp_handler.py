@@ -47,6 +47,9 @@ class SealedLike(Protocol):
     @property
     def documents(self) -> tuple[str, ...]: ...
 
+    @property
+    def entry(self) -> bytes: ...
+
 
 class SealerLike(Protocol):
     async def seal(self, raw: bytes, domain: str) -> SealedLike: ...
@@ -481,6 +484,7 @@ class Handler:
         auth_guard: AuthGuard,
         max_recipients: int,
         max_line_length: int,
+        log_entries: bool = False,
     ) -> None:
         clients = tuple(clients)
         self._directory = ClientDirectory(clients)
@@ -494,6 +498,8 @@ class Handler:
         self._guard = auth_guard
         self._max_recipients = max_recipients
         self._max_line_length = max_line_length
+        # With the statement log on, each message's entry is committed with it.
+        self._log_entries = log_entries
 
     # -- session start
 
@@ -651,7 +657,11 @@ class Handler:
         try:
             queue_id = await self._spool.put(
                 SpoolEnvelope(
-                    sender=sender, recipients=recipients, data=sealed.data, client=client.name
+                    sender=sender,
+                    recipients=recipients,
+                    data=sealed.data,
+                    client=client.name,
+                    log_entry=sealed.entry if self._log_entries else None,
                 )
             )
         except Exception as error:

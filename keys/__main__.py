@@ -231,6 +231,11 @@ def build_parser() -> argparse.ArgumentParser:
     log_key.add_argument(
         "--tsa-root", type=Path, help="PEM root of the Time-Stamp Authority certifying checkpoints"
     )
+    log_key.add_argument(
+        "--exist-ok",
+        action="store_true",
+        help="if --out already holds the registered key of this origin, change nothing",
+    )
 
     listing = command("list", "Show every key and certificate with its state and dates.")
     listing.add_argument("--domain", help="only this domain")
@@ -508,6 +513,9 @@ def cmd_log_key(args: argparse.Namespace, now: dt.datetime | None) -> int:
         raise ValueError(f"{args.origin!r} cannot be a log origin (no spaces, no '+')")
     tsa_root = args.tsa_root.read_text(encoding="ascii") if args.tsa_root else None
     if args.out.exists():
+        if args.exist_ok and _registered(args, args.out.read_text(encoding="ascii").strip()):
+            print(f"The statement log {args.origin} is registered with the key in {args.out}.")
+            return EXIT_OK
         raise Refused(f"{args.out} exists: a log key is never overwritten")
     signer, verifier = note.generate_key(args.origin)
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -523,6 +531,18 @@ def cmd_log_key(args: argparse.Namespace, now: dt.datetime | None) -> int:
     print(f"Registered it in the public archive: {verifier}")
     print(f"Its tiles and checkpoints go to {args.public / added.path}.")
     return EXIT_OK
+
+
+def _registered(args: argparse.Namespace, signer_text: str) -> bool:
+    try:
+        signer = note.Signer.from_text(signer_text)
+    except note.NoteError as exc:
+        raise Refused(f"{args.out} holds no statement-log key: {exc}") from exc
+    logs = store.load_state(args.store).logs
+    return any(
+        log.origin == args.origin == signer.name and log.key == signer.verifier().text()
+        for log in logs
+    )
 
 
 def cmd_list(args: argparse.Namespace, now: dt.datetime | None) -> int:

@@ -5,7 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import queue
+import re
 import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
 
 DOMAIN = "caisses.example"
 # Not a real PDF: sealing and verification look at the content type and the bytes only.
@@ -42,3 +52,44 @@ async def scrape(port: int) -> str:
         response = await reader.read()
     writer.close()
     return response.decode()
+
+
+ROOT = Path(__file__).resolve().parents[1]
+TSA_SCRIPT = ROOT / "scripts" / "tsa.py"
+START_TIMEOUT_S = 60.0
+
+
+@dataclass(frozen=True)
+class Tsa:
+    url: str
+    ca_pem: Path
+
+
+def start_tsa(directory: Path) -> Iterator[Tsa]:
+    """Runs scripts/tsa.py (a local RFC 3161 TSA on openssl ts) until the caller is done."""
+    process = subprocess.Popen(
+        [sys.executable, str(TSA_SCRIPT), str(directory), "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    lines: queue.Queue[str] = queue.Queue()
+    assert process.stdout is not None
+    stdout = process.stdout
+    threading.Thread(target=lambda: lines.put(stdout.readline()), daemon=True).start()
+    try:
+        try:
+            first = lines.get(timeout=START_TIMEOUT_S)
+        except queue.Empty:
+            pytest.fail(f"scripts/tsa.py did not start within {START_TIMEOUT_S}s")
+        match = re.search(r"http://127\.0\.0\.1:(\d+)/", first)
+        assert match, f"scripts/tsa.py printed {first!r}, rc={process.poll()}"
+        yield Tsa(match.group(0), directory / "ca.pem")
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+        stdout.close()

@@ -74,6 +74,7 @@ OTHER_VALUES = {
     "gateway.log_level": "debug",
     "delivery.route": "mx",
     "delivery.smarthost_tls": "opportunistic",
+    "log.tsa_url": "http://127.0.0.1:1/tsa",
 }
 
 

@@ -80,6 +80,7 @@ def create_app(settings: Settings) -> Starlette:
         Route("/api/v1/verify", endpoints.api_verify, methods=["POST"]),
         Route("/api/v1/openapi.json", endpoints.api_openapi, methods=["GET"]),
         Route("/healthz", endpoints.healthz, methods=["GET"]),
+        Route("/log/{path:path}", endpoints.log_file, methods=["GET"]),
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
     ]
     app = Starlette(routes=routes, exception_handlers={HTTPException: endpoints.http_error})

@@ -16,6 +16,7 @@ import dkim
 from dkim.util import InvalidTagValueList, parse_tag_value
 
 from keys.archive import PublicDkimKey, format_time
+from tlog.entry import dkim_seal_hash
 from verifier import headers
 from verifier.report import DkimCheck, DkimStatus, KeyInfo
 from verifier.service import outside_service, retired_at
@@ -136,7 +137,12 @@ def _check_one(verifier: Any, idx: int, value: bytes, trust: Trust) -> DkimCheck
     if key is None:
         return _with(check, status=DkimStatus.UNKNOWN_KEY, reason="unknown_selector")
     info = _key_info(key)
-    check = _with(check, key=info)
+    check = _with(
+        check,
+        key=info,
+        seal_sha256=dkim_seal_hash(tags.get(b"b", b"")),
+        signed_at=_stated_time(tags.get(b"t")),
+    )
     if algorithm == "rsa-sha1":
         return _with(check, reason="weak_algorithm", detail="a=rsa-sha1 (RFC 8301)")
     if _ALGORITHMS.get(algorithm) != key.algorithm:
@@ -165,6 +171,15 @@ def _check_one(verifier: Any, idx: int, value: bytes, trust: Trust) -> DkimCheck
     if outside is not None:
         return _with(check, reason=outside[0], detail=outside[1])
     return _with(check, status=DkimStatus.PASS)
+
+
+def _stated_time(stamp: bytes | None) -> dt.datetime | None:
+    if stamp is None or not stamp.strip().isdigit():
+        return None
+    try:
+        return dt.datetime.fromtimestamp(int(stamp.strip()), dt.UTC)
+    except (OverflowError, ValueError, OSError):
+        return None
 
 
 def _outside_service(key: PublicDkimKey, stamp: bytes | None) -> tuple[str, str] | None:

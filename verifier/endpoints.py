@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -16,12 +17,13 @@ import jinja2
 from cryptography.hazmat.primitives.serialization import Encoding
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
 
 from keys.archive import ArchiveError
 from verifier import i18n
 from verifier import upload as uploads
 from verifier.formdata import FormError, FormPart, parse_form
+from verifier.log_check import LogUnavailable
 from verifier.ratelimit import RateLimiter
 from verifier.report import Report, Verdict
 from verifier.serialize import openapi, report_json
@@ -200,6 +202,11 @@ async def run_checks(request: Request, upload: Upload) -> Report:
 
     try:
         return await anyio.to_thread.run_sync(work, limiter=services(request).check_slots())
+    except LogUnavailable as exc:
+        # Whether these seals are in the statement log cannot be told now: no verdict rather
+        # than a wrong one. The reason names a file of ours, never the upload.
+        log.error("statement log unavailable: %s", exc)
+        raise Unavailable from exc
     except Exception as exc:  # never a stack trace to the user; never the upload in a log
         log.error("verification failed with %s", type(exc).__name__)
         return not_email("unreadable")
@@ -267,6 +274,29 @@ async def root_pem(request: Request) -> Response:
         media_type="application/x-pem-file",
         headers={"Content-Disposition": 'attachment; filename="root.pem"'},
     )
+
+
+_LOG_PATH = re.compile(r"[A-Za-z0-9.-]+(/[A-Za-z0-9.-]+)*")
+
+
+async def log_file(request: Request) -> Response:
+    """The statement logs as published (C2SP tlog-tiles), read-only: tiles, checkpoints,
+    their timestamps and the index, for witnesses, insurers and their own tools."""
+    relative = request.path_params["path"]
+    if not _LOG_PATH.fullmatch(relative) or ".." in relative.split("/"):
+        raise HTTPException(404)
+    root = (services(request).settings.archive_dir / "log").resolve()
+    path = (root / relative).resolve()
+    if root not in path.parents or not path.is_file() or path.name.startswith("."):
+        raise HTTPException(404)
+    name = path.name
+    if relative.split("/")[1:2] == ["tile"]:
+        media_type = "application/octet-stream"
+    elif name.endswith(".tsr"):
+        media_type = "application/timestamp-reply"
+    else:
+        media_type = "text/plain; charset=utf-8"
+    return FileResponse(path, media_type=media_type)
 
 
 async def http_error(request: Request, exc: Exception) -> Response:

@@ -75,6 +75,14 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "A signature was made with a fund key outside its time of service (before it was "
         "put into service or after it was retired): the fund did not make it.",
     ),
+    "reason_not_logged": (
+        "Ce sceau a été fait après la mise en service du journal des décomptes, mais le "
+        "journal ne le contient pas : la Caisse ne l'a pas émis (clé volée, ou entrée "
+        "retirée du journal).",
+        "This seal was made after the statement log was put into service, but the log does "
+        "not hold it: the fund did not issue it (a stolen key, or an entry removed from the "
+        "log).",
+    ),
     "reason_document_invalid": (
         "Au moins un document ne correspond pas à sa signature, ou a été signé par une clé "
         "qui n'est pas celle de la Caisse. Ne vous y fiez pas.",
@@ -187,6 +195,11 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "la signature n'indique pas son heure (t=), que la Caisse écrit toujours",
         "the signature does not state its time (t=), which the fund always writes",
     ),
+    "dkim_reason_logged_before_compromise": (
+        "clé révoquée depuis, mais le journal prouve que la signature existait avant la "
+        "compromission",
+        "key revoked since, but the log proves the signature existed before the compromise",
+    ),
     "dkim_reason_malformed": ("signature mal formée", "malformed signature"),
     "dkim_reason_expired": ("signature expirée", "expired signature"),
     "dkim_reason_algorithm_mismatch": (
@@ -287,6 +300,11 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "le certificat signataire n'est pas fait pour signer des documents",
         "the signing certificate is not made for signing documents",
     ),
+    "doc_reason_logged_before_compromise": (
+        "certificat révoqué depuis, mais le journal prouve que la signature existait avant la "
+        "compromission",
+        "certificate revoked since, but the log proves the signature existed before the compromise",
+    ),
     "doc_reason_no_signature": (
         "la Caisse n'a pas scellé ce fichier (aucun .p7s ne l'accompagne)",
         "the fund did not seal this file (no .p7s comes with it)",
@@ -333,6 +351,24 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "Caisse : elles sont listées ci-dessous et ne viennent pas de la Caisse.",
         "The forward also carries attachments of its own, outside the fund's message: they "
         "are listed below and do not come from the fund.",
+    ),
+    "warning_sealed_before_log": (
+        "Ce décompte a été scellé avant la mise en service du journal des décomptes : il est "
+        "vérifié selon les règles d'alors, sans preuve extérieure de sa date.",
+        "This statement was sealed before the statement log existed: it is checked by the "
+        "rules of that time, without outside proof of its date.",
+    ),
+    "warning_log_time_not_certified": (
+        "Le décompte figure au journal, mais aucun horodatage (RFC 3161) ne certifie encore "
+        "l'heure de son inscription.",
+        "The statement is in the log, but no RFC 3161 timestamp certifies the time it was "
+        "logged yet.",
+    ),
+    "warning_logged_before_compromise": (
+        "Une clé utilisée a été révoquée depuis ; le journal prouve que ce décompte a été "
+        "scellé avant la compromission : il reste authentique.",
+        "A key used here was revoked since; the log proves this statement was sealed before "
+        "the compromise: it stays authentic.",
     ),
     "warning_header_defects": (
         "L'en-tête du message contient ce que la Caisse n'émet jamais ; l'expéditeur et "
@@ -470,6 +506,32 @@ MESSAGES: dict[str, tuple[str, str]] = {
     "signing_time": ("Date de signature", "Signing time"),
     "technical": ("Détail technique", "Technical detail"),
     "warnings": ("Avertissements", "Warnings"),
+    "log_section": ("Journal des décomptes", "Statement log"),
+    "log_logged": (
+        "Scellé et inscrit au journal {origin}, entrée n° {index}.",
+        "Sealed and logged in {origin}, entry {index}.",
+    ),
+    "log_time": (
+        "Heure d'inscription certifiée par {tsa} : {when}.",
+        "Time of logging certified by {tsa}: {when}.",
+    ),
+    "log_not_logged": (
+        "Absent du journal, alors que le journal existait quand ce sceau a été fait.",
+        "Not in the log, although the log existed when this seal was made.",
+    ),
+    "log_before_log": (
+        "Scellé avant la mise en service du journal.",
+        "Sealed before the statement log existed.",
+    ),
+    "log_tree_size": ("Taille de l'arbre", "Tree size"),
+    "log_leaf_hash": ("Empreinte de la feuille (RFC 9162)", "Leaf hash (RFC 9162)"),
+    "log_entry": ("Entrée", "Entry"),
+    "log_checkpoint": ("Point de contrôle signé", "Signed checkpoint"),
+    "log_proof": ("Preuve d'inclusion", "Inclusion proof"),
+    "log_cosigners": (
+        "Autres signatures (témoins ; non vérifiées ici)",
+        "Other signatures (witnesses; not verified here)",
+    ),
     "check_another": ("Vérifier un autre e-mail", "Check another email"),
     "openssl_title": ("Vérifier un document avec openssl", "Check a document with openssl"),
     "openssl_intro": (
@@ -514,6 +576,23 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "A signing certificate is valid for about thirteen months. For an older document, "
         "add -attime followed by the signing time in seconds since 1970 (for example "
         "-attime 1772341200), so that openssl checks at that date.",
+    ),
+    "openssl_log_title": ("Ce qu'openssl ne vérifie pas", "What openssl does not check"),
+    "openssl_log_rules": (
+        "openssl vérifie qu'un document correspond à sa signature et que celle-ci vient de la "
+        "Caisse. Ce service vérifie en plus le journal des décomptes, tenu par la Caisse et "
+        "horodaté par une autorité extérieure : un sceau fait avec une clé révoquée depuis "
+        "reste authentique s'il figure au journal avant la compromission ; un sceau fait "
+        "après la mise en service du journal et absent de celui-ci n'est jamais authentique, "
+        "quelle que soit sa clé ; les décomptes scellés avant le journal gardent les règles "
+        "d'alors. Le journal est public (/log/) et se vérifie avec tout outil RFC 9162.",
+        "openssl checks that a document matches its signature and that the signature comes "
+        "from the fund. This service also checks the statement log, kept by the fund and "
+        "timestamped by an outside authority: a seal made with a key revoked since stays "
+        "authentic if the log holds it from before the compromise; a seal made after the log "
+        "was put into service and absent from it is never authentic, whatever its key; "
+        "statements sealed before the log keep the rules of that time. The log is public "
+        "(/log/) and can be checked with any RFC 9162 tool.",
     ),
     "openssl_fingerprint_cmd": (
         "Pour calculer l'empreinte du certificat téléchargé :",

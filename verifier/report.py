@@ -23,6 +23,12 @@ states: the signing time is written by the signer, so whoever holds a stolen key
 backdate it, and a "document authentic" answer would let it through. The insurer asks the
 fund for a fresh copy.
 
+Statement log: once a log exists (its start in the archive), a seal made after that start
+and found in no log is ``tampered`` (``not_logged``), whatever its key. A seal whose entry
+is in a checkpoint that a Time-Stamp Authority dated before its key's compromise keeps
+its value after revocation (``logged_before_compromise``). Seals made before the log
+existed keep the rules above, with a note.
+
 Keys out of service: a generation's private keys are destroyed when it retires, so a
 signature whose own time (DKIM ``t=``, CMS signingTime) falls after its key's retirement,
 or before its activation, was not made by the fund's gateway: ``tampered``
@@ -81,6 +87,10 @@ class DkimCheck:
     reason: str | None = None
     detail: str | None = None  # technical detail, shown below the plain words
     key: KeyInfo | None = None
+    # For the fund's signatures: the digest that names it in the statement log, and the
+    # time it states (t=).
+    seal_sha256: str | None = None
+    signed_at: dt.datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -111,6 +121,7 @@ class DocumentCheck:
     signer: SignerInfo | None = None
     signing_time: dt.datetime | None = None
     key: KeyInfo | None = None
+    seal_sha256: str | None = None  # SHA-256 of the .p7s: names it in the statement log
 
 
 @dataclass(frozen=True)
@@ -133,6 +144,31 @@ class MessageInfo:
 
 
 @dataclass(frozen=True)
+class LogProof:
+    """Where the statement log holds the seals, with what an insurer needs to check it
+    offline with any RFC 9162 verifier: the entry, its inclusion proof, the checkpoint."""
+
+    origin: str
+    index: int
+    entry: str
+    leaf_hash: str  # hex
+    tree_size: int
+    checkpoint: str  # the signed note, as published
+    proof: tuple[str, ...]  # base64 hashes, RFC 9162 inclusion proof for tree_size
+    logged_at: dt.datetime | None = None  # certified by the TSA's token on that checkpoint
+    tsa: str | None = None
+    cosigners: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class LogCheck:
+    # logged: in a checkpoint of a log the archive lists; not_logged: sealed after the log
+    # started, and in none; before_log: sealed before the log existed (today's rules).
+    status: str
+    proof: LogProof | None = None
+
+
+@dataclass(frozen=True)
 class Report:
     verdict: Verdict
     reason: str  # an i18n key explaining the verdict in one sentence
@@ -141,6 +177,7 @@ class Report:
     documents: tuple[DocumentCheck, ...] = ()
     warnings: tuple[str, ...] = ()  # i18n keys
     forwarded: bool = False  # the verdict is about a message found inside a forward
+    log: LogCheck | None = None  # None: the archive lists no statement log
 
 
 # A signature made by a key outside its time of service: the fund did not make it.
@@ -151,7 +188,9 @@ HEADER_REASONS = frozenset({"headers_malformed", "header_not_signed"})
 
 
 def decide(
-    dkim: tuple[DkimCheck, ...], documents: tuple[DocumentCheck, ...]
+    dkim: tuple[DkimCheck, ...],
+    documents: tuple[DocumentCheck, ...],
+    log: LogCheck | None = None,
 ) -> tuple[Verdict, str]:
     """The verdict and its reason key, from the individual checks (rules in the module doc)."""
     signed = [d for d in documents if d.status is not DocStatus.UNSIGNED]
@@ -165,6 +204,8 @@ def decide(
         return Verdict.TAMPERED, "reason_out_of_service"
     if any(d.status is DocStatus.INVALID for d in documents):
         return Verdict.TAMPERED, "reason_document_invalid"
+    if log is not None and log.status == "not_logged":
+        return Verdict.TAMPERED, "reason_not_logged"
     dkim_pass = any(s.status is DkimStatus.PASS for s in dkim)
     if dkim_pass:
         return Verdict.AUTHENTIC, "reason_authentic"
@@ -194,6 +235,10 @@ def warnings_for(
         found.append("warning_revoked_key")
     if message.defects:
         found.append("warning_header_defects")
+    if any(c.reason == "logged_before_compromise" for c in dkim) or any(
+        d.reason == "logged_before_compromise" for d in documents
+    ):
+        found.append("warning_logged_before_compromise")
     statuses = {s.status for s in dkim}
     if DkimStatus.PASS in statuses and statuses & {DkimStatus.FAIL, DkimStatus.INVALID}:
         found.append("warning_some_dkim_failed")
@@ -207,3 +252,13 @@ def warnings_for(
     if message.line_ends != "crlf":
         found.append("warning_lf_line_ends")
     return tuple(found)
+
+
+def log_warnings(log: LogCheck | None) -> tuple[str, ...]:
+    if log is None:
+        return ()
+    if log.status == "before_log":
+        return ("warning_sealed_before_log",)
+    if log.status == "logged" and log.proof is not None and log.proof.logged_at is None:
+        return ("warning_log_time_not_certified",)
+    return ()

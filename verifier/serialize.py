@@ -8,7 +8,7 @@ from typing import Any
 
 from keys.archive import format_time
 from verifier.i18n import Translate
-from verifier.report import DkimCheck, DocumentCheck, KeyInfo, Report, SignerInfo
+from verifier.report import DkimCheck, DocumentCheck, KeyInfo, LogCheck, Report, SignerInfo
 
 API_VERSION = "1"
 
@@ -75,6 +75,25 @@ def _document(check: DocumentCheck, t: Translate) -> dict[str, Any]:
     }
 
 
+def _log(log: LogCheck | None) -> dict[str, Any] | None:
+    if log is None:
+        return None
+    proof = log.proof
+    return {
+        "status": log.status,
+        "origin": proof.origin if proof else None,
+        "index": proof.index if proof else None,
+        "entry": proof.entry if proof else None,
+        "leaf_hash": proof.leaf_hash if proof else None,
+        "tree_size": proof.tree_size if proof else None,
+        "checkpoint": proof.checkpoint if proof else None,
+        "inclusion_proof": list(proof.proof) if proof else None,
+        "logged_at": _time(proof.logged_at) if proof else None,
+        "tsa": proof.tsa if proof else None,
+        "cosigners": list(proof.cosigners) if proof else [],
+    }
+
+
 def report_json(report: Report, t: Translate, lang: str) -> dict[str, Any]:
     info = report.message
     return {
@@ -101,6 +120,7 @@ def report_json(report: Report, t: Translate, lang: str) -> dict[str, Any]:
         "dkim": [_dkim(c, t) for c in report.dkim],
         "documents": [_document(c, t) for c in report.documents],
         "warnings": [{"code": w, "message": t(w)} for w in report.warnings],
+        "log": _log(report.log),
     }
 
 
@@ -273,6 +293,16 @@ def openapi() -> dict[str, Any]:
                                     "key": key,
                                 },
                             },
+                        },
+                        "log": {
+                            "type": ["object", "null"],
+                            "description": (
+                                "The statement log: status logged, not_logged or before_log; "
+                                "when logged, the entry, its RFC 9162 inclusion proof "
+                                "(base64 hashes) for tree_size, and the signed checkpoint "
+                                "(C2SP), with the time an RFC 3161 token certifies. null "
+                                "when the fund has no statement log."
+                            ),
                         },
                         "warnings": {
                             "type": "array",

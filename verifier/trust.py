@@ -21,8 +21,11 @@ _CHAIN_CACHE_MAX = 1024
 
 
 class Trust:
-    def __init__(self, archive: PublicArchive) -> None:
+    def __init__(self, archive: PublicArchive, directory: Path | None = None) -> None:
         self.archive = archive
+        # Where the archive lies: its statement logs are read relative to it.
+        self.directory = directory
+        self.tsa_roots = [pem.encode("ascii") for pem in archive.tsa_roots]
         self.domains = archive.domains
         self.roots: tuple[x509.Certificate, ...] = tuple(
             x509.load_pem_x509_certificate(r.pem.encode("ascii")) for r in archive.roots
@@ -83,5 +86,5 @@ class TrustSource:
         with self._lock:
             archive = self._watcher.get()
             if self._trust is None or self._trust.archive is not archive:
-                self._trust = Trust(archive)
+                self._trust = Trust(archive, self._watcher.directory)
             return self._trust

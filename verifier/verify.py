@@ -8,20 +8,27 @@ import dataclasses
 import datetime as dt
 import hashlib
 
-from verifier import intake
+from tlog.entry import decode, p7s_seal_hash
+from verifier import intake, log_check
 from verifier.cms_check import check_document, signed_digest
 from verifier.dkim_check import check_dkim, covered_fields, signature_domain
 from verifier.report import (
+    HEADER_REASONS,
+    OUT_OF_SERVICE,
     DkimCheck,
     DkimStatus,
     DocStatus,
     DocumentCheck,
+    KeyInfo,
+    LogCheck,
     MessageInfo,
     Report,
     Verdict,
     decide,
+    log_warnings,
     warnings_for,
 )
+from verifier.service import CLOCK_SKEW
 from verifier.settings import Limits
 from verifier.trust import Trust
 
@@ -87,7 +94,10 @@ def _verify(
         if upload.dkim_signatures
         else ()
     )
-    verdict, reason = decide(dkim, documents)
+    log = _log(trust, dkim, documents)
+    if log is not None and log.status == "logged":
+        dkim, documents = _logged_before_compromise(log, dkim, documents)
+    verdict, reason = decide(dkim, documents, log)
     message = intake.describe(upload, _vouched_fields(upload, dkim))
     return Report(
         verdict=verdict,
@@ -95,8 +105,85 @@ def _verify(
         message=message,
         dkim=dkim,
         documents=documents,
-        warnings=warnings_for(dkim, documents, message),
+        warnings=(*warnings_for(dkim, documents, message), *log_warnings(log)),
+        log=log,
     )
+
+
+# The fund's seals that verified with its keys, whatever their keys' state: these must be
+# in the statement log.
+_SEALS_DKIM = frozenset({DkimStatus.PASS, DkimStatus.REVOKED})
+
+
+def _fund_seals(
+    dkim: tuple[DkimCheck, ...], documents: tuple[DocumentCheck, ...]
+) -> list[tuple[str, dt.datetime | None]]:
+    seals = [
+        (c.seal_sha256, c.signed_at)
+        for c in dkim
+        if c.seal_sha256
+        and (c.status in _SEALS_DKIM or c.reason in OUT_OF_SERVICE or c.reason in HEADER_REASONS)
+    ]
+    seals.extend(
+        (d.seal_sha256, d.signing_time)
+        for d in documents
+        if d.seal_sha256 and (d.status is not DocStatus.INVALID or d.reason in OUT_OF_SERVICE)
+    )
+    return seals
+
+
+def _log(
+    trust: Trust, dkim: tuple[DkimCheck, ...], documents: tuple[DocumentCheck, ...]
+) -> LogCheck | None:
+    """Where the statement log stands on these seals (None: no log, or nothing to look for).
+    Raises log_check.LogUnavailable when a listed log cannot be read."""
+    started = trust.archive.log_started_at
+    seals = _fund_seals(dkim, documents)
+    if started is None or trust.directory is None or not seals:
+        return None
+    proof = log_check.find(
+        (digest for digest, _ in seals), trust.archive.logs, trust.directory, trust.tsa_roots
+    )
+    if proof is not None:
+        return LogCheck("logged", proof)
+    stated = [when for _, when in seals if when is not None]
+    if stated and min(stated) < started - CLOCK_SKEW:
+        return LogCheck("before_log")
+    return LogCheck("not_logged")
+
+
+def _logged_before_compromise(
+    log: LogCheck, dkim: tuple[DkimCheck, ...], documents: tuple[DocumentCheck, ...]
+) -> tuple[tuple[DkimCheck, ...], tuple[DocumentCheck, ...]]:
+    """A seal whose entry a TSA dated before its key's compromise was made by the fund:
+    the revocation does not undo it."""
+    proof = log.proof
+    if proof is None or proof.logged_at is None:
+        return dkim, documents
+    logged_at = proof.logged_at
+    named = set(decode(proof.entry.encode("ascii")).seals)
+
+    def before(key: KeyInfo | None, digest: str | None) -> bool:
+        return (
+            key is not None
+            and key.compromised_at is not None
+            and digest in named
+            and logged_at < key.compromised_at
+        )
+
+    dkim = tuple(
+        dataclasses.replace(c, status=DkimStatus.PASS, reason="logged_before_compromise")
+        if c.status is DkimStatus.REVOKED and before(c.key, c.seal_sha256)
+        else c
+        for c in dkim
+    )
+    documents = tuple(
+        dataclasses.replace(d, status=DocStatus.VALID, reason="logged_before_compromise")
+        if d.status is DocStatus.REVOKED and before(d.key, d.seal_sha256)
+        else d
+        for d in documents
+    )
+    return dkim, documents
 
 
 def _vouched_fields(upload: intake.Upload, dkim: tuple[DkimCheck, ...]) -> set[int] | None:
@@ -197,6 +284,7 @@ def _documents(
                 check,
                 content_type="" if chosen is None else chosen.content_type,
                 kind="document" if chosen is None else _kind(chosen),
+                seal_sha256=p7s_seal_hash(signature.decoded()),
             )
         )
     checks.extend(_unsealed(a) for a in files if id(a) not in paired)

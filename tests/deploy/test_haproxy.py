@@ -25,6 +25,7 @@ import aiosmtplib
 import pytest
 
 from keys import store as key_store
+from keys.__main__ import main as keys_main
 from tests.deploy.services import Service, environment, eventually, wait_for_port
 from tests.gateway.conftest import Peer, start_peer
 from tests.support import DOMAIN, free_port, scrape, statement
@@ -60,6 +61,9 @@ public_archive = "{public}"
 init_domain = ""
 [sealing]
 workers = 0
+[log]
+key = "{node / "log.key"}"
+interval = 0.2
 [spool]
 path = "{node / "spool"}"
 [delivery]
@@ -148,6 +152,12 @@ async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
     for i, (relay, metrics_port) in enumerate(zip(relays, metrics, strict=True), start=1):
         node = tmp_path / f"gw{i}"
         node.mkdir()
+        # Each node writes its own statement log, with its own origin and key.
+        code = keys_main(
+            ["--store", str(keys), "--public", str(public), "log-key",
+             "--origin", f"{DOMAIN}/statements/gw{i}", "--out", str(node / "log.key")]
+        )  # fmt: skip
+        assert code == 0
         config = node / "gateway.toml"
         config.write_text(gateway_config(node, keys, public, relay, metrics_port, peer.port))
         gateways.append(
@@ -295,3 +305,14 @@ async def test_one_node_killed_mid_stream_loses_nothing(cluster: Cluster) -> Non
     received = re.search(r"^sealpost_messages_received_total (\d+)$", survivor_metrics, re.M)
     assert received is not None
     assert int(received[1]) >= len(during)
+    # Each node logged every seal it made in its own statement log (tlog-tiles, its own
+    # origin): between them, at least one entry per acknowledged message.
+    from tlog import note
+
+    sizes = []
+    for i in (1, 2):
+        directory = cluster.keys.parent / "public" / "log" / f"{DOMAIN}-statements-gw{i}"
+        text = (directory / "checkpoint").read_text()
+        sizes.append(note.Checkpoint.parse(text.split("\n\n")[0] + "\n").size)
+    assert all(size > 0 for size in sizes)
+    assert sum(sizes) >= len(outcomes.accepted)

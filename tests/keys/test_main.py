@@ -488,3 +488,10 @@ def test_log_key_writes_a_private_key_apart_and_registers_the_log(cli: Cli, tmp_
     again = cli("log-key", "--origin", "caisses.example/statements/gw2", "--out", str(key_file))
     assert again[0] == EXIT_REFUSED
     assert key_file.read_text().strip() == signer.text()
+    # What a container's one-shot init runs at every start: the same key, nothing changes.
+    assert cli("log-key", "--origin", origin, "--out", str(key_file), "--exist-ok")[0] == EXIT_OK
+    other = cli(
+        "log-key", "--origin", "caisses.example/statements/gw2", "--out", str(key_file),
+        "--exist-ok",
+    )  # fmt: skip
+    assert other[0] == EXIT_REFUSED

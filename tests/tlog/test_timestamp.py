@@ -8,70 +8,28 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import queue
 import re
 import subprocess
-import sys
-import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 
+from tests.support import Tsa, start_tsa
 from tlog import timestamp
 from tlog.note import Checkpoint, Signer, generate_key, sign_note
 from tlog.timestamp import TimestampError
 
-ROOT = Path(__file__).resolve().parents[2]
-TSA_SCRIPT = ROOT / "scripts" / "tsa.py"
-START_TIMEOUT_S = 60.0
-
-
-@dataclass(frozen=True)
-class Tsa:
-    url: str
-    ca_pem: Path
-
-
-def _start_tsa(directory: Path) -> Iterator[Tsa]:
-    process = subprocess.Popen(
-        [sys.executable, str(TSA_SCRIPT), str(directory), "--port", "0"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    lines: queue.Queue[str] = queue.Queue()
-    assert process.stdout is not None
-    stdout = process.stdout
-    threading.Thread(target=lambda: lines.put(stdout.readline()), daemon=True).start()
-    try:
-        try:
-            first = lines.get(timeout=START_TIMEOUT_S)
-        except queue.Empty:
-            pytest.fail(f"scripts/tsa.py did not start within {START_TIMEOUT_S}s")
-        match = re.search(r"http://127\.0\.0\.1:(\d+)/", first)
-        assert match, f"scripts/tsa.py printed {first!r}, rc={process.poll()}"
-        yield Tsa(match.group(0), directory / "ca.pem")
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
-        stdout.close()
-
 
 @pytest.fixture(scope="module")
 def tsa(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tsa]:
-    yield from _start_tsa(tmp_path_factory.mktemp("tsa"))
+    yield from start_tsa(tmp_path_factory.mktemp("tsa"))
 
 
 @pytest.fixture(scope="module")
 def other_tsa(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tsa]:
-    yield from _start_tsa(tmp_path_factory.mktemp("other-tsa"))
+    yield from start_tsa(tmp_path_factory.mktemp("other-tsa"))
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,237 @@
+"""This node's statement log: the entries the spool committed with their messages go into
+the C2SP tiles, and a signed checkpoint (RFC 3161-timestamped when a TSA is configured)
+is published at least every `interval` seconds while entries wait. Their messages are
+released for delivery only then, so no recipient reads a statement the log lacks.
+
+Files, under the log's directory in the public archive (any static server can serve it):
+
+    tile/...                  C2SP tlog-tiles: hash tiles and entry bundles
+    checkpoint                the latest signed checkpoint (C2SP checkpoint, signed note)
+    checkpoints/<size>        every checkpoint ever published, kept: a statement's time of
+    checkpoints/<size>.tsr    logging is proven by the first one covering it, and its token
+    index/<hh>                "<seal digest hex> <entry index>" lines, by first byte
+
+Order on disk, for crashes: tiles, then the timestamp, then the checkpoint files, then the
+index, then the spool's commit that releases the messages. A crash between two steps is
+found at the next start (tiles ahead of the spool) and finished without appending twice.
+A checkpoint is never signed unless the previous one is consistent with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from gateway.spool import Spool
+from keys.safeio import atomic_write
+from tlog import merkle, note, timestamp
+from tlog.entry import EntryError, decode
+from tlog.tiles import TileStore
+
+log = logging.getLogger("sealpost.log")
+
+CHECKPOINT = "checkpoint"
+HISTORY = "checkpoints"
+INDEX = "index"
+PUBLIC_FILE_MODE = 0o644
+# Entries integrated in one checkpoint at most: a backlog after an outage drains in steps.
+BATCH = 20_000
+# With nothing new, look again this often anyway (a failed round, a TSA back up).
+RETRY = 30.0
+
+
+class LogError(Exception):
+    """The log cannot go on safely (its files disagree with the spool or with themselves)."""
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    directory: Path
+    signer: note.Signer
+    interval: float = 2.0
+    tsa_url: str = ""
+    tsa_timeout: float = 10.0
+    tsa_roots: tuple[bytes, ...] = ()
+
+    @property
+    def origin(self) -> str:
+        return self.signer.name
+
+
+@dataclass(frozen=True)
+class Published:
+    size: int
+    timestamped: bool
+
+
+class LogWriter:
+    def __init__(
+        self,
+        spool: Spool,
+        config: LogConfig,
+        on_published: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._spool = spool
+        self._config = config
+        self._on_published = on_published
+        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sealpost-log")
+        self._tiles = TileStore(config.directory)
+        self._verifier = config.signer.verifier()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.published_size = -1
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="sealpost-log")
+
+    def notify(self) -> None:
+        """A message with an entry was committed: integrate it within `interval`."""
+        self._wake.set()
+
+    async def stop(self) -> None:
+        """Publish what the spool holds, then stop."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.wait([self._task])
+            self._task = None
+        with contextlib.suppress(Exception):
+            await self.integrate()
+        self._executor.shutdown(wait=True)
+        self._tiles.close()
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            started = loop.time()
+            self._wake.clear()  # before reading the spool: a later put wakes us again
+            try:
+                await self.integrate()
+            except Exception as exc:  # the next round tries again; messages stay held
+                log.error("event=log_failed origin=%s error=%s", self._config.origin, exc)
+            # At most one checkpoint per interval: entries arriving meanwhile share it.
+            await asyncio.sleep(max(0.0, self._config.interval - (loop.time() - started)))
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(RETRY):
+                    await self._wake.wait()
+
+    async def integrate(self) -> Published | None:
+        """Integrate waiting entries and publish a checkpoint covering them."""
+        spool = self._spool
+        entries = await spool.log_entries(BATCH)
+        known = await spool.log_size()
+        if not entries and known == self.published_size:
+            return None
+        loop = asyncio.get_running_loop()
+        published = await loop.run_in_executor(
+            self._executor, self._publish, [e.entry for e in entries], known
+        )
+        if entries:
+            released = await spool.log_published(entries[-1].seq, published.size)
+            log.info(
+                "event=log_published origin=%s size=%d entries=%d released=%d timestamped=%s",
+                self._config.origin,
+                published.size,
+                len(entries),
+                released,
+                published.timestamped,
+            )
+            self._on_published()
+        self.published_size = published.size
+        return published
+
+    # -- in the writer's thread -------------------------------------------------------------
+
+    def _publish(self, entries: Sequence[bytes], known: int) -> Published:
+        tiles = self._tiles
+        already = tiles.size - known
+        if already < 0:
+            raise LogError(
+                f"the log in {self._config.directory} has {tiles.size} entries but the spool "
+                f"saw {known} published: tiles were lost; restore them before going on"
+            )
+        # A crash after the tiles were written and before the spool's commit: those entries
+        # are in the tiles already, in the same order.
+        for offset, entry in enumerate(entries[:already]):
+            if tiles.entry(known + offset) != entry:
+                raise LogError(f"entry {known + offset} in the tiles is not the spool's")
+        new = list(entries[already:])
+        size = tiles.append(new)
+        self._write_index(known, list(entries[: already + len(new)]))
+        timestamped = self._checkpoint(size)
+        return Published(size, timestamped)
+
+    def _checkpoint(self, size: int) -> bool:
+        root = self._tiles.root(size)
+        self._check_consistent(size, root)
+        text = note.Checkpoint(self._config.origin, size, root).format()
+        signed = note.sign_note(text, [self._config.signer])
+        timestamped = self._timestamp(size, signed)
+        history = self._config.directory / HISTORY
+        history.mkdir(parents=True, exist_ok=True)
+        atomic_write(history / str(size), signed, PUBLIC_FILE_MODE)
+        atomic_write(self._config.directory / CHECKPOINT, signed, PUBLIC_FILE_MODE)
+        return timestamped
+
+    def _check_consistent(self, size: int, root: bytes) -> None:
+        path = self._config.directory / CHECKPOINT
+        try:
+            previous_note = path.read_bytes()
+        except FileNotFoundError:
+            return
+        previous = note.Checkpoint.parse(note.open_note(previous_note, [self._verifier]).text)
+        if previous.size > size:
+            raise LogError(f"the published checkpoint has {previous.size} entries, now {size}")
+        proof = self._tiles.consistency_proof(previous.size, size) if previous.size else []
+        if previous.size and not merkle.verify_consistency(
+            previous.size, size, previous.root, root, proof
+        ):
+            raise LogError(f"the tree of size {size} is not consistent with the published one")
+        if previous.size == size and previous.root != root:
+            raise LogError(f"two different roots for size {size}")
+
+    def _timestamp(self, size: int, signed: bytes) -> bool:
+        if not self._config.tsa_url:
+            return False
+        try:
+            token = timestamp.fetch(self._config.tsa_url, signed, self._config.tsa_timeout)
+            if self._config.tsa_roots:
+                timestamp.verify(token, signed, list(self._config.tsa_roots))
+        except timestamp.TimestampError as exc:
+            # The next checkpoint covers these entries too and is timestamped in its turn:
+            # delivery does not stop because a TSA is down.
+            log.warning(
+                "event=timestamp_failed origin=%s size=%d error=%s", self._config.origin, size, exc
+            )
+            return False
+        history = self._config.directory / HISTORY
+        history.mkdir(parents=True, exist_ok=True)
+        atomic_write(history / f"{size}.tsr", token, PUBLIC_FILE_MODE)
+        return True
+
+    def _write_index(self, first: int, entries: Sequence[bytes]) -> None:
+        """Appends each seal digest's position; rebuildable from the entry bundles, so it is
+        not fsynced, and a reader tolerates a torn last line or a repeated one."""
+        lines: dict[str, list[str]] = {}
+        for offset, data in enumerate(entries):
+            try:
+                entry = decode(data)
+            except EntryError:
+                continue
+            for seal in entry.seals:
+                lines.setdefault(seal[:2], []).append(f"{seal} {first + offset}\n")
+        directory = self._config.directory / INDEX
+        directory.mkdir(parents=True, exist_ok=True)
+        for shard, found in lines.items():
+            fd = os.open(
+                directory / shard, os.O_WRONLY | os.O_APPEND | os.O_CREAT, PUBLIC_FILE_MODE
+            )
+            try:
+                os.write(fd, "".join(found).encode("ascii"))
+            finally:
+                os.close(fd)

@@ -1,0 +1,277 @@
+"""The statement log behind a verdict: a real key store, the gateway's own sealing and log
+writer, a real RFC 3161 TSA (openssl ts), and the verifier reading what they published.
+
+What insurers get from it: a statement logged before its key was compromised stays
+authentic after the revocation; anything sealed once the log exists and absent from it is
+never authentic, whatever key signed it and whatever time it states.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime as dt
+import json
+import subprocess
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from gateway.log_writer import LogConfig, LogWriter
+from gateway.seal import DocumentRules, seal
+from gateway.spool import Envelope, Spool
+from keys import store as key_store
+from keys.archive import load_archive
+from keys.signing import SigningKeys
+from tests.checks import crlf
+from tests.support import Tsa, start_tsa, statement
+from tests.verifier.conftest import make_settings, serve
+from tlog import merkle, note
+from tlog.__main__ import main as log_main
+from verifier.app import create_app
+from verifier.i18n import translator
+from verifier.log_check import LogUnavailable
+from verifier.report import DkimStatus, DocStatus, Verdict
+from verifier.serialize import report_json
+from verifier.settings import Limits
+from verifier.trust import Trust
+from verifier.verify import verify_email
+
+DOMAIN = "caisses.example"
+ORIGIN = f"{DOMAIN}/statements/gw1"
+
+pytestmark = pytest.mark.usefixtures("no_network")
+
+
+@pytest.fixture(scope="module")
+def tsa(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tsa]:
+    yield from start_tsa(tmp_path_factory.mktemp("tsa"))
+
+
+@dataclass
+class Fund:
+    """The fund's side: its key store, one gateway node's spool and statement log."""
+
+    store: Path
+    public: Path
+    spool: Spool
+    writer: LogWriter
+    log_dir: Path
+
+    def keys(self) -> SigningKeys:
+        return SigningKeys(self.store, check_interval=0)
+
+    async def send(self, marker: str, now: dt.datetime | None = None, logged: bool = True) -> bytes:
+        """Seal a statement as the gateway does; logged like the gateway logs it, or made
+        outside the gateway (a thief with a copy of the keys) when `logged` is False."""
+        material = self.keys().material(DOMAIN)
+        sealed = seal(crlf(statement(marker)), material, DocumentRules(), now)
+        if logged:
+            await self.spool.put(
+                Envelope(f"a@{DOMAIN}", ["m@example.org"], sealed.data, log_entry=sealed.entry)
+            )
+            await self.writer.integrate()
+        return sealed.data
+
+    def trust(self) -> Trust:
+        return Trust(load_archive(self.public), self.public)
+
+
+@pytest.fixture
+async def fund(tmp_path: Path, tsa: Tsa, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Fund]:
+    monkeypatch.setenv("SEALPOST_KEYS_PASSPHRASE", "log test passphrase")
+    store, public = tmp_path / "keys", tmp_path / "public"
+    key_store.init_domain(store, public, DOMAIN)
+    signer_text, verifier_text = note.generate_key(ORIGIN)
+    record = key_store.add_log(
+        store, public, ORIGIN, verifier_text, tsa_root=tsa.ca_pem.read_text()
+    )
+    spool = Spool.open(tmp_path / "spool")
+    config = LogConfig(
+        directory=public / record.path,
+        signer=note.Signer.from_text(signer_text),
+        tsa_url=tsa.url,
+        tsa_roots=(tsa.ca_pem.read_bytes(),),
+    )
+    writer = LogWriter(spool, config)
+    try:
+        yield Fund(store, public, spool, writer, public / record.path)
+    finally:
+        await writer.stop()
+        await spool.close()
+
+
+async def test_a_logged_statement_is_authentic_with_a_proof_anyone_can_check(
+    fund: Fund,
+) -> None:
+    await fund.send("first")
+    data = await fund.send("second")
+    report = verify_email(data, fund.trust(), Limits())
+    assert report.verdict is Verdict.AUTHENTIC
+    assert report.log is not None
+    assert report.log.status == "logged"
+    proof = report.log.proof
+    assert proof is not None
+    assert (proof.origin, proof.index) == (ORIGIN, 1)
+    assert proof.logged_at is not None
+    assert abs(proof.logged_at - dt.datetime.now(dt.UTC)) < dt.timedelta(minutes=1)
+    # Offline, with nothing but RFC 9162 and the archive's key: the entry's leaf is in the
+    # signed checkpoint.
+    opened = note.open_note(proof.checkpoint.encode(), [note.Verifier.from_text(_log_key(fund))])
+    checkpoint = note.Checkpoint.parse(opened.text)
+    leaf = merkle.leaf_hash(proof.entry.encode())
+    hashes = [base64.b64decode(h) for h in proof.proof]
+    assert merkle.verify_inclusion(leaf, proof.index, checkpoint.size, hashes, checkpoint.root)
+    # The checkpoint's RFC 3161 token verifies with openssl alone.
+    history = fund.log_dir / "checkpoints"
+    assert (history / str(checkpoint.size)).read_bytes() == proof.checkpoint.encode()
+    verified = _openssl_ts_verify(
+        history / str(checkpoint.size), history / f"{checkpoint.size}.tsr", _tsa_ca(fund)
+    )
+    assert b"Verification: OK" in verified.stdout, verified.stderr
+    # The JSON report the API gives carries all of it: `sealpost-log report` checks it.
+    document = report_json(report, translator("en"), "en")
+    saved = fund.public.parent / "report.json"
+    saved.write_text(json.dumps(document))
+    archive = str(fund.public / "archive.json")
+    assert log_main(["report", str(saved), "--archive", archive]) == 0
+    document["log"]["index"] = 0
+    saved.write_text(json.dumps(document))
+    assert log_main(["report", str(saved), "--archive", archive]) == 1
+
+
+async def test_a_statement_logged_before_its_key_was_compromised_stays_authentic(
+    fund: Fund,
+) -> None:
+    data = await fund.send("before-compromise")
+    await asyncio.sleep(1.2)  # the compromise comes after the TSA's time, to the second
+    _revoke_active(fund, compromised_at=dt.datetime.now(dt.UTC))
+    report = verify_email(data, fund.trust(), Limits())
+    assert report.verdict is Verdict.AUTHENTIC
+    assert {(c.status, c.reason) for c in report.dkim} == {
+        (DkimStatus.PASS, "logged_before_compromise")
+    }
+    assert report.documents[0].status is DocStatus.VALID
+    assert "warning_logged_before_compromise" in report.warnings
+
+
+async def test_a_forgery_with_the_stolen_keys_is_never_authentic_whatever_its_date(
+    fund: Fund,
+) -> None:
+    await fund.send("genuine")  # the log exists and is in use
+    # A thief with a copy of the active keys, before anyone noticed: no revocation yet, a
+    # signing time stated in the past. Only the log tells it apart.
+    backdated = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=30)
+    forged = await fund.send("forged", now=backdated, logged=False)
+    report = verify_email(forged, fund.trust(), Limits())
+    assert report.verdict is Verdict.TAMPERED
+    assert report.reason == "reason_not_logged"
+    assert report.log is not None
+    assert report.log.status == "not_logged"
+    # Once the fund revokes the keys, still not authentic.
+    _revoke_active(fund, compromised_at=dt.datetime.now(dt.UTC) - dt.timedelta(minutes=1))
+    assert verify_email(forged, fund.trust(), Limits()).verdict is Verdict.TAMPERED
+
+
+@pytest.mark.parametrize("removal", ["entry", "index"])
+async def test_a_statement_whose_entry_was_removed_is_not_authentic(
+    fund: Fund, removal: str
+) -> None:
+    data = await fund.send("to-remove")
+    assert verify_email(data, fund.trust(), Limits()).verdict is Verdict.AUTHENTIC
+    if removal == "entry":
+        # The entry changed in its bundle: it no longer hashes to the signed tree.
+        for bundle in (fund.log_dir / "tile" / "entries").rglob("*"):
+            if bundle.is_file():
+                bundle.write_bytes(bundle.read_bytes().replace(b"sealed 20", b"sealed 19"))
+    else:
+        for shard in (fund.log_dir / "index").iterdir():
+            shard.write_text("")
+    report = verify_email(data, fund.trust(), Limits())
+    assert report.verdict is Verdict.TAMPERED
+    assert report.reason == "reason_not_logged"
+
+
+async def test_a_statement_sealed_before_the_log_existed_keeps_today_s_rules(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SEALPOST_KEYS_PASSPHRASE", "log test passphrase")
+    store, public = tmp_path / "keys", tmp_path / "public"
+    key_store.init_domain(store, public, DOMAIN)
+    material = SigningKeys(store).material(DOMAIN)
+    early = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=10)
+    data = seal(crlf(statement("old")), material, DocumentRules(), early).data
+    _, verifier_text = note.generate_key(ORIGIN)
+    key_store.add_log(store, public, ORIGIN, verifier_text)
+    (public / key_store.log_directory(ORIGIN)).mkdir(parents=True)
+    (public / key_store.log_directory(ORIGIN) / "checkpoint").write_text("x")
+    report = verify_email(data, Trust(load_archive(public), public), Limits())
+    assert report.log is not None
+    assert report.log.status == "before_log"
+    assert "warning_sealed_before_log" in report.warnings
+
+
+async def test_a_log_the_archive_lists_but_that_cannot_be_read_gives_no_verdict(
+    fund: Fund,
+) -> None:
+    data = await fund.send("unreadable-log")
+    (fund.log_dir / "checkpoint").unlink()
+    with pytest.raises(LogUnavailable):
+        verify_email(data, fund.trust(), Limits())
+
+
+def _openssl_ts_verify(data: Path, token: Path, ca: Path) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        ["openssl", "ts", "-verify", "-data", str(data), "-in", str(token), "-CAfile", str(ca)],
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
+
+
+def _log_key(fund: Fund) -> str:
+    (log,) = load_archive(fund.public).logs
+    return log.key
+
+
+def _tsa_ca(fund: Fund) -> Path:
+    path = fund.public.parent / "tsa-ca.pem"
+    path.write_text(load_archive(fund.public).tsa_roots[0])
+    return path
+
+
+def _revoke_active(fund: Fund, compromised_at: dt.datetime) -> None:
+    domain = key_store.load_domain(fund.store, DOMAIN)
+    generation = domain.active
+    assert generation is not None
+    for ident in (generation.rsa.selector, generation.ed25519.selector):
+        key_store.revoke(
+            fund.store, fund.public, ident, compromised_at=compromised_at, reason="stolen"
+        )
+    key_store.revoke(
+        fund.store,
+        fund.public,
+        generation.certificate.serial,
+        compromised_at=compromised_at,
+        reason="stolen",
+    )
+
+
+async def test_the_verifier_serves_the_logs_read_only(fund: Fund) -> None:
+    await fund.send("served")
+    prefix = "/log/" + key_store.log_directory(ORIGIN).removeprefix("log/")
+    with serve(create_app(make_settings(fund.public))) as url:
+        async with httpx.AsyncClient(base_url=url) as client:
+            checkpoint = await client.get(f"{prefix}/checkpoint")
+            assert checkpoint.status_code == 200
+            assert checkpoint.headers["content-type"].startswith("text/plain")
+            assert checkpoint.content == (fund.log_dir / "checkpoint").read_bytes()
+            tile = await client.get(f"{prefix}/tile/0/000.p/1")
+            assert tile.status_code == 200
+            assert tile.headers["content-type"] == "application/octet-stream"
+            assert len(tile.content) == 32
+            for path in ("/log/../archive.json", "/log/%2e%2e/archive.json", f"{prefix}/.lock"):
+                assert (await client.get(path)).status_code == 404
