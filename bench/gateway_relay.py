@@ -6,6 +6,8 @@
     .venv/bin/python bench/gateway_relay.py --rss-only [--rss-messages N]
     sudo .venv/bin/python bench/gateway_relay.py --compare 5
                                                     interleaved with the Postfix peer (run.sh)
+    .venv/bin/python bench/gateway_relay.py --log-ab 5
+                                                    the statement log on and off, alternating
 
 The load is the peer's own (../shared/bench/postfix-opendkim/): ``message.eml`` (a 27 KB
 statement with a PDF), sent by Postfix's ``smtp-source`` over 20 concurrent sessions, one
@@ -344,6 +346,7 @@ class GatewayConfig:
     workers: int | None
     concurrency: int | None
     log_level: str
+    statement_log: bool = True  # off: [log] key = "" (no entries, no wait for checkpoints)
 
     def toml(self) -> str:
         lines = [
@@ -376,6 +379,8 @@ class GatewayConfig:
             lines.append(f"concurrency_per_destination = {self.concurrency}")
         if self.workers is not None:
             lines += ["[sealing]", f"workers = {self.workers}"]
+        if not self.statement_log:
+            lines += ["[log]", 'key = ""']
         return "\n".join(lines) + "\n"
 
 
@@ -1167,6 +1172,51 @@ def run_rss_only(procs: Processes, opts: Options, workdir: Path) -> None:
     print_queue_rss(queued, 250.0)
 
 
+def run_log_ab(procs: Processes, opts: Options, workdir: Path, rounds: int) -> None:
+    """The statement log's cost: the same load through a gateway with the log and one
+    without, alternating in each round (which goes first alternates too)."""
+    header(opts)
+    print(f"== statement log on / off, {rounds} rounds, alternating", flush=True)
+    print(check_sealing(procs, opts, workdir), flush=True)
+    sink = Sink(procs, workdir, free_port(), lifetime=4 * 3600)
+    gateways = {}
+    for on in (True, False):
+        config = replace(
+            base_config(opts, workdir, sink.port),
+            spool=workdir / f"spool-{'on' if on else 'off'}",
+            statement_log=on,
+        )
+        gateways[on] = Gateway(procs, opts.binary, config, f"gateway-log-{'on' if on else 'off'}")
+    runs: dict[bool, list[Run]] = {True: [], False: []}
+    try:
+        for r in range(1, rounds + 1):
+            for on in (True, False) if r % 2 else (False, True):
+                tag = f"r{r} log {'on' if on else 'off'} "
+                _, run = throughput_pair(procs, opts, sink, gateways[on], tag=tag)
+                runs[on].append(run)
+            on_run, off_run = runs[True][-1], runs[False][-1]
+            print(
+                f"round {r}: log on {on_run.rate:.1f} msgs/s ({on_run.ms_per_message:.2f} ms "
+                f"CPU/msg) | log off {off_run.rate:.1f} msgs/s ({off_run.ms_per_message:.2f} ms "
+                f"CPU/msg) | on/off {on_run.rate / off_run.rate:.3f}",
+                flush=True,
+            )
+    finally:
+        for gateway in gateways.values():
+            gateway.stop()
+        sink.stop()
+    ratios = [a.rate / b.rate for a, b in zip(runs[True], runs[False], strict=True)]
+    on_rate = statistics.median(r.rate for r in runs[True])
+    off_rate = statistics.median(r.rate for r in runs[False])
+    print(
+        f"\n== medians: log on {on_rate:.1f}, log off {off_rate:.1f} msgs/s; on/off "
+        f"{on_rate / off_rate:.3f} (medians); per round {' '.join(f'{x:.3f}' for x in ratios)}, "
+        f"median {statistics.median(ratios):.3f}; CPU/msg on "
+        f"{statistics.median(r.ms_per_message for r in runs[True]):.2f} ms, off "
+        f"{statistics.median(r.ms_per_message for r in runs[False]):.2f} ms"
+    )
+
+
 def run_compare(procs: Processes, opts: Options, workdir: Path, rounds: int) -> None:
     if os.geteuid() != 0:
         raise BenchError("--compare runs run.sh, which needs root")
@@ -1249,6 +1299,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--latency-rate", type=float, default=100.0, help="messages/s offered")
     p.add_argument("--latency-messages", type=int, default=1500)
     p.add_argument("--rss-messages", type=int, default=10_000, help="queued with the sink down")
+    p.add_argument(
+        "--log-ab",
+        type=int,
+        default=0,
+        metavar="ROUNDS",
+        help="the statement log's cost: log on and off, alternating, in each round",
+    )
     p.add_argument("--skip-latency", action="store_true")
     p.add_argument("--skip-rss", action="store_true")
     p.add_argument("--rss-only", action="store_true", help="only the queued-RSS measurement")
@@ -1347,6 +1404,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             if args.compare:
                 run_compare(procs, opts, workdir, args.compare)
+            elif args.log_ab:
+                run_log_ab(procs, opts, workdir, args.log_ab)
             elif args.rss_only:
                 run_rss_only(procs, opts, workdir)
             else:

@@ -167,6 +167,25 @@ def parse_revocation(raw: dict[str, str] | None) -> Revocation | None:
     )
 
 
+def parse_log(raw: dict[str, str]) -> PublicLog:
+    return PublicLog(
+        origin=raw["origin"],
+        key=raw["key"],
+        started_at=parse_time(raw["started_at"]),
+        path=raw["path"],
+    )
+
+
+def log_json(log: PublicLog) -> dict[str, str]:
+    """A log as the archive (and the key store's state) write it."""
+    return {
+        "origin": log.origin,
+        "key": log.key,
+        "started_at": format_time(log.started_at),
+        "path": log.path,
+    }
+
+
 def parse_archive(document: dict[str, Any]) -> PublicArchive:
     if document.get("format") != FORMAT:
         raise ArchiveError(f"unknown archive format {document.get('format')!r}")
@@ -201,15 +220,7 @@ def parse_archive(document: dict[str, Any]) -> PublicArchive:
                 )
                 for c in document["certificates"]
             ),
-            logs=tuple(
-                PublicLog(
-                    origin=g["origin"],
-                    key=g["key"],
-                    started_at=parse_time(g["started_at"]),
-                    path=g["path"],
-                )
-                for g in document.get("logs", [])
-            ),
+            logs=tuple(parse_log(g) for g in document.get("logs", [])),
             tsa_roots=tuple(document.get("tsa_roots", [])),
         )
     except (KeyError, TypeError, ValueError) as exc:

@@ -13,7 +13,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from keys.archive import ARCHIVE_FILE, FORMAT, ROOT_FILE, format_time
+from keys.archive import ARCHIVE_FILE, FORMAT, ROOT_FILE, format_time, log_json
 from keys.dns import public_sha256
 from keys.lifecycle import Certificate, DkimKey, StoreState, Tracked
 from keys.safeio import atomic_write
@@ -90,15 +90,7 @@ def build_archive(state: StoreState, now: dt.datetime) -> dict[str, Any]:
         "roots": roots,
         "dkim_keys": dkim_keys,
         "certificates": certificates,
-        "logs": [
-            {
-                "origin": log.origin,
-                "key": log.key,
-                "started_at": format_time(log.started_at),
-                "path": log.path,
-            }
-            for log in state.logs
-        ],
+        "logs": [log_json(log) for log in state.logs],
         "tsa_roots": list(state.tsa_roots),
     }
 

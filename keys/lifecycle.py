@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import TypeVar
 
-from keys.archive import Revocation
+from keys.archive import PublicLog, Revocation
 
 
 class State(StrEnum):
@@ -356,25 +356,14 @@ class Root:
 
 
 @dataclass(frozen=True)
-class LogRecord:
-    """A statement log of one gateway node: its origin line, the verifier key of its
-    checkpoints (C2SP signed note), when it started, and its directory in the public
-    archive. The log's private key lives with the node that writes the log, not here."""
-
-    origin: str
-    key: str
-    started_at: dt.datetime
-    path: str
-
-
-@dataclass(frozen=True)
 class StoreState:
     """Everything the store knows except private keys, which live in their own files."""
 
     encrypt_all: bool
     root: Root | None
     domains: tuple[Domain, ...]
-    logs: tuple[LogRecord, ...] = ()
+    # Statement logs of the gateway nodes (their private keys live with the nodes).
+    logs: tuple[PublicLog, ...] = ()
     # PEM certificates of the Time-Stamp Authorities whose tokens certify checkpoints.
     tsa_roots: tuple[str, ...] = ()
 

@@ -44,7 +44,15 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from keys import pki
 from keys import secrets as key_secrets
-from keys.archive import Revocation, format_time, parse_revocation, parse_time
+from keys.archive import (
+    PublicLog,
+    Revocation,
+    format_time,
+    log_json,
+    parse_log,
+    parse_revocation,
+    parse_time,
+)
 from keys.dns import DnsCheckFailed, Resolver, check_published, public_value
 from keys.export import write_public
 from keys.lifecycle import (
@@ -54,7 +62,6 @@ from keys.lifecycle import (
     DkimKey,
     Domain,
     Generation,
-    LogRecord,
     Refused,
     Root,
     State,
@@ -272,15 +279,7 @@ def state_to_json(state: StoreState) -> dict[str, Any]:
             }
             for d in state.domains
         ],
-        "logs": [
-            {
-                "origin": log.origin,
-                "key": log.key,
-                "started_at": format_time(log.started_at),
-                "path": log.path,
-            }
-            for log in state.logs
-        ],
+        "logs": [log_json(log) for log in state.logs],
         "tsa_roots": list(state.tsa_roots),
     }
 
@@ -343,15 +342,7 @@ def state_from_json(document: dict[str, Any]) -> StoreState:
         ),
         domains=tuple(domains),
         # Absent from state files written before the statement log existed.
-        logs=tuple(
-            LogRecord(
-                origin=g["origin"],
-                key=g["key"],
-                started_at=parse_time(g["started_at"]),
-                path=g["path"],
-            )
-            for g in document.get("logs", [])
-        ),
+        logs=tuple(parse_log(g) for g in document.get("logs", [])),
         tsa_roots=tuple(document.get("tsa_roots", [])),
     )
 
@@ -954,7 +945,7 @@ def add_log(
     *,
     tsa_root: str | None = None,
     now: dt.datetime | None = None,
-) -> LogRecord:
+) -> PublicLog:
     """Registers a node's statement log: its checkpoints' verifier key and start time go
     into the public archive, so that every verifier knows it (and, from that time on,
     requires every seal to be in a log). `tsa_root`: a PEM Time-Stamp Authority root."""
@@ -966,7 +957,7 @@ def add_log(
                 f"a statement log with origin {origin!r} is already registered; each node's "
                 "log keeps its origin and key for ever (choose another origin for a new node)"
             )
-        added = LogRecord(origin, verifier_key, when, log_directory(origin))
+        added = PublicLog(origin, verifier_key, when, log_directory(origin))
         if any(log.path == added.path for log in state.logs):
             raise Refused(f"another log already uses the directory {added.path}")
         roots = state.tsa_roots
