@@ -27,13 +27,16 @@ COPY requirements.lock pyproject.toml README.md ./
 COPY keys/ keys/
 COPY gateway/ gateway/
 COPY verifier/ verifier/
+COPY tlog/ tlog/
 
 # First the project's own wheel (setuptools runs in pip's isolated build environment, not
 # in the venv). Then the wheel and its runtime dependencies, with the lock file as a
 # constraint: every package at exactly its locked version, and only what pyproject.toml
 # asks for at run time, so the test and lint tools the lock also lists stay out.
 # --only-binary: every dependency ships a wheel for CPython 3.11 (amd64 and arm64) except
-# dkimpy, which is pure Python published as source only; so no compiler is ever needed,
+# dkimpy, which is pure Python published as source only (rfc3161-client, for the statement
+# log's RFC 3161 timestamps, is an abi3 wheel; httpx and its dependencies are pure-Python
+# wheels); so no compiler is ever needed,
 # in either stage. pip has compiled every module to bytecode (the containers run with a
 # read-only root file system, so nothing could be cached later); then pip and setuptools
 # leave the venv.
@@ -55,10 +58,13 @@ RUN python -m pip uninstall --yes --root-user-action=ignore pip setuptools wheel
  && useradd --system --uid "${SEALPOST_UID}" --gid sealpost --no-create-home \
         --home-dir /var/lib/sealpost --shell /usr/sbin/nologin sealpost \
  && install -d -o sealpost -g sealpost -m 0755 /var/lib/sealpost /var/lib/sealpost/public \
+ && install -d -o sealpost -g sealpost -m 0755 /var/lib/sealpost/public/log \
  && install -d -o sealpost -g sealpost -m 0700 /var/lib/sealpost/keys \
-        /var/lib/sealpost/spool /var/lib/sealpost/tls /var/lib/sealpost/outbox
+        /var/lib/sealpost/log-key /var/lib/sealpost/spool /var/lib/sealpost/tls \
+        /var/lib/sealpost/outbox
 # Named volumes mounted on these directories start as copies of them, so they belong to
-# sealpost from the first run and the key store keeps its 0700.
+# sealpost from the first run and the key stores (signing keys, log key) keep their 0700.
+# public/log is the statement log's own volume, mounted inside the public archive's.
 
 COPY --from=build /opt/sealpost /opt/sealpost
 

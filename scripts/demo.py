@@ -4,8 +4,10 @@
    with accents, a one-page PDF "Décompte de prestations"; one to a member and one to the
    mailbox an insurer registered with the fund (the convention lets each complementary
    organisation register up to 5 dedicated mailboxes).
-2. Find the delivered copies in the outbox Maildir (a bounded wait).
-3. Submit each copy to the verifier's JSON API and print its verdict.
+2. Find the delivered copies in the outbox Maildir (a bounded wait: the gateway holds each
+   message until a published checkpoint of its statement log covers it, log.interval).
+3. Submit each copy to the verifier's JSON API and print its verdict and where its seals
+   are in the statement log.
 4. Change one byte of the PDF inside one delivered copy (decode, change, re-encode) and
    show the verifier answering "tampered".
 
@@ -304,7 +306,20 @@ def summary(report: dict[str, Any]) -> list[str]:
             f"document {document['filename']} sha256={document['sha256'][:16]}…: "
             f"{document['status']}" + (f" ({document['reason']})" if document.get("reason") else "")
         )
+    log = report.get("log")
+    if isinstance(log, dict):
+        lines.append(log_line(log))
     return lines
+
+
+def log_line(log: dict[str, Any]) -> str:
+    """The statement log's word on the seals, from the report's `log` object."""
+    if log.get("status") != "logged":
+        return f"statement log: {log.get('status')}"
+    line = f"logged: entry {log['index']} of {log['origin']}"
+    if log.get("tsa"):
+        return f"{line} at {log['logged_at']}, time certified by {log['tsa']}"
+    return f"{line}, time not certified (no time-stamp authority)"
 
 
 # ---------------------------------------------------------------------------- the demo

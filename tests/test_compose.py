@@ -51,7 +51,7 @@ OPERATIONS_DOC = REPO / "docs" / "operations.md"
 METRICS_DOC = REPO / "docs" / "metrics.md"
 GATEWAY_TOML = REPO / "docker" / "gateway.toml"
 GATEWAY_TOML_IN_CONTAINER = "/etc/sealpost/gateway.toml"
-SEALPOST_SERVICES = ("keys-init", "keys", "gateway", "verifier")
+SEALPOST_SERVICES = ("keys-init", "log-init", "keys", "gateway", "verifier")
 SECRETS_DIR = "/run/secrets/"
 # Inside a container a listener must face the compose network, not the container's loopback.
 ANY_ADDRESS = "0.0.0.0"  # noqa: S104
@@ -148,9 +148,21 @@ def _keys_init_domain(compose: dict[str, Any]) -> str:
     return command[command.index("--domain") + 1]
 
 
-def test_the_compose_file_validates_and_has_the_five_services(compose: dict[str, Any]) -> None:
+def _log_init_option(compose: dict[str, Any], option: str) -> str:
+    command: list[str] = _service(compose, "log-init")["command"]
+    return command[command.index(option) + 1]
+
+
+def test_the_compose_file_validates_and_has_the_six_services(compose: dict[str, Any]) -> None:
     assert set(compose["services"]) == {*SEALPOST_SERVICES, "mailpit"}
-    assert set(compose["volumes"]) == {"keys", "public", "spool", "tls"}
+    assert set(compose["volumes"]) == {
+        "keys",
+        "public",
+        "log-key",
+        "statement-log",
+        "spool",
+        "tls",
+    }
 
 
 def test_keys_init_is_a_one_shot_that_writes_the_store_and_the_public_archive(
@@ -166,6 +178,36 @@ def test_keys_init_is_a_one_shot_that_writes_the_store_and_the_public_archive(
     mounts = _mounts(service)
     assert mounts[env["SEALPOST_KEYS_STORE"]] == Mount("keys", env["SEALPOST_KEYS_STORE"], "rw")
     assert mounts[env["SEALPOST_KEYS_PUBLIC"]] == Mount("public", env["SEALPOST_KEYS_PUBLIC"], "rw")
+
+
+def test_log_init_is_a_one_shot_that_makes_the_gateways_log_key_after_keys_init(
+    compose: dict[str, Any],
+) -> None:
+    service = _service(compose, "log-init")
+    assert service["entrypoint"] == ["sealpost-keys"]
+    assert service["command"][0] == "log-key"
+    assert "--exist-ok" in service["command"]
+    assert service["restart"] == "no"
+    assert service["network_mode"] == "none"
+    assert service["depends_on"] == {"keys-init": {"condition": "service_completed_successfully"}}
+    # It registers the log in the store and the public archive, and writes the key file.
+    env = service["environment"]
+    key_file = _log_init_option(compose, "--out")
+    key_dir = str(Path(key_file).parent)
+    assert _mounts(service) == {
+        env["SEALPOST_KEYS_STORE"]: Mount("keys", env["SEALPOST_KEYS_STORE"], "rw"),
+        env["SEALPOST_KEYS_PUBLIC"]: Mount("public", env["SEALPOST_KEYS_PUBLIC"], "rw"),
+        key_dir: Mount("log-key", key_dir, "rw"),
+    }
+    # No passphrase: registering a log touches no encrypted key.
+    assert "secrets" not in service
+    assert not any("PASSPHRASE" in name for name in env)
+    # The key it writes is the one the gateway's configuration reads.
+    assert key_file == _gateway_toml()["log"]["key"]
+    # The node's origin is in the fund's signing domain and names its own directory.
+    origin = _log_init_option(compose, "--origin")
+    assert origin.startswith(_keys_init_domain(compose) + "/statements/")
+    assert key_store.log_directory(origin).startswith("log/")
 
 
 def test_the_ops_key_tool_is_only_started_on_demand(compose: dict[str, Any]) -> None:
@@ -196,6 +238,42 @@ def test_the_gateway_mounts_the_private_store_read_only_and_spools_on_a_named_vo
     assert config["keys"]["init_domain"] == ""
 
 
+def test_the_gateway_writes_the_statement_log_but_not_the_public_archive(
+    compose: dict[str, Any],
+) -> None:
+    service = _service(compose, "gateway")
+    config = _gateway_toml()
+    mounts = _mounts(service)
+    # The log's key, made by log-init, read-only.
+    key_dir = str(Path(config["log"]["key"]).parent)
+    assert mounts[key_dir] == Mount("log-key", key_dir, "ro")
+    # Every log's directory is <public archive>/log/<origin>: its own volume, read-write.
+    log_dir = str(Path(config["keys"]["public_archive"]) / "log")
+    assert mounts[log_dir] == Mount("statement-log", log_dir, "rw")
+    # The rest of the public archive (archive.json above all) is not the gateway's to write:
+    # it does not even see it.
+    assert "public" not in {mount.source for mount in mounts.values()}
+    assert not any(
+        Path(config["keys"]["public_archive"]).is_relative_to(target)
+        for target, mount in mounts.items()
+        if mount.mode == "rw"
+    )
+    assert service["depends_on"]["log-init"] == {"condition": "service_completed_successfully"}
+
+
+def test_only_log_init_writes_the_log_key_and_only_the_gateway_reads_it(
+    compose: dict[str, Any],
+) -> None:
+    for name in SEALPOST_SERVICES:
+        sources = {m.source: m for m in _mounts(_service(compose, name)).values()}
+        if name == "log-init":
+            assert sources["log-key"].mode == "rw"
+        elif name == "gateway":
+            assert sources["log-key"].mode == "ro"
+        else:
+            assert "log-key" not in sources, name
+
+
 def test_the_gateway_publishes_25_and_587_on_its_relay_and_submission_listeners(
     compose: dict[str, Any],
 ) -> None:
@@ -213,10 +291,18 @@ def test_the_gateway_starts_after_keys_init_has_completed(compose: dict[str, Any
         assert depends["keys-init"] == {"condition": "service_completed_successfully"}
 
 
-def test_the_verifier_sees_only_the_public_archive_read_only(compose: dict[str, Any]) -> None:
+def test_the_verifier_sees_only_the_public_archive_and_the_log_read_only(
+    compose: dict[str, Any],
+) -> None:
     service = _service(compose, "verifier")
     archive = service["environment"]["SEALPOST_VERIFIER_ARCHIVE_DIR"]
-    assert _mounts(service) == {archive: Mount("public", archive, "ro")}
+    log_dir = f"{archive}/log"
+    # The statement log at the place the gateway writes it, inside the archive it reads.
+    assert _mounts(service) == {
+        archive: Mount("public", archive, "ro"),
+        log_dir: Mount("statement-log", log_dir, "ro"),
+    }
+    assert _mounts(_service(compose, "gateway"))[log_dir].source == "statement-log"
     assert "secrets" not in service
     assert not any("KEYS" in name for name in service["environment"])
 
@@ -546,19 +632,34 @@ def _probe(service: dict[str, Any], port: int) -> int:
     return subprocess.run(argv, env=env, capture_output=True, timeout=20).returncode
 
 
+@dataclass(frozen=True)
+class KeyDirs:
+    store: Path
+    public: Path
+    log_key: Path
+
+
 @pytest.fixture(scope="module")
-def key_store_dirs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+def key_store_dirs(compose: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> KeyDirs:
+    """A store as keys-init and then log-init leave it (same domain, same log origin)."""
     root = tmp_path_factory.mktemp("keys")
-    store, public = root / "keys", root / "public"
-    key_store.init_domain(store, public, "caisses.example", passphrase=b"test passphrase")
-    return store, public
+    store, public, log_key = root / "keys", root / "public", root / "log-key" / "log.key"
+    domain = _keys_init_domain(compose)
+    key_store.init_domain(store, public, domain, passphrase=b"test passphrase")
+    origin = _log_init_option(compose, "--origin")
+    argv = ["--store", str(store), "--public", str(public), "log-key", "--origin", origin]
+    assert keys_main.main([*argv, "--out", str(log_key), "--exist-ok"]) == 0
+    # log-init on a later `up` changes nothing.
+    assert keys_main.main([*argv, "--out", str(log_key), "--exist-ok"]) == 0
+    assert log_key.stat().st_mode & 0o777 == 0o600
+    return KeyDirs(store, public, log_key)
 
 
 def test_the_verifier_probe_passes_on_a_running_verifier_and_fails_without_archive(
-    compose: dict[str, Any], key_store_dirs: tuple[Path, Path], tmp_path: Path
+    compose: dict[str, Any], key_store_dirs: KeyDirs, tmp_path: Path
 ) -> None:
     service = _service(compose, "verifier")
-    _store, public = key_store_dirs
+    public = key_store_dirs.public
     for archive, expected_healthy in ((public, True), (tmp_path / "empty", False)):
         archive.mkdir(exist_ok=True)
         port = free_port()
@@ -578,16 +679,17 @@ def test_the_verifier_probe_passes_on_a_running_verifier_and_fails_without_archi
 
 
 def test_the_gateway_probe_passes_on_a_gateway_started_from_the_container_config(
-    compose: dict[str, Any], key_store_dirs: tuple[Path, Path], tmp_path: Path
+    compose: dict[str, Any], key_store_dirs: KeyDirs, tmp_path: Path
 ) -> None:
     service = _service(compose, "gateway")
-    store, public = key_store_dirs
+    store, public = key_store_dirs.store, key_store_dirs.public
     metrics_port = free_port()
     prefix = gateway_settings.ENV_PREFIX
     # docker/gateway.toml as it is, with only its container paths and ports moved here.
     overrides = {
         "KEYS_STORE": str(store),
         "KEYS_PUBLIC_ARCHIVE": str(public),
+        "LOG_KEY": str(key_store_dirs.log_key),
         "SPOOL_PATH": str(tmp_path / "spool"),
         "TLS_CERTIFICATE": str(tmp_path / "tls" / "cert.pem"),
         "TLS_KEY": str(tmp_path / "tls" / "key.pem"),
@@ -598,9 +700,16 @@ def test_the_gateway_probe_passes_on_a_gateway_started_from_the_container_config
     }
     env = {**_clean_env(), **{prefix + k: v for k, v in overrides.items()}}
     argv = [sys.executable, "-m", "gateway", "--config", str(GATEWAY_TOML)]
+    # Its statement log goes where the statement-log volume is mounted, <archive>/log/...
+    log_dir = public / key_store.log_directory(_log_init_option(compose, "--origin"))
     with _running(argv, env, tmp_path) as process:
         _wait_for_port(metrics_port, process)
         assert _probe(service, metrics_port) == 0
+        deadline = time.monotonic() + 20
+        while not (log_dir / "checkpoint").is_file():
+            assert time.monotonic() < deadline, f"no checkpoint in {log_dir}"
+            assert process.poll() is None, "the gateway exited"
+            time.sleep(0.1)
     assert _probe(service, metrics_port) != 0
 
 

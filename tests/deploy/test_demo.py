@@ -107,6 +107,11 @@ async def test_sealed_statements_are_authentic_and_the_altered_one_tampered(
         ("insurer", "teletransmission@mutuelle-azur.example", "authentic"),
         ("altered", "marie.dupont@example.org", "tampered"),
     ]
+    # Each delivered copy's seals are in the gateway's statement log (made on its first
+    # start, without a time-stamp authority here).
+    logged = re.findall(r"^ {12}logged: entry (\d+) of (\S+), time not certified", out, re.M)
+    assert len(logged) == 2, out
+    assert all(origin.startswith("caisses.example/statements/") for _, origin in logged)
     # The altered copy fails on its document, not only on DKIM.
     assert re.search(r"document decompte-2026-118734\.pdf .*: invalid \(digest_mismatch\)", out)
     # What reached the Maildir is the sealed message, with the subject RFC 2047 encoded.
