@@ -149,22 +149,36 @@ class LogWriter:
 
     def _publish(self, entries: Sequence[bytes], known: int) -> Published:
         tiles = self._tiles
-        already = tiles.size - known
-        if already < 0:
+        ahead = tiles.size - known
+        if ahead < 0:
             raise LogError(
                 f"the log in {self._config.directory} has {tiles.size} entries but the spool "
                 f"saw {known} published: tiles were lost; restore them before going on"
             )
-        # A crash after the tiles were written and before the spool's commit: those entries
-        # are in the tiles already, in the same order.
-        for offset, entry in enumerate(entries[:already]):
-            if tiles.entry(known + offset) != entry:
-                raise LogError(f"entry {known + offset} in the tiles is not the spool's")
-        new = list(entries[already:])
-        size = tiles.append(new)
-        self._write_index(known, list(entries[: already + len(new)]))
+        first = tiles.size
+        pending = list(entries)
+        if ahead and self._written_before_a_crash(known, pending[:ahead]):
+            # The tiles got these entries, then the spool's commit did not happen: they are
+            # in the log already, in this order.
+            first, pending = known, pending[ahead:]
+        elif ahead:
+            # Entries this spool never wrote (an earlier spool, set aside): ours come after.
+            log.warning(
+                "event=log_foreign_entries origin=%s entries=%d",
+                self._config.origin,
+                ahead,
+            )
+        size = tiles.append(pending)
+        # From `first` on, the log holds exactly `entries`, whichever case this was.
+        self._write_index(first, entries)
         timestamped = self._checkpoint(size)
         return Published(size, timestamped)
+
+    def _written_before_a_crash(self, known: int, entries: Sequence[bytes]) -> bool:
+        ahead = self._tiles.size - known
+        return len(entries) == ahead and all(
+            self._tiles.entry(known + offset) == entry for offset, entry in enumerate(entries)
+        )
 
     def _checkpoint(self, size: int) -> bool:
         root = self._tiles.root(size)

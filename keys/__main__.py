@@ -231,6 +231,12 @@ def build_parser() -> argparse.ArgumentParser:
     log_key.add_argument(
         "--tsa-root", type=Path, help="PEM root of the Time-Stamp Authority certifying checkpoints"
     )
+    witness = command(
+        "witness",
+        "List a witness of the statement logs in the public archive: the verifier checks the "
+        "cosignatures (C2SP tlog-cosignature) it adds to checkpoints and shows them.",
+    )
+    witness.add_argument("--key", required=True, help="the witness's verifier key")
     log_key.add_argument(
         "--exist-ok",
         action="store_true",
@@ -515,6 +521,8 @@ def cmd_log_key(args: argparse.Namespace, now: dt.datetime | None) -> int:
     if args.out.exists():
         if args.exist_ok and _registered(args, args.out.read_text(encoding="ascii").strip()):
             print(f"The statement log {args.origin} is registered with the key in {args.out}.")
+            if tsa_root and store.add_tsa_root(args.store, args.public, tsa_root, now=now):
+                print(f"Added the Time-Stamp Authority root {args.tsa_root} to the archive.")
             return EXIT_OK
         raise Refused(f"{args.out} exists: a log key is never overwritten")
     signer, verifier = note.generate_key(args.origin)
@@ -543,6 +551,16 @@ def _registered(args: argparse.Namespace, signer_text: str) -> bool:
         log.origin == args.origin == signer.name and log.key == signer.verifier().text()
         for log in logs
     )
+
+
+def cmd_witness(args: argparse.Namespace, now: dt.datetime | None) -> int:
+    try:
+        name = note.Verifier.from_text(args.key).name
+    except note.NoteError as exc:
+        raise ValueError(f"not a signed-note verifier key: {exc}") from exc
+    store.add_witness(args.store, args.public, args.key, now=now)
+    print(f"The witness {name} is listed in the public archive.")
+    return EXIT_OK
 
 
 def cmd_list(args: argparse.Namespace, now: dt.datetime | None) -> int:
@@ -577,6 +595,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, dt.datetime | None], int]] = {
     "revoke": cmd_revoke,
     "destroy": cmd_destroy,
     "log-key": cmd_log_key,
+    "witness": cmd_witness,
     "list": cmd_list,
     "dns": cmd_dns,
     "export-public": cmd_export,

@@ -25,7 +25,8 @@
           "origin": "caisses.example/statements/gw1", "key": "<C2SP signed-note verifier key>",
           "started_at": "...", "path": "log/<directory, relative to this file's>"
       }],
-      "tsa_roots": ["-----BEGIN CERTIFICATE-----..."]  # Time-Stamp Authorities trusted
+      "tsa_roots": ["-----BEGIN CERTIFICATE-----..."], # Time-Stamp Authorities trusted
+      "witnesses": ["<C2SP verifier key>"]             # whose cosignatures are checked
     }
 
 Times are UTC, ISO 8601 with a ``Z``. States: pending, active, retired, withdrawn, revoked.
@@ -131,6 +132,7 @@ class PublicArchive:
     certificates: tuple[PublicCertificate, ...]
     logs: tuple[PublicLog, ...] = ()
     tsa_roots: tuple[str, ...] = ()  # PEM
+    witnesses: tuple[str, ...] = ()  # C2SP signed-note verifier keys
 
     @property
     def log_started_at(self) -> dt.datetime | None:
@@ -222,6 +224,7 @@ def parse_archive(document: dict[str, Any]) -> PublicArchive:
             ),
             logs=tuple(parse_log(g) for g in document.get("logs", [])),
             tsa_roots=tuple(document.get("tsa_roots", [])),
+            witnesses=tuple(document.get("witnesses", [])),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ArchiveError(f"malformed archive: {exc!r}") from exc

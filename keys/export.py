@@ -92,6 +92,7 @@ def build_archive(state: StoreState, now: dt.datetime) -> dict[str, Any]:
         "certificates": certificates,
         "logs": [log_json(log) for log in state.logs],
         "tsa_roots": list(state.tsa_roots),
+        "witnesses": list(state.witnesses),
     }
 
 

@@ -366,6 +366,8 @@ class StoreState:
     logs: tuple[PublicLog, ...] = ()
     # PEM certificates of the Time-Stamp Authorities whose tokens certify checkpoints.
     tsa_roots: tuple[str, ...] = ()
+    # Verifier keys (C2SP signed note) of witnesses whose cosignatures the verifier checks.
+    witnesses: tuple[str, ...] = ()
 
     def domain(self, name: str) -> Domain | None:
         return next((d for d in self.domains if d.name == name), None)

@@ -281,6 +281,7 @@ def state_to_json(state: StoreState) -> dict[str, Any]:
         ],
         "logs": [log_json(log) for log in state.logs],
         "tsa_roots": list(state.tsa_roots),
+        "witnesses": list(state.witnesses),
     }
 
 
@@ -344,6 +345,7 @@ def state_from_json(document: dict[str, Any]) -> StoreState:
         # Absent from state files written before the statement log existed.
         logs=tuple(parse_log(g) for g in document.get("logs", [])),
         tsa_roots=tuple(document.get("tsa_roots", [])),
+        witnesses=tuple(document.get("witnesses", [])),
     )
 
 
@@ -966,3 +968,27 @@ def add_log(
         _commit(store, public, replace(state, logs=(*state.logs, added), tsa_roots=roots), when)
         record.details["path"] = added.path
         return added
+
+
+def add_witness(
+    store: Path, public: Path, verifier_key: str, *, now: dt.datetime | None = None
+) -> None:
+    """Lists a witness (an insurer, say) in the public archive: the verifier then checks
+    the cosignatures it adds to checkpoints and shows them."""
+    when = utc_now(now)
+    with _audited(store, "add-witness", witness=verifier_key.split("+")[0]), locked(store):
+        state = load_state(store)
+        if verifier_key in state.witnesses:
+            return
+        _commit(store, public, replace(state, witnesses=(*state.witnesses, verifier_key)), when)
+
+
+def add_tsa_root(store: Path, public: Path, pem: str, *, now: dt.datetime | None = None) -> bool:
+    """Trusts one more Time-Stamp Authority root for checkpoints; False if it already was."""
+    when = utc_now(now)
+    with _audited(store, "add-tsa-root"), locked(store):
+        state = load_state(store)
+        if pem in state.tsa_roots:
+            return False
+        _commit(store, public, replace(state, tsa_roots=(*state.tsa_roots, pem)), when)
+        return True

@@ -528,6 +528,7 @@ MESSAGES: dict[str, tuple[str, str]] = {
     "log_entry": ("Entrée", "Entry"),
     "log_checkpoint": ("Point de contrôle signé", "Signed checkpoint"),
     "log_proof": ("Preuve d'inclusion", "Inclusion proof"),
+    "log_witnessed": ("Co-signé par les témoins", "Cosigned by the witnesses"),
     "log_cosigners": (
         "Autres signatures (témoins ; non vérifiées ici)",
         "Other signatures (witnesses; not verified here)",

@@ -27,6 +27,9 @@ HISTORY = "checkpoints"
 INDEX = "index"
 # An index shard read whole; past this it is not a shard this writer made.
 MAX_SHARD = 64 * 1024 * 1024
+# The gateway publishes within seconds and the copy to the verifiers follows; a seal younger
+# than this and not found yet gets "try again" (503), never a verdict.
+COPY_GRACE = dt.timedelta(minutes=2)
 
 
 class LogUnavailable(Exception):
@@ -41,18 +44,36 @@ class _Log:
 
 
 def find(
-    digests: Iterable[str], logs: Iterable[PublicLog], archive_dir: Path, tsa_roots: list[bytes]
+    digests: Iterable[str],
+    logs: Iterable[PublicLog],
+    archive_dir: Path,
+    tsa_roots: list[bytes],
+    witnesses: Iterable[str] = (),
 ) -> LogProof | None:
     """The proof for the first digest found in a log, or None when no log holds any."""
     wanted = [d for d in dict.fromkeys(digests) if d]
+    cosigners = _witnesses(witnesses)
     for record in logs:
         log = _open(record, archive_dir)
         for digest in wanted:
             for index in _positions(log, digest):
-                proof = _prove(log, index, digest, tsa_roots)
+                proof = _prove(log, index, digest, tsa_roots, cosigners)
                 if proof is not None:
                     return proof
     return None
+
+
+def _witnesses(keys: Iterable[str]) -> list[note.Verifier]:
+    found = []
+    for text in keys:
+        try:
+            verifier = note.Verifier.from_text(text)
+        except note.NoteError:
+            continue  # a bad entry in the archive hides that witness, nothing else
+        found.append(
+            verifier if verifier.alg == note.ALG_COSIGNATURE_V1 else verifier.as_cosigner()
+        )
+    return found
 
 
 def _open(record: PublicLog, archive_dir: Path) -> _Log:
@@ -92,7 +113,9 @@ def _checkpoint(log: _Log, data: bytes) -> note.Checkpoint:
     return checkpoint
 
 
-def _prove(log: _Log, index: int, digest: str, tsa_roots: list[bytes]) -> LogProof | None:
+def _prove(
+    log: _Log, index: int, digest: str, tsa_roots: list[bytes], witnesses: list[note.Verifier]
+) -> LogProof | None:
     try:
         latest_note = (log.directory / CHECKPOINT).read_bytes()
         latest = _checkpoint(log, latest_note)
@@ -119,7 +142,12 @@ def _prove(log: _Log, index: int, digest: str, tsa_roots: list[bytes]) -> LogPro
         return None
     if not merkle.verify_inclusion(leaf, index, chosen.size, proof, chosen.root):
         return None
-    opened = note.open_note(chosen_note, [log.verifier])
+    opened = note.open_note(chosen_note, [log.verifier, *witnesses])
+    cosigned = tuple(
+        f"{s.name} ({_cosigned_at(s):%Y-%m-%d %H:%M:%S} UTC)"
+        for s in opened.signatures
+        if s.name != log.record.origin
+    )
     return LogProof(
         origin=log.record.origin,
         index=index,
@@ -130,8 +158,21 @@ def _prove(log: _Log, index: int, digest: str, tsa_roots: list[bytes]) -> LogPro
         proof=tuple(base64.b64encode(h).decode("ascii") for h in proof),
         logged_at=logged_at,
         tsa=tsa,
-        cosigners=tuple(s.name for s in opened.unverified),
+        cosigners=cosigned,
+        other_signatures=tuple(s.name for s in opened.unverified),
     )
+
+
+def _as_published(log: _Log, signed: bytes) -> bytes:
+    """The checkpoint as the log signed and the TSA stamped it: witnesses' cosignature lines
+    appended since are not part of what the token certifies."""
+    opened = note.open_note(signed, [log.verifier])
+    own = "".join(s.line() for s in opened.signatures if s.name == log.record.origin)
+    return (opened.text + "\n" + own).encode("utf-8")
+
+
+def _cosigned_at(signature: note.Signature) -> dt.datetime:
+    return dt.datetime.fromtimestamp(note.cosignature_timestamp(signature), dt.UTC)
 
 
 def _first_timestamped(
@@ -151,7 +192,7 @@ def _first_timestamped(
             signed = (history / str(size)).read_bytes()
             token = (history / f"{size}.tsr").read_bytes()
             checkpoint = _checkpoint(log, signed)
-            info = timestamp.verify(token, signed, tsa_roots)
+            info = timestamp.verify(token, _as_published(log, signed), tsa_roots)
         except (OSError, note.NoteError, timestamp.TimestampError):
             continue
         if checkpoint.size == size:

@@ -157,7 +157,8 @@ class LogProof:
     proof: tuple[str, ...]  # base64 hashes, RFC 9162 inclusion proof for tree_size
     logged_at: dt.datetime | None = None  # certified by the TSA's token on that checkpoint
     tsa: str | None = None
-    cosigners: tuple[str, ...] = ()
+    cosigners: tuple[str, ...] = ()  # witnesses the archive lists, cosignatures verified
+    other_signatures: tuple[str, ...] = ()  # signatures of keys the archive does not list
 
 
 @dataclass(frozen=True)

@@ -91,6 +91,7 @@ def _log(log: LogCheck | None) -> dict[str, Any] | None:
         "logged_at": _time(proof.logged_at) if proof else None,
         "tsa": proof.tsa if proof else None,
         "cosigners": list(proof.cosigners) if proof else [],
+        "other_signatures": list(proof.other_signatures) if proof else [],
     }
 
 

@@ -94,7 +94,7 @@ def _verify(
         if upload.dkim_signatures
         else ()
     )
-    log = _log(trust, dkim, documents)
+    log = _log(trust, dkim, documents, now)
     if log is not None and log.status == "logged":
         dkim, documents = _logged_before_compromise(log, dkim, documents)
     verdict, reason = decide(dkim, documents, log)
@@ -133,7 +133,10 @@ def _fund_seals(
 
 
 def _log(
-    trust: Trust, dkim: tuple[DkimCheck, ...], documents: tuple[DocumentCheck, ...]
+    trust: Trust,
+    dkim: tuple[DkimCheck, ...],
+    documents: tuple[DocumentCheck, ...],
+    now: dt.datetime,
 ) -> LogCheck | None:
     """Where the statement log stands on these seals (None: no log, or nothing to look for).
     Raises log_check.LogUnavailable when a listed log cannot be read."""
@@ -142,13 +145,20 @@ def _log(
     if started is None or trust.directory is None or not seals:
         return None
     proof = log_check.find(
-        (digest for digest, _ in seals), trust.archive.logs, trust.directory, trust.tsa_roots
+        (digest for digest, _ in seals),
+        trust.archive.logs,
+        trust.directory,
+        trust.tsa_roots,
+        trust.archive.witnesses,
     )
     if proof is not None:
         return LogCheck("logged", proof)
     stated = [when for _, when in seals if when is not None]
     if stated and min(stated) < started - CLOCK_SKEW:
         return LogCheck("before_log")
+    if stated and min(stated) > now - log_check.COPY_GRACE:
+        # Too fresh to tell: this host's copy of the log may not have it yet.
+        raise log_check.LogUnavailable("a seal of the last minutes is not in the log yet")
     return LogCheck("not_logged")
 
 

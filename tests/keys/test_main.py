@@ -30,8 +30,8 @@ NOW = dt.datetime(2026, 11, 23, 10, 0, tzinfo=dt.UTC)
 HOUR = dt.timedelta(hours=1)
 KEYS_BIN = Path(sys.executable).parent / "sealpost-keys"
 COMMANDS = [
-    "init", "rotate", "activate", "withdraw", "revoke", "destroy", "log-key", "list", "dns",
-    "export-public",
+    "init", "rotate", "activate", "withdraw", "revoke", "destroy", "log-key", "witness", "list",
+    "dns", "export-public",
 ]  # fmt: skip
 
 

@@ -84,10 +84,17 @@ class Fund:
 async def fund(tmp_path: Path, tsa: Tsa, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Fund]:
     monkeypatch.setenv("SEALPOST_KEYS_PASSPHRASE", "log test passphrase")
     store, public = tmp_path / "keys", tmp_path / "public"
-    key_store.init_domain(store, public, DOMAIN)
+    # The keys have been signing for two hours, the log for one.
+    now = dt.datetime.now(dt.UTC)
+    key_store.init_domain(store, public, DOMAIN, now=now - dt.timedelta(hours=2))
     signer_text, verifier_text = note.generate_key(ORIGIN)
     record = key_store.add_log(
-        store, public, ORIGIN, verifier_text, tsa_root=tsa.ca_pem.read_text()
+        store,
+        public,
+        ORIGIN,
+        verifier_text,
+        tsa_root=tsa.ca_pem.read_text(),
+        now=now - dt.timedelta(hours=1),
     )
     spool = Spool.open(tmp_path / "spool")
     config = LogConfig(
@@ -163,8 +170,8 @@ async def test_a_forgery_with_the_stolen_keys_is_never_authentic_whatever_its_da
 ) -> None:
     await fund.send("genuine")  # the log exists and is in use
     # A thief with a copy of the active keys, before anyone noticed: no revocation yet, a
-    # signing time stated in the past. Only the log tells it apart.
-    backdated = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=30)
+    # signing time stated in the past (after the log started). Only the log tells it apart.
+    backdated = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=10)
     forged = await fund.send("forged", now=backdated, logged=False)
     report = verify_email(forged, fund.trust(), Limits())
     assert report.verdict is Verdict.TAMPERED
@@ -180,7 +187,8 @@ async def test_a_forgery_with_the_stolen_keys_is_never_authentic_whatever_its_da
 async def test_a_statement_whose_entry_was_removed_is_not_authentic(
     fund: Fund, removal: str
 ) -> None:
-    data = await fund.send("to-remove")
+    # Sealed (and logged) ten minutes ago: long enough for any copy of the log to have it.
+    data = await fund.send("to-remove", now=dt.datetime.now(dt.UTC) - dt.timedelta(minutes=10))
     assert verify_email(data, fund.trust(), Limits()).verdict is Verdict.AUTHENTIC
     if removal == "entry":
         # The entry changed in its bundle: it no longer hashes to the signed tree.
@@ -212,6 +220,37 @@ async def test_a_statement_sealed_before_the_log_existed_keeps_today_s_rules(
     assert report.log is not None
     assert report.log.status == "before_log"
     assert "warning_sealed_before_log" in report.warnings
+
+
+async def test_a_seal_of_the_last_minutes_not_yet_logged_gets_try_again_not_a_verdict(
+    fund: Fund,
+) -> None:
+    """This host's copy of the log follows the gateway's by seconds: no "tampered" for a
+    statement that may simply not have arrived in it yet."""
+    await fund.send("genuine")
+    fresh = await fund.send("fresh", logged=False)
+    with pytest.raises(LogUnavailable, match="not in the log yet"):
+        verify_email(fresh, fund.trust(), Limits())
+
+
+async def test_a_witness_cosignature_is_checked_and_shown(fund: Fund) -> None:
+    data = await fund.send("witnessed")
+    witness_signer, witness_key = note.generate_key("mutuelle-azur.example/witness")
+    key_store.add_witness(fund.store, fund.public, witness_key)
+    report = verify_email(data, fund.trust(), Limits())
+    assert report.log is not None
+    assert report.log.proof is not None
+    size = report.log.proof.tree_size
+    signed = fund.log_dir / "checkpoints" / str(size)
+    text = note.open_note(signed.read_bytes(), [note.Verifier.from_text(_log_key(fund))]).text
+    line = note.cosign(text, note.Signer.from_text(witness_signer), 1_796_000_000)
+    stranger = note.cosign(text, note.Signer.from_text(note.generate_key("other")[0]), 1)
+    signed.write_bytes(signed.read_bytes() + line.encode() + stranger.encode())
+    proof = verify_email(data, fund.trust(), Limits()).log
+    assert proof is not None
+    assert proof.proof is not None
+    assert proof.proof.cosigners == ("mutuelle-azur.example/witness (2026-11-30 00:53:20 UTC)",)
+    assert proof.proof.other_signatures == ("other",)
 
 
 async def test_a_log_the_archive_lists_but_that_cannot_be_read_gives_no_verdict(
