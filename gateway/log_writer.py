@@ -42,8 +42,9 @@ INDEX = "index"
 PUBLIC_FILE_MODE = 0o644
 # Entries integrated in one checkpoint at most: a backlog after an outage drains in steps.
 BATCH = 20_000
-# With nothing new, look again this often anyway (a failed round, a TSA back up).
-RETRY = 30.0
+# With no wake-up, look again this often anyway: a bounce the scheduler sealed, a failed
+# round, a TSA back up.
+RETRY = 5.0
 
 
 class LogError(Exception):

@@ -205,8 +205,10 @@ async def run_checks(request: Request, upload: Upload) -> Report:
     except LogUnavailable as exc:
         # Whether these seals are in the statement log cannot be told now: no verdict rather
         # than a wrong one. The reason names a file of ours, never the upload.
-        log.error("statement log unavailable: %s", exc)
-        raise Unavailable from exc
+        log.warning("statement log unavailable: %s", exc)
+        error = HttpError(503, "error_log_unavailable")
+        error.headers["Retry-After"] = "60"
+        raise error from exc
     except Exception as exc:  # never a stack trace to the user; never the upload in a log
         log.error("verification failed with %s", type(exc).__name__)
         return not_email("unreadable")
@@ -329,6 +331,8 @@ async def api_verify(request: Request) -> Response:
         code = {429: "rate_limited", 400: "bad_request", 408: "timeout", 503: "busy"}.get(
             exc.status, "error"
         )
+        if exc.key == "error_log_unavailable":
+            code = "log_unavailable"
         response = _api_error(request, exc.status, code, exc.key, **exc.params)
         response.headers.update(exc.headers)
         return response

@@ -629,6 +629,12 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "La demande est mal formée : {detail}",
         "The request is malformed: {detail}",
     ),
+    "error_log_unavailable": (
+        "Le journal des décomptes ne peut pas être consulté pour ce décompte pour l'instant "
+        "(il vient peut-être d'être envoyé). Réessayez dans une minute.",
+        "The statement log cannot be checked for this statement right now (it may have just "
+        "been sent). Try again in a minute.",
+    ),
     "error_unavailable": (
         "Le service de vérification est momentanément indisponible.",
         "The verification service is temporarily unavailable.",

@@ -314,3 +314,11 @@ async def test_the_verifier_serves_the_logs_read_only(fund: Fund) -> None:
             assert len(tile.content) == 32
             for path in ("/log/../archive.json", "/log/%2e%2e/archive.json", f"{prefix}/.lock"):
                 assert (await client.get(path)).status_code == 404
+            # A statement too fresh to be in this copy of the log: try again, no verdict.
+            fresh = await fund.send("fresh", logged=False)
+            answer = await client.post(
+                "/api/v1/verify", content=fresh, headers={"Content-Type": "message/rfc822"}
+            )
+            assert answer.status_code == 503
+            assert answer.headers["Retry-After"] == "60"
+            assert answer.json()["error"] == "log_unavailable"
