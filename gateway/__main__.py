@@ -203,6 +203,7 @@ def log_config(settings: Settings, hostname: str) -> LogConfig | None:
         directory=public / record.path,
         signer=signer,
         interval=settings.log.interval,
+        stamp_interval=settings.log.stamp_interval,
         tsa_url=settings.log.tsa_url,
         tsa_timeout=settings.log.tsa_timeout,
         tsa_roots=tuple(pem.encode("ascii") for pem in state.tsa_roots),

@@ -7,8 +7,9 @@ Files, under the log's directory in the public archive (any static server can se
 
     tile/...                  C2SP tlog-tiles: hash tiles and entry bundles
     checkpoint                the latest signed checkpoint (C2SP checkpoint, signed note)
-    checkpoints/<size>        every checkpoint ever published, kept: a statement's time of
-    checkpoints/<size>.tsr    logging is proven by the first one covering it, and its token
+    checkpoints/<size>        a checkpoint kept at most every `stamp_interval` seconds, for
+    checkpoints/<size>.tsr    ever: a statement's time of logging is proven by the first one
+                              covering it, and its RFC 3161 token
     index/<hh>                "<seal digest hex> <entry index>" lines, by first byte
 
 Order on disk, for crashes: tiles, then the timestamp, then the checkpoint files, then the
@@ -23,7 +24,9 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
+import math
 import os
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,7 +58,11 @@ class LogError(Exception):
 class LogConfig:
     directory: Path
     signer: note.Signer
-    interval: float = 2.0
+    # A checkpoint at most this often while entries wait: messages are held until then.
+    interval: float = 0.25
+    # A checkpoint kept in checkpoints/ (and stamped by the TSA) at most this often: the
+    # proof of a statement's time, at a pace a TSA and a file system bear for years.
+    stamp_interval: float = 10.0
     tsa_url: str = ""
     tsa_timeout: float = 10.0
     tsa_roots: tuple[bytes, ...] = ()
@@ -87,6 +94,8 @@ class LogWriter:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.published_size = -1
+        self._stamped_size = -1  # the size of the last checkpoint kept in checkpoints/
+        self._stamped_at = -math.inf  # when (time.monotonic)
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="sealpost-log")
@@ -96,13 +105,16 @@ class LogWriter:
         self._wake.set()
 
     async def stop(self) -> None:
-        """Publish what the spool holds, then stop."""
+        """Publish what the spool holds, keep the last checkpoint, then stop."""
         if self._task is not None:
             self._task.cancel()
             await asyncio.wait([self._task])
             self._task = None
         with contextlib.suppress(Exception):
             await self.integrate()
+            if self.published_size > self._stamped_size:
+                loop = asyncio.get_running_loop()
+                await loop.run_in_executor(self._executor, self._keep, self.published_size)
         self._executor.shutdown(wait=True)
         self._tiles.close()
 
@@ -118,7 +130,7 @@ class LogWriter:
             # At most one checkpoint per interval: entries arriving meanwhile share it.
             await asyncio.sleep(max(0.0, self._config.interval - (loop.time() - started)))
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(RETRY):
+                async with asyncio.timeout(min(RETRY, self._config.stamp_interval)):
                     await self._wake.wait()
 
     async def integrate(self) -> Published | None:
@@ -126,9 +138,12 @@ class LogWriter:
         spool = self._spool
         entries = await spool.log_entries(BATCH)
         known = await spool.log_size()
-        if not entries and known == self.published_size:
-            return None
         loop = asyncio.get_running_loop()
+        if not entries and known == self.published_size:
+            if self.published_size > self._stamped_size and self._stamp_due():
+                # The last checkpoint of a burst: kept and stamped once traffic pauses.
+                await loop.run_in_executor(self._executor, self._keep, self.published_size)
+            return None
         published = await loop.run_in_executor(
             self._executor, self._publish, [e.entry for e in entries], known
         )
@@ -186,11 +201,29 @@ class LogWriter:
         self._check_consistent(size, root)
         text = note.Checkpoint(self._config.origin, size, root).format()
         signed = note.sign_note(text, [self._config.signer])
+        timestamped = False
+        if self._stamp_due():
+            timestamped = self._keep_signed(size, signed)
+        atomic_write(self._config.directory / CHECKPOINT, signed, PUBLIC_FILE_MODE)
+        return timestamped
+
+    def _stamp_due(self) -> bool:
+        return time.monotonic() - self._stamped_at >= self._config.stamp_interval
+
+    def _keep(self, size: int) -> None:
+        """Keeps (and stamps) the published checkpoint of `size`, as it was published."""
+        signed = (self._config.directory / CHECKPOINT).read_bytes()
+        if note.Checkpoint.parse(note.open_note(signed, [self._verifier]).text).size == size:
+            self._keep_signed(size, signed)
+
+    def _keep_signed(self, size: int, signed: bytes) -> bool:
+        """The checkpoint goes into checkpoints/ with its TSA token (before it is published,
+        so that no published checkpoint lacks the token a verifier would look for)."""
         timestamped = self._timestamp(size, signed)
         history = self._config.directory / HISTORY
         history.mkdir(parents=True, exist_ok=True)
         atomic_write(history / str(size), signed, PUBLIC_FILE_MODE)
-        atomic_write(self._config.directory / CHECKPOINT, signed, PUBLIC_FILE_MODE)
+        self._stamped_size, self._stamped_at = size, time.monotonic()
         return timestamped
 
     def _check_consistent(self, size: int, root: bytes) -> None:

@@ -143,7 +143,9 @@ class LogSettings:
     # The log's private key (`sealpost-keys log-key`); "" turns the log off.
     key: str = "var/log.key"
     # Integrate waiting entries and publish a checkpoint at most this often (seconds).
-    interval: float = 2.0
+    interval: float = 0.25
+    # Keep a checkpoint (checkpoints/<size>) and have it timestamped at most this often.
+    stamp_interval: float = 10.0
     # An RFC 3161 Time-Stamp Authority for every checkpoint; "" for none.
     tsa_url: str = ""
     tsa_timeout: float = 10.0
@@ -373,6 +375,8 @@ def validate(settings: Settings) -> list[str]:
         _check(errors, "metrics.listen", parse_listen, s.metrics.listen)
     if not 0.05 <= s.log.interval <= 60:
         errors.append("log.interval: from 0.05 to 60 seconds (recipients wait for it)")
+    if not 1 <= s.log.stamp_interval <= 86400:
+        errors.append("log.stamp_interval: from 1 to 86400 seconds")
     if s.log.tsa_timeout <= 0:
         errors.append("log.tsa_timeout: must be more than 0 seconds")
     if s.log.tsa_url and not s.log.tsa_url.startswith(("http://", "https://")):

@@ -102,6 +102,7 @@ async def fund(tmp_path: Path, tsa: Tsa, monkeypatch: pytest.MonkeyPatch) -> Asy
         signer=note.Signer.from_text(signer_text),
         tsa_url=tsa.url,
         tsa_roots=(tsa.ca_pem.read_bytes(),),
+        stamp_interval=0.0,  # every checkpoint kept and stamped: each test's own
     )
     writer = LogWriter(spool, config)
     try:
