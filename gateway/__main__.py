@@ -29,7 +29,8 @@ from typing import TextIO
 from gateway import metrics as metrics_http
 from gateway import queue_cli, server
 from gateway.delivery import Delivery, DirectMX, MaildirRoute, Route, Smarthost
-from gateway.log_writer import LogConfig, LogError, LogWriter
+from gateway.log_process import LogProcess, LogProcessConfig
+from gateway.log_writer import LogConfig, LogError
 from gateway.metrics import Metrics
 from gateway.scheduler import RetryPolicy, Scheduler
 from gateway.seal import DocumentRules, Sealed
@@ -134,16 +135,14 @@ class _NotifyingSpool:
     """The spool as the SMTP handler sees it: a put also wakes the scheduler, or the
     statement log's writer when the message waits for its entry to be published."""
 
-    def __init__(self, spool: Spool, scheduler: Scheduler, writer: LogWriter | None) -> None:
+    def __init__(self, spool: Spool, scheduler: Scheduler) -> None:
         self._spool = spool
         self._scheduler = scheduler
-        self._writer = writer
 
     async def put(self, envelope: Envelope) -> str:
         queue_id = await self._spool.put(envelope)
-        if envelope.log_entry is not None and self._writer is not None:
-            self._writer.notify()
-        else:
+        # A message waiting for its log entry is released by the log writer's process.
+        if envelope.log_entry is None:
             self._scheduler.notify()
         return queue_id
 
@@ -210,6 +209,20 @@ def log_config(settings: Settings, hostname: str) -> LogConfig | None:
     )
 
 
+def _log_process_config(settings: Settings, config: LogConfig) -> LogProcessConfig:
+    return LogProcessConfig(
+        spool_path=Path(settings.spool.path),
+        directory=config.directory,
+        signer_key=config.signer.text(),
+        interval=config.interval,
+        stamp_interval=config.stamp_interval,
+        tsa_url=config.tsa_url,
+        tsa_timeout=config.tsa_timeout,
+        tsa_roots=config.tsa_roots,
+        log_level=logging.getLogger().getEffectiveLevel(),
+    )
+
+
 def _route(settings: Settings) -> Route:
     delivery = settings.delivery
     if delivery.route == "smarthost":
@@ -261,15 +274,15 @@ def _handler(
     spool: Spool,
     scheduler: Scheduler,
     metrics: Metrics,
-    writer: LogWriter | None,
+    logging_on: bool,
 ) -> Handler:
     limits = settings.limits
     return Handler(
         clients=settings.clients,
         signing_domains=SigningKeys(Path(settings.keys.store)).domains,
         sealer=sealer,
-        spool=_NotifyingSpool(spool, scheduler, writer),
-        log_entries=writer is not None,
+        spool=_NotifyingSpool(spool, scheduler),
+        log_entries=logging_on,
         metrics=metrics,
         auth_guard=AuthGuard(
             limits.auth_max_failures_per_ip,
@@ -342,7 +355,9 @@ async def run(settings: Settings) -> int:
             )
             writer = None
             if logging_config is not None:
-                writer = LogWriter(spool, logging_config, on_published=scheduler.notify)
+                writer = LogProcess(
+                    _log_process_config(settings, logging_config), spool, scheduler.notify
+                )
                 stack.push_async_callback(writer.stop)
             metrics.queue_depth = spool.depth
             if settings.metrics.listen:
@@ -350,7 +365,7 @@ async def run(settings: Settings) -> int:
                 metrics_server = await metrics_http.serve(metrics, host, port)
                 stack.callback(metrics_server.close)
             receiver = await server.start(
-                _handler(settings, sealer, spool, scheduler, metrics, writer),
+                _handler(settings, sealer, spool, scheduler, metrics, writer is not None),
                 _listeners(settings),
                 hostname=hostname,
                 tls=tls,

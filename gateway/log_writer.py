@@ -84,9 +84,11 @@ class LogWriter:
         spool: Spool,
         config: LogConfig,
         on_published: Callable[[], None] = lambda: None,
+        poll: float = RETRY,
     ) -> None:
         self._spool = spool
         self._config = config
+        self._poll = poll  # with no wake-up, look at the spool again after this long
         self._on_published = on_published
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sealpost-log")
         self._tiles = TileStore(config.directory)
@@ -130,7 +132,7 @@ class LogWriter:
             # At most one checkpoint per interval: entries arriving meanwhile share it.
             await asyncio.sleep(max(0.0, self._config.interval - (loop.time() - started)))
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(min(RETRY, self._config.stamp_interval)):
+                async with asyncio.timeout(min(self._poll, self._config.stamp_interval)):
                     await self._wake.wait()
 
     async def integrate(self) -> Published | None:
