@@ -347,6 +347,7 @@ class GatewayConfig:
     concurrency: int | None
     log_level: str
     statement_log: bool = True  # off: [log] key = "" (no entries, no wait for checkpoints)
+    lanes: int | None = None  # gateway.lanes (SMTP processes sharing the port)
 
     def toml(self) -> str:
         lines = [
@@ -355,6 +356,7 @@ class GatewayConfig:
             'hostname = "bench.caisses.example"',
             f'log_level = "{self.log_level}"',
             "shutdown_grace = 5.0",
+            *([f"lanes = {self.lanes}"] if self.lanes else []),
             "[relay]",
             f'listen = "127.0.0.1:{self.port}"',
             "[submission]",
@@ -1048,6 +1050,7 @@ class Options:
     workers: int | None
     concurrency: int | None
     log_level: str
+    lanes: int | None
     latency_rate: float
     latency_messages: int
     rss_messages: int
@@ -1064,6 +1067,7 @@ def base_config(opts: Options, workdir: Path, sink_port: int) -> GatewayConfig:
         workers=opts.workers,
         concurrency=opts.concurrency,
         log_level=opts.log_level,
+        lanes=opts.lanes,
     )
 
 
@@ -1087,7 +1091,12 @@ def describe(gateway: Gateway) -> str:
     if _git("status", "--porcelain", "--", "gateway", "keys").strip():
         commit += " with uncommitted changes in gateway/ or keys/"
     settings = gateway.effective_settings()
-    keys = ("sealing.workers", "delivery.concurrency_per_destination", "gateway.log_level")
+    keys = (
+        "gateway.lanes",
+        "sealing.workers",
+        "delivery.concurrency_per_destination",
+        "gateway.log_level",
+    )
     shown = ", ".join(f"{k}={settings.get(k, '?')}" for k in keys)
     return f"== gateway: commit {commit}; {shown}"
 
@@ -1296,6 +1305,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="delivery.concurrency_per_destination (default: the gateway's)",
     )
     p.add_argument("--log-level", default="info", help="gateway.log_level (its log is a file)")
+    p.add_argument("--lanes", type=int, default=None, help="gateway.lanes (default: its own)")
     p.add_argument("--latency-rate", type=float, default=100.0, help="messages/s offered")
     p.add_argument("--latency-messages", type=int, default=1500)
     p.add_argument("--rss-messages", type=int, default=10_000, help="queued with the sink down")
@@ -1391,6 +1401,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         workers=args.workers,
         concurrency=args.delivery_concurrency,
         log_level=args.log_level,
+        lanes=args.lanes,
         latency_rate=args.latency_rate,
         latency_messages=args.latency_messages,
         rss_messages=args.rss_messages,

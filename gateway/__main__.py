@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import getpass
 import logging
+import os
 import signal
 import socket
 import ssl
@@ -29,6 +30,7 @@ from typing import TextIO
 from gateway import metrics as metrics_http
 from gateway import queue_cli, server
 from gateway.delivery import Delivery, DirectMX, MaildirRoute, Route, Smarthost
+from gateway.lanes import lane_settings, spool_paths, supervise
 from gateway.log_process import LogProcess, LogProcessConfig
 from gateway.log_writer import LogConfig, LogError
 from gateway.metrics import Metrics
@@ -64,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="sealpost-gateway", description="Sealpost outbound mail gateway."
     )
     parser.add_argument("--config", type=Path, help=config_help)
+    # Set by the parent of the lanes (gateway.lanes > 1) on each lane it starts.
+    parser.add_argument("--lane", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--parent", type=int, default=None, help=argparse.SUPPRESS)
     commands = parser.add_subparsers(dest="command")
     for name, text in (
         ("run", "run the gateway (the default)"),
@@ -94,12 +99,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.write(render(settings))
         return EXIT_OK
     if args.command == "queue":
-        return queue_cli.main(args.args, Path(settings.spool.path))
+        return queue_cli.main(args.args, spool_paths(settings))
     _configure_logging(settings.gateway.log_level)
     try:
+        if args.lane is not None:
+            parent = args.parent if args.parent is not None else os.getppid()
+            return asyncio.run(run(lane_settings(settings, args.lane), args.lane, parent))
+        if settings.gateway.lanes > 1:
+            return asyncio.run(run_lanes(settings, args.config))
         return asyncio.run(run(settings))
     except KeyboardInterrupt:  # a second Ctrl-C during shutdown
         return EXIT_FAILED
+
+
+async def run_lanes(settings: Settings, config: Path | None) -> int:
+    """Prepare what lanes must not race for, then run them (gateway/lanes.py)."""
+    hostname = settings.gateway.hostname or socket.gethostname()
+    try:
+        initialise_keys(settings)
+        _tls(settings, hostname)
+        for lane in range(settings.gateway.lanes):
+            log_config(lane_settings(settings, lane), hostname, lane)
+    except (OSError, ValueError, Refused, key_store.StoreError) as error:
+        log.error("event=start_failed error=%s", error)
+        return EXIT_FAILED
+    # -P: the working directory (a key store's "keys" folder, say) must not shadow a package.
+    command = [sys.executable, "-P", "-m", "gateway"]
+    if config is not None:
+        command += ["--config", str(config)]
+    return await supervise(command, settings.gateway.lanes, settings.gateway.shutdown_grace)
 
 
 def hash_password_command(stdin: TextIO, stdout: TextIO) -> int:
@@ -170,7 +198,7 @@ def initialise_keys(settings: Settings) -> None:
         print(line, flush=True)
 
 
-def log_config(settings: Settings, hostname: str) -> LogConfig | None:
+def log_config(settings: Settings, hostname: str, lane: int | None = None) -> LogConfig | None:
     """This node's statement log, from its key file and the key store's record of it. On
     first start with `keys.init_domain` set (development), the key is made and registered."""
     if not settings.log.key:
@@ -185,6 +213,8 @@ def log_config(settings: Settings, hostname: str) -> LogConfig | None:
                 "without the statement log)"
             )
         origin = f"{settings.keys.init_domain}/statements/{hostname}"
+        if lane is not None:
+            origin += f"/lane{lane}"
         signer_text, verifier_text = note.generate_key(origin)
         key_file.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(key_file, (signer_text + "\n").encode("ascii"), 0o600)
@@ -328,8 +358,9 @@ def _scheduler(
     )
 
 
-async def run(settings: Settings) -> int:
-    """Start every stage, serve until SIGTERM or SIGINT, then stop them in order."""
+async def run(settings: Settings, lane: int | None = None, parent: int | None = None) -> int:
+    """Start every stage, serve until SIGTERM or SIGINT, then stop them in order. A lane
+    shares its ports with the other lanes and stops when its parent dies."""
     hostname = settings.gateway.hostname or socket.gethostname()
     limits = settings.limits
     metrics = Metrics()
@@ -349,7 +380,7 @@ async def run(settings: Settings) -> int:
                 per_destination=settings.delivery.concurrency_per_destination,
             )
             stack.push_async_callback(delivery.close)
-            logging_config = log_config(settings, hostname)
+            logging_config = log_config(settings, hostname, lane)
             scheduler = _scheduler(
                 settings, spool, delivery, sealer, metrics, logging_config is not None
             )
@@ -377,6 +408,7 @@ async def run(settings: Settings) -> int:
                     max_line_length=limits.max_line_length,
                 ),
                 sessions=Sessions(limits.max_connections, limits.max_connections_per_ip),
+                reuse_port=lane is not None,
             )
         except (
             OSError,
@@ -399,12 +431,28 @@ async def run(settings: Settings) -> int:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
+        if parent is not None:
+            stack.push_async_callback(_cancel, loop.create_task(_orphaned(stop, parent)))
         await stop.wait()
         log.info("event=stopping grace=%ss", settings.gateway.shutdown_grace)
         await receiver.close(settings.gateway.shutdown_grace)
     # The exit stack stopped the scheduler, then closed metrics, delivery, sealer, spool.
     log.info("event=stopped")
     return EXIT_OK
+
+
+async def _orphaned(stop: asyncio.Event, parent: int) -> None:
+    """A lane whose parent died (even by SIGKILL, even while the lane was starting) stops
+    as on SIGTERM."""
+    while os.getppid() == parent:  # noqa: ASYNC110 - a parent's death signals nothing here
+        await asyncio.sleep(1.0)
+    log.warning("event=parent_gone: stopping")
+    stop.set()
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    await asyncio.wait([task])
 
 
 if __name__ == "__main__":

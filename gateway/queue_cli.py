@@ -11,13 +11,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TextIO
+from typing import TextIO, TypeVar
 
 from gateway.dsn import original_headers
 from gateway.spool import Spool, StoredMessage
+
+T = TypeVar("T")
 
 EXIT_OK = 0
 EXIT_NOT_FOUND = 1
@@ -38,49 +40,66 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Sequence[str], spool_path: Path, out: TextIO | None = None) -> int:
+def main(argv: Sequence[str], spool_path: Path | Sequence[Path], out: TextIO | None = None) -> int:
+    """`spool_path`: the spool, or every shard of a node that runs lanes."""
     try:
         args = parser().parse_args(list(argv))
     except SystemExit as exc:  # argparse has printed the usage
         return EXIT_USAGE if exc.code else EXIT_OK
-    return asyncio.run(_run(args, spool_path, out or sys.stdout))
+    paths = [spool_path] if isinstance(spool_path, Path) else list(spool_path)
+    return asyncio.run(_run(args, paths, out or sys.stdout))
 
 
-async def _run(args: argparse.Namespace, spool_path: Path, out: TextIO) -> int:
-    spool = Spool.open(spool_path)
-    try:
-        command: str = args.command
-        if command == "list":
-            messages = await spool.messages()
+async def _run(args: argparse.Namespace, paths: list[Path], out: TextIO) -> int:
+    command: str = args.command
+    if command == "list":
+        total = 0
+        for path in paths:
+            messages = await _with(path, lambda spool: spool.messages())
+            total += len(messages)
             for m in messages:
                 out.write(format_entry(m))
-            out.write(f"-- {len(messages)} message(s) in queue\n")
-            return EXIT_OK
-        if command == "flush":
-            count = await spool.flush()
-            out.write(f"{count} message(s) due now\n")
-            return EXIT_OK
-        queue_id: str = args.id
-        if command == "show":
-            message = await spool.get(queue_id)
-            found = message is not None
-            if message is not None:
-                out.write(format_entry(message))
-                out.write("\n" + original_headers(message.data).decode("utf-8", "replace") + "\n")
-        elif command == "retry":
-            found = await spool.retry(queue_id)
-            if found:
-                out.write(f"{queue_id}: due now\n")
-        else:
-            found = await spool.delete(queue_id)
-            if found:
-                out.write(f"{queue_id}: deleted\n")
-        if not found:
-            out.write(f"{queue_id}: no such message\n")
-            return EXIT_NOT_FOUND
+        out.write(f"-- {total} message(s) in queue\n")
         return EXIT_OK
+    if command == "flush":
+        count = 0
+        for path in paths:
+            count += await _with(path, lambda spool: spool.flush())
+        out.write(f"{count} message(s) due now\n")
+        return EXIT_OK
+    queue_id: str = args.id
+    for path in paths:  # a queue id lives in one shard
+        if await _with(path, lambda spool: _one(command, queue_id, spool, out)):
+            return EXIT_OK
+    out.write(f"{queue_id}: no such message\n")
+    return EXIT_NOT_FOUND
+
+
+async def _with(path: Path, action: Callable[[Spool], Awaitable[T]]) -> T:
+    spool = Spool.open(path)
+    try:
+        return await action(spool)
     finally:
         await spool.close()
+
+
+async def _one(command: str, queue_id: str, spool: Spool, out: TextIO) -> bool:
+    if command == "show":
+        message = await spool.get(queue_id)
+        if message is None:
+            return False
+        out.write(format_entry(message))
+        out.write("\n" + original_headers(message.data).decode("utf-8", "replace") + "\n")
+        return True
+    if command == "retry":
+        found = await spool.retry(queue_id)
+        if found:
+            out.write(f"{queue_id}: due now\n")
+        return found
+    found = await spool.delete(queue_id)
+    if found:
+        out.write(f"{queue_id}: deleted\n")
+    return found
 
 
 def format_entry(m: StoredMessage) -> str:

@@ -86,7 +86,10 @@ async def start(
     tls: ssl.SSLContext | None,
     limits: SessionLimits,
     sessions: Sessions,
+    reuse_port: bool = False,
 ) -> Receiver:
+    """`reuse_port`: other processes (lanes) listen on the same ports; the kernel spreads
+    the connections over them."""
     loop = asyncio.get_running_loop()
     servers: dict[Mode, asyncio.Server] = {}
     try:
@@ -100,6 +103,7 @@ async def start(
                 spec.port,
                 ssl=tls if spec.mode == "smtps" else None,
                 reuse_address=True,
+                reuse_port=reuse_port or None,
             )
             log.info("listening mode=%s address=%s:%d", spec.mode, spec.host, spec.port)
     except BaseException:

@@ -65,6 +65,8 @@ class GatewaySettings:
     hostname: str = ""  # banner and EHLO name; "" means this machine's host name
     log_level: str = "info"
     shutdown_grace: float = 30.0  # seconds sessions may take to finish on SIGTERM
+    # SMTP processes sharing the listening ports, one per core (gateway/lanes.py).
+    lanes: int = 1
 
 
 @dataclass(frozen=True)
@@ -363,6 +365,8 @@ def validate(settings: Settings) -> list[str]:
         errors.append(f"gateway.log_level: one of {', '.join(LOG_LEVELS)}")
     if s.gateway.shutdown_grace < 0:
         errors.append("gateway.shutdown_grace: must be 0 or more")
+    if not 1 <= s.gateway.lanes <= 64:
+        errors.append("gateway.lanes: from 1 to 64")
     listeners = {"relay": s.relay, "submission": s.submission, "smtps": s.smtps}
     for name, listener in listeners.items():
         if listener.listen:
