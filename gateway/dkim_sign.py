@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -51,7 +52,7 @@ class Signer:
     key: SigningKey
 
 
-def oversigned(headers: Sequence[tuple[bytes, bytes]]) -> tuple[bytes, ...]:
+def oversigned(headers: Sequence[Sequence[bytes]]) -> tuple[bytes, ...]:
     """h= list: each signed name once more than the message has it.
 
     Verifiers take signed names from the bottom up and treat an extra name as an empty
@@ -77,6 +78,37 @@ class SignatureHeaders:
     body_hash: bytes
 
 
+_FIELD = re.compile(rb"([\x21-\x7e]+?):")
+
+
+def parse(message: bytes) -> tuple[list[list[bytes]], bytes]:
+    """dkimpy's `rfc822_parse`, without splitting the body into lines: the same header
+    list and the same body for a message whose lines all end in CRLF (what seal() signs),
+    and dkimpy's own reading of anything else."""
+    if message.count(b"\n") != message.count(b"\r\n"):
+        parsed: tuple[list[list[bytes]], bytes] = dkim.rfc822_parse(message)
+        return parsed
+    if not message:
+        return [], b""
+    if message.startswith(b"\r\n"):
+        return [], message[2:]
+    end = message.find(b"\r\n\r\n")
+    block, body = (message, b"") if end < 0 else (message[:end], message[end + 4 :])
+    if end < 0 and block.endswith(b"\r\n"):
+        block = block[:-2]
+    headers: list[list[bytes]] = []
+    for line in block.split(b"\r\n"):
+        if line[:1] in (b" ", b"\t"):
+            headers[-1][1] += line + b"\r\n"  # IndexError on a leading fold, as dkimpy
+            continue
+        match = _FIELD.match(line)
+        if match is not None:
+            headers.append([match.group(1), line[match.end() :] + b"\r\n"])
+        elif not line.startswith(b"From "):
+            raise dkim.MessageFormatError(f"Unexpected characters in RFC822 header: {line!r}")
+    return headers, body
+
+
 def signature_headers(
     message: bytes, domain: str, signers: Sequence[Signer], timestamp: int
 ) -> bytes:
@@ -92,7 +124,7 @@ def sign(
     message: bytes, domain: str, signers: Sequence[Signer], timestamp: int
 ) -> SignatureHeaders:
     """As `signature_headers`, with the b= values and the body hash."""
-    headers, body = dkim.rfc822_parse(message)
+    headers, body = parse(message)
     policy = CanonicalizationPolicy.from_c_value(CANONICALIZATION)
     canonical_headers = policy.canonicalize_headers(headers)
     include = oversigned(headers)

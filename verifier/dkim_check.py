@@ -83,7 +83,8 @@ def _vouches(
 ) -> DkimCheck:
     """A passing signature vouches for the message only if every reader reads the same
     headers, and every From, Subject, Reply-To... present is one it covers."""
-    if check.status is not DkimStatus.PASS:
+    # A revoked key's signature too: the statement log may yet vouch for it.
+    if check.status not in (DkimStatus.PASS, DkimStatus.REVOKED):
         return check
     if defects:
         return _with(

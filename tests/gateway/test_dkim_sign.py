@@ -14,6 +14,8 @@ import time
 import dkim
 import pytest
 from cryptography.hazmat.primitives import serialization
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway import dkim_sign
 from keys.signing import SigningMaterial
@@ -127,3 +129,28 @@ def test_an_unparsable_message_raises_a_dkim_error(signing_material: SigningMate
             signers(signing_material),
             TIMESTAMP,
         )
+
+
+_LINES = st.sampled_from(
+    [
+        b"From: a@caisses.example", b"To: <m@example.org>", b"Subject: x  y\t",
+        b" folded", b"\tfolded", b"From a@b Mon Nov 30", b"X-Empty:", b"x:y", b"",
+        b"body line  ", b"--boundary", b"\xc3\xa9t\xc3\xa9", b"\r",
+    ]
+)  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(lines=st.lists(_LINES, max_size=12), end=st.sampled_from([b"\r\n", b"\n", b""]))
+def test_the_signer_reads_a_message_exactly_as_dkimpy_does(lines: list[bytes], end: bytes) -> None:
+    """The signer's own header/body split (it does not split the body into lines) agrees
+    with dkimpy's on everything, or fails where dkimpy fails."""
+    message = b"\r\n".join(lines) + end
+    try:
+        expected = dkim.rfc822_parse(message)
+    except (dkim.MessageFormatError, IndexError) as exc:
+        with pytest.raises(type(exc)):
+            dkim_sign.parse(message)
+        return
+    headers, body = dkim_sign.parse(message)
+    assert ([list(h) for h in headers], body) == ([list(h) for h in expected[0]], expected[1])

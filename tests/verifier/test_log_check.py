@@ -166,6 +166,17 @@ async def test_a_statement_logged_before_its_key_was_compromised_stays_authentic
     assert "warning_logged_before_compromise" in report.warnings
 
 
+async def test_the_log_never_vouches_for_headers_the_seal_does_not_cover(fund: Fund) -> None:
+    """A revoked key's signature that the log saves is held to the same header rules."""
+    data = await fund.send("headers")
+    await asyncio.sleep(1.2)
+    _revoke_active(fund, compromised_at=dt.datetime.now(dt.UTC))
+    forged = b"Return-Path: <x>\rReply-To: <rib@evil.example>\r\r\n" + data
+    report = verify_email(forged, fund.trust(), Limits())
+    assert report.verdict is not Verdict.AUTHENTIC
+    assert "bare_cr" in report.message.defects
+
+
 async def test_a_forgery_with_the_stolen_keys_is_never_authentic_whatever_its_date(
     fund: Fund,
 ) -> None:
