@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
+
+import dkim
+import dkim.crypto
 import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from tests.verifier.conftest import replace_header
+from verifier import dkim_check
 from verifier.dkim_check import check_dkim, signature_domain
 from verifier.report import DkimStatus
 from verifier.trust import Trust
@@ -114,3 +121,18 @@ def test_only_the_first_signatures_are_checked(sealed: bytes, trust: Trust) -> N
     checks = check_dkim(raw, signatures(raw), trust)
     assert len(checks) == 1002
     assert sum(c.reason == "too_many_signatures" for c in checks) == 1002 - 8
+
+
+def test_rsa_arithmetic_goes_to_openssl_and_agrees_with_dkimpy_s_own(sealed: bytes) -> None:
+    """Only the modular arithmetic changes hands: dkimpy's pure-Python check and OpenSSL's
+    agree on a genuine signature and on damaged ones."""
+    assert dkim.RSASSA_PKCS1_v1_5_verify is dkim_check._openssl_rsa_verify
+    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    numbers = private.public_key().public_numbers()
+    public = {"modulus": numbers.n, "publicExponent": numbers.e}
+    signature = private.sign(sealed, padding.PKCS1v15(), hashes.SHA256())
+    damaged = bytes([signature[0] ^ 1]) + signature[1:]
+    for candidate, expected in ((signature, True), (damaged, False), (signature[:-1], False)):
+        digest = hashlib.sha256(sealed)
+        assert dkim.crypto.RSASSA_PKCS1_v1_5_verify(digest, candidate, public) is expected
+        assert dkim.RSASSA_PKCS1_v1_5_verify(digest, candidate, public) is expected
