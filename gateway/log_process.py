@@ -76,7 +76,6 @@ async def _serve(
             tsa_timeout=config.tsa_timeout,
             tsa_roots=config.tsa_roots,
         ),
-        poll=config.interval,  # nobody here is told of a new entry: look each interval
     )
     writer.start()
     try:

@@ -1,6 +1,6 @@
 """This node's statement log: the entries the spool committed with their messages go into
-the C2SP tiles, and a signed checkpoint (RFC 3161-timestamped when a TSA is configured)
-is published at least every `interval` seconds while entries wait. Their messages are
+the C2SP tiles, and a signed checkpoint is published each `interval` seconds while entries
+wait (gateway/log_process.py runs this in a process of its own). Their messages are
 released for delivery only then, so no recipient reads a statement the log lacks.
 
 Files, under the log's directory in the public archive (any static server can serve it):
@@ -12,8 +12,8 @@ Files, under the log's directory in the public archive (any static server can se
                               covering it, and its RFC 3161 token
     index/<hh>                "<seal digest hex> <entry index>" lines, by first byte
 
-Order on disk, for crashes: tiles, then the timestamp, then the checkpoint files, then the
-index, then the spool's commit that releases the messages. A crash between two steps is
+Order on disk, for crashes: tiles, then the index, then the kept checkpoint with its
+timestamp, then the latest checkpoint, then the spool's commit that releases the messages. A crash between two steps is
 found at the next start (tiles ahead of the spool) and finished without appending twice.
 A checkpoint is never signed unless the previous one is consistent with it.
 """
@@ -27,7 +27,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,9 +45,6 @@ INDEX = "index"
 PUBLIC_FILE_MODE = 0o644
 # Entries integrated in one checkpoint at most: a backlog after an outage drains in steps.
 BATCH = 20_000
-# With no wake-up, look again this often anyway: a bounce the scheduler sealed, a failed
-# round, a TSA back up.
-RETRY = 5.0
 
 
 class LogError(Exception):
@@ -83,17 +80,12 @@ class LogWriter:
         self,
         spool: Spool,
         config: LogConfig,
-        on_published: Callable[[], None] = lambda: None,
-        poll: float = RETRY,
     ) -> None:
         self._spool = spool
         self._config = config
-        self._poll = poll  # with no wake-up, look at the spool again after this long
-        self._on_published = on_published
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sealpost-log")
         self._tiles = TileStore(config.directory)
         self._verifier = config.signer.verifier()
-        self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.published_size = -1
         self._stamped_size = -1  # the size of the last checkpoint kept in checkpoints/
@@ -101,10 +93,6 @@ class LogWriter:
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="sealpost-log")
-
-    def notify(self) -> None:
-        """A message with an entry was committed: integrate it within `interval`."""
-        self._wake.set()
 
     async def stop(self) -> None:
         """Publish what the spool holds, keep the last checkpoint, then stop."""
@@ -124,16 +112,12 @@ class LogWriter:
         loop = asyncio.get_running_loop()
         while True:
             started = loop.time()
-            self._wake.clear()  # before reading the spool: a later put wakes us again
             try:
                 await self.integrate()
             except Exception as exc:  # the next round tries again; messages stay held
                 log.error("event=log_failed origin=%s error=%s", self._config.origin, exc)
-            # At most one checkpoint per interval: entries arriving meanwhile share it.
+            # A look at the spool each interval: entries arriving meanwhile share a checkpoint.
             await asyncio.sleep(max(0.0, self._config.interval - (loop.time() - started)))
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(min(self._poll, self._config.stamp_interval)):
-                    await self._wake.wait()
 
     async def integrate(self) -> Published | None:
         """Integrate waiting entries and publish a checkpoint covering them."""
@@ -159,7 +143,6 @@ class LogWriter:
                 released,
                 published.timestamped,
             )
-            self._on_published()
         self.published_size = published.size
         return published
 
