@@ -7,7 +7,10 @@ Nothing here talks SMTP; the handler turns a Rejection into a reply. The rules:
   and that the client may use, so every message leaves signed by its own domain;
 - exactly one From header;
 - lines end with CRLF and nothing else, and are at most 998 characters (a bare CR or LF
-  is how SMTP smuggling hides a second message from one server and shows it to the next).
+  is how SMTP smuggling hides a second message from one server and shows it to the next);
+- no byte that RFC 5322 / RFC 6532 forbid in a message the fund signs: no NUL anywhere, no
+  other control character (TAB aside) or DEL in the header, and header text in UTF-8 (a
+  reader that stops at NUL or renders a control shows less than the seal vouches for).
 """
 
 from __future__ import annotations
@@ -134,6 +137,70 @@ def check_line_length(data: bytes, limit: int) -> Rejection | None:
         return Rejection(
             554, "5.6.0", f"Line too long: at most {limit} characters per line", "line_too_long"
         )
+    return None
+
+
+def _header_end(data: bytes) -> int:
+    """Where the header block ends: the index just past its last line's CRLF (the blank
+    line that follows is not part of it), or len(data) when there is no body."""
+    if data.startswith(b"\r\n"):
+        return 0  # an empty header block: the message starts with the blank line
+    end = data.find(b"\r\n\r\n")
+    return len(data) if end < 0 else end + 2
+
+
+def _line_of(data: bytes, index: int) -> int:
+    """The 1-based line number of data[index]; called only on the refusal path."""
+    return data.count(b"\r\n", 0, index) + 1
+
+
+# RFC 5322 3.2.5/3.5: header text is VCHAR and WSP (obs-NO-WS-CTL is obsolete syntax that
+# must not be generated), and 8-bit header text is UTF-8 (RFC 6532 3.2). CR and LF are
+# left to check_line_ends; TAB is WSP. NUL is found by the whole-message scan first.
+_HEADER_CONTROL = re.compile(rb"[\x01-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def check_forbidden_bytes(data: bytes) -> Rejection | None:
+    """Refuse NUL anywhere, other controls and DEL in the header, and header text that
+    is not UTF-8.
+
+    NUL in the body is refused too: RFC 2045 2.7/2.8 say 7bit and 8bit data hold no NUL,
+    and this gateway offers no BINARYMIME (RFC 3030), the only way to send it. Other
+    controls stay allowed in the body, as RFC 2045 allows them there. Each test is one
+    scan in C (bytes.find, a compiled character class over the header only, a UTF-8
+    decode of the header only), as this runs on every message.
+    """
+    head_end = _header_end(data)
+    nul = data.find(b"\0")
+    if nul >= 0:
+        where = "header" if nul < head_end else "body"
+        return Rejection(
+            550,
+            "5.6.0",
+            f"NUL byte in message {where} (line {_line_of(data, nul)}): NUL is not allowed in mail",
+            "nul_byte",
+        )
+    control = _HEADER_CONTROL.search(data, 0, head_end)
+    if control is not None:
+        return Rejection(
+            550,
+            "5.6.0",
+            f"Control character 0x{control.group()[0]:02X} in message header "
+            f"(line {_line_of(data, control.start())}): not allowed in header fields",
+            "header_control",
+        )
+    head = data[:head_end]
+    if not head.isascii():  # the common case is plain ASCII, and needs no decode
+        try:
+            head.decode("utf-8")  # strict: no overlong forms, no surrogates, nothing cut
+        except UnicodeDecodeError as error:
+            return Rejection(
+                550,
+                "5.6.0",
+                f"Message header is not valid UTF-8 (line {_line_of(head, error.start)}): "
+                "write non-ASCII header text in UTF-8 or as RFC 2047 encoded-words",
+                "header_not_utf8",
+            )
     return None
 
 

@@ -1,12 +1,19 @@
-"""The policy checks, as pure functions."""
+"""The policy checks, as pure functions, and the forbidden-byte check through the real
+SMTP listener."""
 
 from __future__ import annotations
+
+import ssl
+from collections.abc import AsyncIterator
 
 import pytest
 
 from gateway import policy
 from gateway.policy import Client, ClientDirectory, Rejection
 from gateway.settings import ClientSettings
+from keys.signing import SigningMaterial
+from tests.gateway.test_smtp_handler import Gateway, message, raw, running_gateway, transaction
+from tests.gateway.test_smtp_handler import server_tls as server_tls  # a fixture, re-exported
 
 SIGNED = frozenset({"caisses.example", "second.example"})
 BATCH = Client("batch", frozenset({"caisses.example"}))
@@ -120,3 +127,144 @@ def test_header_from(head: bytes, expected: str) -> None:
         assert (found.code, found.status, found.reason) == (550, "5.6.0", expected)
     else:
         assert found == expected
+
+
+# ---------------------------------------------------------------------------- forbidden bytes
+
+HEAD = b"From: <a@caisses.example>\r\nSubject: Decompte 2026\r\n"
+BODY = b"Bonjour,\r\nci-joint votre decompte.\r\n"
+# Every byte RFC 5322 forbids in a header field besides CR and LF (left to the line-end
+# check): the C0 controls other than TAB, and DEL.
+HEADER_CONTROLS = [b for b in [*range(0x01, 0x20), 0x7F] if b not in (0x09, 0x0A, 0x0D)]
+
+
+def forbidden(data: bytes) -> Rejection:
+    rejection = policy.check_forbidden_bytes(data)
+    assert rejection is not None
+    assert (rejection.code, rejection.status) == (550, "5.6.0")
+    return rejection
+
+
+def test_clean_messages_pass() -> None:
+    assert policy.check_forbidden_bytes(HEAD + b"\r\n" + BODY) is None
+    assert policy.check_forbidden_bytes(b"") is None
+    assert policy.check_forbidden_bytes(HEAD) is None  # no body at all
+    # TAB is whitespace in a header; UTF-8 header text is RFC 6532's.
+    assert policy.check_forbidden_bytes(HEAD + "X-Note:\tdécompte à payer\r\n\r\n".encode()) is None
+    # Controls other than NUL are data in a body (RFC 2045 allows them in 7bit and 8bit),
+    # and a body is in whatever charset it declares, so not checked as UTF-8.
+    body = bytes(HEADER_CONTROLS) + b"\xe9t\xe9\xff\r\n"
+    assert policy.check_forbidden_bytes(HEAD + b"\r\n" + body) is None
+
+
+def test_nul_in_the_header_is_refused() -> None:
+    rejection = forbidden(b"From: <a@caisses.example>\r\nSubject: Decompte 2026\0 annule\r\n\r\n")
+    assert rejection.reason == "nul_byte"
+    assert rejection.text == "NUL byte in message header (line 2): NUL is not allowed in mail"
+
+
+@pytest.mark.parametrize("body", [b"\0", b"a\0b\r\n", b"line\r\n\0\r\n", b"last\r\n\0"], ids=repr)
+def test_nul_in_the_body_is_refused(body: bytes) -> None:
+    # RFC 2045 2.7/2.8: 7bit and 8bit data hold no NUL, and the gateway offers no
+    # BINARYMIME, the only way to send it.
+    rejection = forbidden(HEAD + b"\r\n" + body)
+    assert rejection.reason == "nul_byte"
+    assert rejection.text.startswith("NUL byte in message body (line ")
+
+
+def test_nul_in_a_message_without_body_or_header() -> None:
+    assert forbidden(b"Subject: x\0").text.startswith("NUL byte in message header")
+    assert forbidden(b"\r\n\0body\r\n").text.startswith("NUL byte in message body (line 2)")
+
+
+@pytest.mark.parametrize("byte", HEADER_CONTROLS, ids=lambda b: f"0x{b:02X}")
+@pytest.mark.parametrize("where", ["name", "value", "folded", "last line"])
+def test_controls_and_del_in_the_header_are_refused(byte: int, where: str) -> None:
+    char = bytes([byte])
+    head = {
+        "name": HEAD + b"X-Tag" + char + b": 1\r\n",
+        "value": HEAD + b"X-Tag: a" + char + b"b\r\n",
+        "folded": HEAD + b"X-Tag: a\r\n\t" + char + b"b\r\n",
+        "last line": HEAD + b"X-Tag: ab" + char + b"\r\n",
+    }[where]
+    rejection = forbidden(head + b"\r\n" + BODY)
+    assert rejection.reason == "header_control"
+    line = 4 if where == "folded" else 3
+    assert rejection.text == (
+        f"Control character 0x{byte:02X} in message header (line {line}): "
+        "not allowed in header fields"
+    )
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        b"d\xe9compte",  # Latin-1
+        b"\xc3",  # cut in the middle of a character
+        b"\xc0\xaf",  # overlong "/"
+        b"\xed\xa0\x80",  # a UTF-16 surrogate
+        b"\xf4\x90\x80\x80",  # beyond U+10FFFF
+        b"\xff",
+    ],
+    ids=repr,
+)
+def test_header_text_must_be_utf8(text: bytes) -> None:
+    rejection = forbidden(HEAD + b"X-Note: " + text + b"\r\n\r\n" + BODY)
+    assert rejection.reason == "header_not_utf8"
+    assert rejection.text.startswith("Message header is not valid UTF-8 (line 3): ")
+
+
+def test_only_the_first_blank_line_ends_the_header() -> None:
+    # A control after the blank line is body data; the same byte before it is header.
+    assert policy.check_forbidden_bytes(HEAD + b"\r\nX-Tag: \x1b\r\n") is None
+    assert forbidden(HEAD + b"X-Tag: \x1b\r\n\r\n").reason == "header_control"
+
+
+@pytest.fixture
+async def gateway(
+    signing_material: SigningMaterial, server_tls: ssl.SSLContext
+) -> AsyncIterator[Gateway]:
+    async with running_gateway(signing_material, server_tls) as running:
+        yield running
+
+
+@pytest.mark.parametrize(
+    ("data", "reply", "reason"),
+    [
+        (
+            message(extra_headers="X-Ref: Decompte 2026\0 annule\r\n"),
+            "550 5.6.0 NUL byte in message header (line 4): NUL is not allowed in mail",
+            "nul_byte",
+        ),
+        (
+            message(body="Montant : 120,00 EUR\r\n\0 annule\r\n"),
+            "550 5.6.0 NUL byte in message body (line 9): NUL is not allowed in mail",
+            "nul_byte",
+        ),
+        (
+            message(extra_headers="X-Ref: \x1b[8mcache\r\n"),
+            "550 5.6.0 Control character 0x1B in message header (line 4): "
+            "not allowed in header fields",
+            "header_control",
+        ),
+        (
+            message().replace("décompte".encode(), "décompte".encode("latin-1")),
+            "550 5.6.0 Message header is not valid UTF-8 (line 3): "
+            "write non-ASCII header text in UTF-8 or as RFC 2047 encoded-words",
+            "header_not_utf8",
+        ),
+    ],
+    ids=["nul-header", "nul-body", "escape-header", "latin1-header"],
+)
+async def test_forbidden_bytes_are_refused_by_the_listener(
+    gateway: Gateway, data: bytes, reply: str, reason: str
+) -> None:
+    async with raw(gateway.port()) as client:
+        await client.greet()
+        assert await transaction(client, data) == reply
+        assert gateway.spool.puts == []  # nothing sealed, nothing queued
+        # The session goes on: the same message without the byte is accepted.
+        assert (await transaction(client, message())).startswith("250 2.0.0 Queued as ")
+    assert len(gateway.spool.puts) == 1
+    assert gateway.metrics.rejected.value(reason) == 1
+    assert gateway.metrics.sealed.value() == 1
