@@ -3,8 +3,11 @@
 `GatewaySMTP` is aiosmtpd's `SMTP` with what a relay for health data needs and aiosmtpd
 leaves out: command lines must end with CRLF (bare LF or CR is refused, so a command
 cannot be smuggled), a separate DATA timeout, a 421 reply before a timeout closes the
-connection, connection limits, enhanced status codes on aiosmtpd's own replies, and a
-generic reply (never a Python error text) when something fails inside.
+connection, connection limits, enhanced status codes on aiosmtpd's own replies, STARTTLS
+refused once TLS is active, AUTH mechanism names matched without regard to case, and a
+generic reply (never a Python error text) when something fails inside. What a client does
+to its own connection (a failed TLS handshake, a reset, a close mid-command) is logged as
+one line, never as a traceback: the log's tracebacks are kept for the gateway's own faults.
 
 `Handler` is the aiosmtpd handler: AUTH (PLAIN, LOGIN; scrypt hashes checked in a
 thread; delay then lockout per IP and per user), the policy checks, and the DATA flow
@@ -18,12 +21,13 @@ import base64
 import binascii
 import collections
 import logging
+import ssl
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, AnyStr, Protocol
 
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import SMTP, Envelope, Session, TLSSetupException, syntax
 
 from gateway import policy
 from gateway.metrics import Metrics
@@ -38,6 +42,12 @@ log = logging.getLogger("sealpost.gateway.smtp")
 # the time a failed AUTH takes.
 _DUMMY_HASH = PasswordHash(16384, 8, 1, b"\0" * 16, b"\0" * 32)
 _SHUTDOWN_REPLY = "421 4.3.2 Service shutting down, try again later"
+_TLS_ACTIVE_REPLY = "503 5.5.1 Error: TLS already active"  # Postfix's words
+
+# Raised by what the client does to its connection, not by a fault of the gateway's: a TLS
+# handshake that fails (aiosmtpd wraps its error in TLSSetupException), a reset or broken
+# pipe, an end of stream in the middle of a read.
+_CLIENT_FAULTS = (TLSSetupException, ConnectionError, ssl.SSLError, asyncio.IncompleteReadError)
 
 
 class SealedLike(Protocol):
@@ -264,6 +274,9 @@ class GatewaySMTP(SMTP):
             "503 Error: send HELO first": "503 5.5.1 Error: send HELO first",
             "503 Error: send EHLO first": "503 5.5.1 Error: send EHLO first",
             "503 Already authenticated": "503 5.5.1 Already authenticated",
+            "220 Ready to start TLS": "220 2.0.0 Ready to start TLS",
+            "454 TLS not available": "454 4.7.0 TLS not available",
+            "501 Syntax: STARTTLS": "501 5.5.4 Syntax: STARTTLS",
             "250 OK": "250 2.0.0 OK",
             "221 Bye": "221 2.0.0 Bye",
         }
@@ -324,6 +337,47 @@ class GatewaySMTP(SMTP):
         log.info("event=timeout client_ip=%s after=%ss", self.client_ip, timeout)
         self.close_with("421 4.4.2 Timeout, closing connection")
 
+    @property
+    def tls_active(self) -> bool:
+        """After STARTTLS, or on the implicit-TLS listener from the first byte."""
+        transport = self.transport
+        return self._tls_protocol is not None or (
+            transport is not None and transport.get_extra_info("ssl_object") is not None
+        )
+
+    async def _handle_client(self) -> None:
+        # aiosmtpd re-raises a reset from its command loop, and a reply to a client already
+        # gone fails outside the loop's own handling; either would end the task with an
+        # exception nobody retrieves, which asyncio logs with a traceback when the task is
+        # collected. The client left: one line says so.
+        try:
+            await super()._handle_client()
+        except _CLIENT_FAULTS as error:
+            log.info("event=disconnected client_ip=%s error=%r", self.client_ip, error)
+
+    @syntax("STARTTLS", when="tls_context")
+    async def smtp_STARTTLS(self, arg: str) -> None:
+        # aiosmtpd would start a handshake inside the TLS session (answering 220), which
+        # the standard library cannot unwind: every such connection ended in tracebacks.
+        # RFC 3207 section 4.2: STARTTLS is not to be issued again once TLS is on; on the
+        # implicit-TLS listener aiosmtpd would answer 454, as if TLS were missing.
+        if self.tls_active:
+            await self.push(_TLS_ACTIVE_REPLY)
+            return
+        await super().smtp_STARTTLS(arg)
+
+    @syntax("AUTH <mechanism>")
+    async def smtp_AUTH(self, arg: str) -> None:
+        # RFC 4954 section 4: mechanism names are case-insensitive. aiosmtpd looks the name
+        # up as sent (answering 504 to "auth plain") before the handler's hook sees it, so
+        # it is upper-cased here. Only an ASCII name: str.upper maps some other letters to
+        # ASCII ones ("plaın" would become "PLAIN"). The initial response, base64 and so
+        # case-sensitive, is passed on as it came.
+        args = arg.split()
+        if args and args[0].isascii():
+            args[0] = args[0].upper()
+        await super().smtp_AUTH(" ".join(args))
+
     async def push(self, status: AnyStr) -> None:
         if isinstance(status, str):
             await super().push(self._replies.get(status, status))
@@ -367,6 +421,20 @@ class GatewaySMTP(SMTP):
     async def handle_exception(self, error: Exception) -> str:
         if isinstance(error, BareLineEnding):
             return "500 5.5.2 Bare CR or LF in command: lines must end with CRLF"
+        if isinstance(error, _CLIENT_FAULTS):
+            # The client's doing (for a failed handshake, the cause says what the client
+            # sent), so one line and no traceback. The connection is of no further use,
+            # and must be closed: a read at end of stream fails again at once, so the
+            # command loop would spin. aiosmtpd sends the reply if it still can (it drops
+            # it after a failed handshake).
+            event = "tls_failed" if isinstance(error, TLSSetupException) else "disconnected"
+            log.info(
+                "event=%s client_ip=%s error=%r", event, self.client_ip, error.__cause__ or error
+            )
+            transport = self.transport
+            if transport is not None and not transport.is_closing():
+                transport.close()
+            return "421 4.4.2 Connection failed, closing"
         log.error("event=error client_ip=%s error=%r", self.client_ip, error, exc_info=error)
         return "451 4.3.0 Internal error, try again later"
 
@@ -627,6 +695,7 @@ class Handler:
         found = (
             policy.check_line_ends(raw)
             or policy.check_line_length(raw, self._max_line_length)
+            or policy.check_forbidden_bytes(raw)
             or policy.header_from_domain(raw)
         )
         if isinstance(found, Rejection):

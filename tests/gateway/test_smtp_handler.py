@@ -11,9 +11,13 @@ import asyncio
 import base64
 import contextlib
 import dataclasses
+import gc
+import logging
 import random
+import socket
 import ssl
-from collections.abc import AsyncIterator
+import struct
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -592,17 +596,14 @@ async def test_no_payload_yields_a_second_message(gateway: Gateway, end: bytes) 
         await client.send(message() + end + SMUGGLED + b"\r\n.\r\n")
         reply = await client.reply()
         quit_reply = await client.command("QUIT")
-    # One message, one reply: refused for its bare line ends (or, for the NUL variant,
-    # accepted whole); the smuggled commands were never commands.
+    # One message, one reply: refused whole, for its bare line ends or (the NUL variant)
+    # its NUL byte; the smuggled commands were never commands.
     assert quit_reply.startswith("221 ")
     if b"\x00" in end:
-        assert reply.startswith("250 ")
-        [stored] = gateway.spool.puts
-        assert stored.recipients == ["membre@example.org"]
-        assert b"smuggled" in stored.data
+        assert reply.startswith("550 5.6.0 NUL byte in message body")
     else:
         assert reply == "554 5.6.0 Bare CR or LF in message data: every line must end with CRLF"
-        assert gateway.spool.puts == []
+    assert gateway.spool.puts == []
 
 
 @pytest.mark.parametrize(
@@ -783,3 +784,334 @@ async def test_size_limit_is_exact(gateway: Gateway, extra: int, accepted: bool)
         await client.greet()
         reply = await transaction(client, data)
     assert reply.startswith("250 ") if accepted else reply.startswith("552 5.3.4")
+
+
+# ---------------------------------------------------------------------------- TLS and abuse
+
+PLAIN_TOKEN = base64.b64encode(f"\0batch\0{PASSWORD}".encode()).decode()
+WRONG_TOKEN = base64.b64encode(b"\0batch\0wrong").decode()
+# The start of a TLS ClientHello record, cut short.
+PARTIAL_HELLO = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"
+
+
+async def starttls(client: Raw, tls: ssl.SSLContext) -> None:
+    assert await client.command("STARTTLS") == "220 2.0.0 Ready to start TLS"
+    await client.writer.start_tls(tls, server_hostname=HOST)
+    ehlo = await client.command("EHLO client.test")
+    assert ehlo.startswith("250-")
+    assert "STARTTLS" not in ehlo
+
+
+@contextlib.asynccontextmanager
+async def smtps(port: int, tls: ssl.SSLContext) -> AsyncIterator[Raw]:
+    reader, writer = await asyncio.open_connection(HOST, port, ssl=tls, server_hostname=HOST)
+    client = Raw(reader, writer)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+def reset(client: Raw) -> None:
+    """Close with a TCP RST (SO_LINGER 0), as a crashed client or a middlebox would."""
+    sock = client.writer.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    client.writer.transport.abort()
+
+
+async def until_closed(client: Raw) -> None:
+    """Read (a TLS alert, say) until the gateway closes the connection."""
+    async with asyncio.timeout(5):
+        while await client.reader.read(4096):
+            pass
+
+
+async def sessions_ended(gateway: Gateway) -> None:
+    """Wait until the gateway has seen every connection close (its log lines are written by
+    then), then collect garbage: a task that ended in an exception nobody retrieved is
+    logged, with its traceback, when it is collected."""
+    for _ in range(250):
+        if not len(gateway.receiver.sessions):
+            break
+        await asyncio.sleep(0.02)
+    else:
+        raise AssertionError("sessions still open after 5 s")
+    await asyncio.sleep(0.05)
+    gc.collect()
+    await asyncio.sleep(0)
+
+
+def assert_no_traceback(caplog: pytest.LogCaptureFixture) -> None:
+    bad = [
+        f"{r.levelname} {r.name}: {r.getMessage()}"
+        for r in caplog.records
+        if r.levelno >= logging.ERROR or r.exc_info or r.stack_info
+    ]
+    assert bad == []
+    assert "Traceback" not in caplog.text
+
+
+async def start_data_authenticated(client: Raw) -> None:
+    assert (await client.command(f"AUTH PLAIN {PLAIN_TOKEN}")).startswith("235 ")
+    assert (await client.command(f"MAIL FROM:<decomptes@{DOMAIN}>")).startswith("250 ")
+    assert (await client.command("RCPT TO:<membre@example.org>")).startswith("250 ")
+    assert (await client.command("DATA")).startswith("354 ")
+    await client.send(b"From: <decomptes@caisses.example>\r\nSubject: cut")
+    await asyncio.sleep(0.05)  # let the gateway read it: it is now inside the message
+
+
+async def test_a_second_starttls_is_refused_and_the_session_goes_on(
+    gateway: Gateway, client_tls: ssl.SSLContext, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    async with raw(gateway.port("submission")) as client:
+        await client.greet()
+        await starttls(client, client_tls)
+        assert await client.command("STARTTLS") == "503 5.5.1 Error: TLS already active"
+        # Still the same TLS session, in a usable state.
+        assert (await client.command(f"AUTH PLAIN {PLAIN_TOKEN}")).startswith("235 2.7.0")
+        assert await transaction(client, message()) == "250 2.0.0 Queued as Q0001"
+        assert await client.command("QUIT") == "221 2.0.0 Bye"
+    await sessions_ended(gateway)
+    assert_no_traceback(caplog)
+
+
+async def test_starttls_on_the_implicit_tls_listener_is_refused(
+    gateway: Gateway, client_tls: ssl.SSLContext, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    async with smtps(gateway.port("smtps"), client_tls) as client:
+        ehlo = await client.greet()
+        assert "STARTTLS" not in ehlo
+        assert await client.command("STARTTLS") == "503 5.5.1 Error: TLS already active"
+        assert await client.command("NOOP") == "250 2.0.0 OK"
+    await sessions_ended(gateway)
+    assert_no_traceback(caplog)
+
+
+async def _garbage_after_starttls(gw: Gateway, tls: ssl.SSLContext) -> None:
+    async with raw(gw.port("submission")) as client:
+        await client.greet()
+        assert await client.command("STARTTLS") == "220 2.0.0 Ready to start TLS"
+        await client.send(b"EHLO client.test\r\nMAIL FROM:<a@caisses.example>\r\n")
+        await until_closed(client)
+
+
+async def _close_mid_handshake(gw: Gateway, tls: ssl.SSLContext) -> None:
+    async with raw(gw.port("submission")) as client:
+        await client.greet()
+        assert await client.command("STARTTLS") == "220 2.0.0 Ready to start TLS"
+        await client.send(PARTIAL_HELLO)
+
+
+async def _reset_mid_handshake(gw: Gateway, tls: ssl.SSLContext) -> None:
+    client = await Raw.connect(gw.port("relay"))
+    await client.greet()
+    assert await client.command("STARTTLS") == "220 2.0.0 Ready to start TLS"
+    await client.send(PARTIAL_HELLO)
+    await asyncio.sleep(0.05)
+    reset(client)
+
+
+async def _client_refuses_the_certificate(gw: Gateway, tls: ssl.SSLContext) -> None:
+    # Trusts another CA only, so it refuses the gateway's certificate with an alert.
+    untrusting = ssl.create_default_context(cadata=trustme.CA().cert_pem.bytes().decode())
+    async with raw(gw.port("submission")) as client:
+        await client.greet()
+        assert await client.command("STARTTLS") == "220 2.0.0 Ready to start TLS"
+        with pytest.raises(ssl.SSLCertVerificationError):
+            await client.writer.start_tls(untrusting, server_hostname=HOST)
+
+
+async def _second_starttls_then_close(gw: Gateway, tls: ssl.SSLContext) -> None:
+    async with raw(gw.port("submission")) as client:
+        await client.greet()
+        await starttls(client, tls)
+        assert await client.command("STARTTLS") == "503 5.5.1 Error: TLS already active"
+        await client.send(PARTIAL_HELLO)  # as if a nested handshake had begun
+
+
+async def _reset_during_data(gw: Gateway, tls: ssl.SSLContext) -> None:
+    client = await Raw.connect(gw.port("relay"))
+    await client.greet()
+    await client.command(f"MAIL FROM:<decomptes@{DOMAIN}>")
+    await client.command("RCPT TO:<membre@example.org>")
+    assert (await client.command("DATA")).startswith("354 ")
+    await client.send(b"From: <decomptes@caisses.example>\r\nSubject: cut")
+    await asyncio.sleep(0.05)
+    reset(client)
+
+
+async def _reset_during_data_after_starttls(gw: Gateway, tls: ssl.SSLContext) -> None:
+    client = await Raw.connect(gw.port("submission"))
+    await client.greet()
+    await starttls(client, tls)
+    await start_data_authenticated(client)
+    reset(client)
+
+
+async def _close_during_data_after_starttls(gw: Gateway, tls: ssl.SSLContext) -> None:
+    async with raw(gw.port("submission")) as client:
+        await client.greet()
+        await starttls(client, tls)
+        await start_data_authenticated(client)
+
+
+async def _reset_during_data_on_smtps(gw: Gateway, tls: ssl.SSLContext) -> None:
+    async with smtps(gw.port("smtps"), tls) as client:
+        await client.greet()
+        await start_data_authenticated(client)
+        reset(client)
+
+
+async def _close_during_data_on_smtps(gw: Gateway, tls: ssl.SSLContext) -> None:
+    async with smtps(gw.port("smtps"), tls) as client:
+        await client.greet()
+        await start_data_authenticated(client)
+
+
+async def _plain_text_to_smtps(gw: Gateway, tls: ssl.SSLContext) -> None:
+    async with raw(gw.port("smtps")) as client:
+        await client.send(b"EHLO client.test\r\n")
+        await until_closed(client)
+
+
+async def _close_mid_handshake_on_smtps(gw: Gateway, tls: ssl.SSLContext) -> None:
+    async with raw(gw.port("smtps")) as client:
+        await client.send(PARTIAL_HELLO)
+
+
+Misbehaviour = Callable[[Gateway, ssl.SSLContext], Awaitable[None]]
+
+
+@pytest.mark.parametrize(
+    ("misbehave", "tls_failure"),
+    [
+        (_garbage_after_starttls, True),
+        (_close_mid_handshake, True),
+        (_reset_mid_handshake, True),
+        (_client_refuses_the_certificate, True),
+        (_second_starttls_then_close, False),
+        (_reset_during_data, False),
+        (_reset_during_data_after_starttls, False),
+        (_close_during_data_after_starttls, False),
+        (_reset_during_data_on_smtps, False),
+        (_close_during_data_on_smtps, False),
+        (_plain_text_to_smtps, False),
+        (_close_mid_handshake_on_smtps, False),
+    ],
+    ids=lambda value: value.__name__.strip("_") if callable(value) else None,
+)
+async def test_a_misbehaving_client_leaves_no_traceback(
+    gateway: Gateway,
+    client_tls: ssl.SSLContext,
+    caplog: pytest.LogCaptureFixture,
+    misbehave: Misbehaviour,
+    tls_failure: bool,
+) -> None:
+    caplog.set_level(logging.INFO)
+    await misbehave(gateway, client_tls)
+    await sessions_ended(gateway)
+    assert_no_traceback(caplog)
+    # A failed handshake after STARTTLS is one line, saying what went wrong.
+    failures = [r.getMessage() for r in caplog.records if "event=tls_failed" in r.getMessage()]
+    assert len(failures) == (1 if tls_failure else 0), failures
+    assert gateway.spool.puts == []
+    # The gateway serves the next client as before.
+    async with raw(gateway.port()) as client:
+        await client.greet()
+        assert await transaction(client, message()) == "250 2.0.0 Queued as Q0001"
+
+
+# ---------------------------------------------------------------------------- AUTH, any case
+
+
+async def tls_session(gateway: Gateway, tls: ssl.SSLContext) -> Raw:
+    client = await Raw.connect(gateway.port("submission"))
+    await client.greet()
+    await starttls(client, tls)
+    return client
+
+
+USER_PROMPT = "334 " + base64.b64encode(b"User Name").decode()
+PASSWORD_PROMPT = "334 " + base64.b64encode(b"Password").decode()
+
+
+async def login_exchange(client: Raw, command: str, password: str) -> str:
+    """AUTH LOGIN without an initial response, however `command` spells it."""
+    assert await client.command(command) == USER_PROMPT
+    assert await client.command(base64.b64encode(b"batch").decode()) == PASSWORD_PROMPT
+    return await client.command(base64.b64encode(password.encode()).decode())
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        f"AUTH plain {PLAIN_TOKEN}",
+        f"auth Plain {PLAIN_TOKEN}",
+        f"Auth pLaIn {PLAIN_TOKEN}",
+        "AUTH plain",  # the credentials after a 334
+        "AUTH login",
+        "auth Login",
+    ],
+)
+async def test_auth_mechanism_names_are_case_insensitive(
+    gateway: Gateway, client_tls: ssl.SSLContext, command: str
+) -> None:
+    client = await tls_session(gateway, client_tls)
+    try:
+        if command.lower() == "auth plain":
+            assert await client.command(command) == "334 "
+            reply = await client.command(PLAIN_TOKEN)
+        elif command.lower() == "auth login":
+            reply = await login_exchange(client, command, PASSWORD)
+        else:
+            reply = await client.command(command)
+        assert reply == "235 2.7.0 Authentication successful"
+        assert await client.command(f"AUTH PLAIN {PLAIN_TOKEN}") == (
+            "503 5.5.1 Already authenticated"
+        )
+        assert await transaction(client, message()) == "250 2.0.0 Queued as Q0001"
+    finally:
+        client.close()
+    assert gateway.spool.puts[0].client == "batch"
+
+
+async def test_failed_auth_in_any_case_counts_toward_the_lockout(
+    gateway: Gateway, client_tls: ssl.SSLContext
+) -> None:
+    client = await tls_session(gateway, client_tls)
+    try:
+        replies = [
+            await client.command(f"auth plain {WRONG_TOKEN}"),
+            await login_exchange(client, "Auth login", "wrong"),
+            await client.command(f"AUTH Plain {WRONG_TOKEN}"),
+            await client.command(f"auth PLAIN {WRONG_TOKEN}"),
+            # Locked out: the right password, in lower case, waits as in upper case.
+            await client.command(f"auth plain {PLAIN_TOKEN}"),
+        ]
+    finally:
+        client.close()
+    assert (
+        replies
+        == ["535 5.7.8 Authentication credentials invalid"] * 3
+        + ["454 4.7.0 Too many failed logins from your address, try again later"] * 2
+    )
+    assert gateway.metrics.rejected.value("auth_failed") == 3
+    assert gateway.metrics.rejected.value("auth_locked") == 2
+
+
+@pytest.mark.parametrize("mechanism", ["cram-md5", "Cram-MD5", "xplain", "pla\u0131n"])
+async def test_an_unknown_mechanism_is_504_in_any_case(
+    gateway: Gateway, client_tls: ssl.SSLContext, mechanism: str
+) -> None:
+    # "pla\u0131n" (a dotless i) upper-cases to "PLAIN" in Python; it is no mechanism name.
+    client = await tls_session(gateway, client_tls)
+    try:
+        reply = await client.command(f"AUTH {mechanism} {PLAIN_TOKEN}")
+        after = await client.command("NOOP")
+    finally:
+        client.close()
+    assert reply == "504 5.5.4 Unrecognized authentication type"
+    assert after == "250 2.0.0 OK"
+    assert gateway.metrics.rejected.value("auth_failed") == 0
