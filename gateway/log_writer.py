@@ -13,8 +13,9 @@ Files, under the log's directory in the public archive (any static server can se
     index/<hh>                "<seal digest hex> <entry index>" lines, by first byte
 
 Order on disk, for crashes: tiles, then the index, then the kept checkpoint with its
-timestamp, then the latest checkpoint, then the spool's commit that releases the messages. A crash between two steps is
-found at the next start (tiles ahead of the spool) and finished without appending twice.
+timestamp, then the latest checkpoint, then the spool's commit that releases the messages.
+A crash between two steps is found at the next start (tiles ahead of the spool) and
+finished without appending twice.
 A checkpoint is never signed unless the previous one is consistent with it.
 """
 
