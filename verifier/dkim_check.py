@@ -11,9 +11,11 @@ import dataclasses
 import datetime as dt
 import functools
 import logging
+import threading
 from typing import Any
 
 import dkim
+import dkim.canonicalization
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa, utils
@@ -65,6 +67,21 @@ def _openssl_rsa_verify(digest: Any, signature: bytes, public_key: dict[str, int
 
 
 dkim.RSASSA_PKCS1_v1_5_verify = _openssl_rsa_verify
+
+# dkimpy canonicalises the body again for each signature, and the fund signs twice over
+# the same relaxed body: the last result is kept, per thread, for that same body object.
+_relaxed_body = dkim.canonicalization.Relaxed.canonicalize_body
+_last = threading.local()
+
+
+def _relaxed_body_once(body: bytes) -> bytes:
+    if getattr(_last, "body", None) is not body:
+        _last.body, _last.result = body, _relaxed_body(body)
+    result: bytes = _last.result
+    return result
+
+
+dkim.canonicalization.Relaxed.canonicalize_body = staticmethod(_relaxed_body_once)
 
 # RFC 8301: rsa-sha1 signatures are not to be trusted; the fund never makes them.
 _ALGORITHMS = {"rsa-sha256": "rsa", "ed25519-sha256": "ed25519"}

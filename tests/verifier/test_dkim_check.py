@@ -136,3 +136,19 @@ def test_rsa_arithmetic_goes_to_openssl_and_agrees_with_dkimpy_s_own(sealed: byt
         digest = hashlib.sha256(sealed)
         assert dkim.crypto.RSASSA_PKCS1_v1_5_verify(digest, candidate, public) is expected
         assert dkim.RSASSA_PKCS1_v1_5_verify(digest, candidate, public) is expected
+
+
+def test_the_body_is_canonicalised_once_for_both_signatures(
+    sealed: bytes, trust: Trust, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[int] = []
+    original = dkim_check._relaxed_body
+
+    def counting(body: bytes) -> bytes:
+        calls.append(len(body))
+        return original(body)
+
+    monkeypatch.setattr(dkim_check, "_relaxed_body", counting)
+    checks = check_dkim(sealed, signatures(sealed), trust)
+    assert [c.status for c in checks] == [DkimStatus.PASS, DkimStatus.PASS]
+    assert len(calls) == 1
