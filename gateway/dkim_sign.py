@@ -19,7 +19,11 @@ from dataclasses import dataclass
 import dkim
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa, utils
-from dkim.canonicalization import CanonicalizationPolicy
+from dkim.canonicalization import (
+    CanonicalizationPolicy,
+    correct_empty_body,
+    strip_trailing_lines,
+)
 
 # Headers an attacker would add or change to make a sealed statement say something else.
 SIGNED_HEADERS = (
@@ -109,6 +113,19 @@ def parse(message: bytes) -> tuple[list[list[bytes]], bytes]:
     return headers, body
 
 
+def relaxed_body(body: bytes) -> bytes:
+    """RFC 6376 3.4.4, exactly as dkimpy computes it, with bytes.replace instead of its two
+    regular expressions over the whole body (a tenth of a lane's time under load):
+    white-space runs become one space, and one before a line end goes."""
+    if b"\t" in body:
+        body = body.replace(b"\t", b" ")
+    while b"  " in body:
+        body = body.replace(b"  ", b" ")
+    body = body.replace(b" \r\n", b"\r\n")
+    canonical: bytes = correct_empty_body(strip_trailing_lines(body))
+    return canonical
+
+
 def signature_headers(
     message: bytes, domain: str, signers: Sequence[Signer], timestamp: int
 ) -> bytes:
@@ -128,7 +145,7 @@ def sign(
     policy = CanonicalizationPolicy.from_c_value(CANONICALIZATION)
     canonical_headers = policy.canonicalize_headers(headers)
     include = oversigned(headers)
-    body_hash = base64.b64encode(hashlib.sha256(policy.canonicalize_body(body)).digest())
+    body_hash = base64.b64encode(hashlib.sha256(relaxed_body(body)).digest())
     made = [
         _signature_header(signer, domain, timestamp, include, body_hash, policy, canonical_headers)
         for signer in signers

@@ -14,6 +14,7 @@ import time
 import dkim
 import pytest
 from cryptography.hazmat.primitives import serialization
+from dkim.canonicalization import Relaxed
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -154,3 +155,14 @@ def test_the_signer_reads_a_message_exactly_as_dkimpy_does(lines: list[bytes], e
         return
     headers, body = dkim_sign.parse(message)
     assert ([list(h) for h in headers], body) == ([list(h) for h in expected[0]], expected[1])
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    body=st.lists(
+        st.sampled_from([b"a", b" ", b"\t", b"\r\n", b"  ", b"\r", b"\n", b"x y", b" \t "]),
+        max_size=30,
+    ).map(b"".join)
+)
+def test_the_relaxed_body_is_dkimpy_s(body: bytes) -> None:
+    assert dkim_sign.relaxed_body(body) == Relaxed.canonicalize_body(body)

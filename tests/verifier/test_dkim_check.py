@@ -146,7 +146,8 @@ def test_the_body_is_canonicalised_once_for_both_signatures(
 
     def counting(body: bytes) -> bytes:
         calls.append(len(body))
-        return original(body)
+        canonical: bytes = original(body)
+        return canonical
 
     monkeypatch.setattr(dkim_check, "_relaxed_body", counting)
     checks = check_dkim(sealed, signatures(sealed), trust)
