@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Final, Literal, Protocol
 
 import aiosmtplib
+import aiosmtplib.protocol
 import dns.asyncresolver
 import dns.exception
 import dns.name
@@ -44,6 +45,23 @@ import dns.rdatatype
 import dns.resolver
 
 from keys.safeio import fsync_dir
+
+_normalize_line_ends = aiosmtplib.protocol.normalize_message_line_endings
+
+
+def normalized_line_ends(message: bytes) -> bytes:
+    """aiosmtplib's line-end normalisation, without its regular expression rewriting every
+    CRLF of a message that has no other kind (every sealed message: 5% of a lane's time
+    under load). Anything else still goes through aiosmtplib's own."""
+    crlf = message.count(b"\r\n")
+    if message.count(b"\n") == crlf == message.count(b"\r") and message.endswith(b"\r\n"):
+        return message
+    normalized: bytes = _normalize_line_ends(message)
+    return normalized
+
+
+# execute_data_command looks the name up in its module at each call.
+aiosmtplib.protocol.normalize_message_line_endings = normalized_line_ends
 
 log = logging.getLogger("sealpost.delivery")
 
