@@ -3,17 +3,14 @@ SMTP listener."""
 
 from __future__ import annotations
 
-import ssl
-from collections.abc import AsyncIterator
-
 import pytest
 
 from gateway import policy
 from gateway.policy import Client, ClientDirectory, Rejection
 from gateway.settings import ClientSettings
-from keys.signing import SigningMaterial
-from tests.gateway.test_smtp_handler import Gateway, message, raw, running_gateway, transaction
-from tests.gateway.test_smtp_handler import server_tls as server_tls  # a fixture, re-exported
+from tests.gateway.test_smtp_handler import Gateway, message, raw, transaction
+from tests.gateway.test_smtp_handler import gateway as gateway  # fixtures, re-exported
+from tests.gateway.test_smtp_handler import server_tls as server_tls
 
 SIGNED = frozenset({"caisses.example", "second.example"})
 BATCH = Client("batch", frozenset({"caisses.example"}))
@@ -218,14 +215,6 @@ def test_only_the_first_blank_line_ends_the_header() -> None:
     # A control after the blank line is body data; the same byte before it is header.
     assert policy.check_forbidden_bytes(HEAD + b"\r\nX-Tag: \x1b\r\n") is None
     assert forbidden(HEAD + b"X-Tag: \x1b\r\n\r\n").reason == "header_control"
-
-
-@pytest.fixture
-async def gateway(
-    signing_material: SigningMaterial, server_tls: ssl.SSLContext
-) -> AsyncIterator[Gateway]:
-    async with running_gateway(signing_material, server_tls) as running:
-        yield running
 
 
 @pytest.mark.parametrize(
