@@ -2,6 +2,11 @@
 `sealpost-verifier` (uvicorn, N worker processes) on 127.0.0.1.
 
     .venv/bin/python bench/verifier_api.py [--requests 2000] [--concurrency 16] [--workers 2]
+        [--log-entries N]
+
+With --log-entries N, the archive lists a statement log of N entries (the statement's own
+among them, near the end), so each verification also finds its entry and proves it in
+the checkpoint (no timestamp token: no TSA is started).
 
 Prints verifications/s, p50/p99 latency and the server's peak RSS. Target on a 2-core
 machine: at least 150 verifications/s with p99 under 150 ms. The client shares the cores
@@ -12,7 +17,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime as dt
+import json
 import os
+import secrets
 import socket
 import statistics
 import subprocess
@@ -26,13 +34,18 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from gateway.log_writer import LogConfig, LogWriter  # noqa: E402
+from gateway.seal import DocumentRules  # noqa: E402
+from gateway.seal import seal as gateway_seal  # noqa: E402
+from gateway.spool import Envelope, Spool  # noqa: E402
 from tests.conftest import make_material  # noqa: E402
 from tests.verifier.conftest import (  # noqa: E402
     KeyHistory,
     reference_message,
-    seal,
     write_archive,
 )
+from tlog import note  # noqa: E402
+from tlog.entry import Entry  # noqa: E402
 
 
 def free_port() -> int:
@@ -123,17 +136,62 @@ async def load(port: int, email: bytes, requests: int, concurrency: int) -> list
     return latencies
 
 
+LOG_ORIGIN = "caisses.example/statements/bench"
+
+
+def add_log(archive: Path, own_entry: bytes, count: int) -> None:
+    """A statement log of `count` entries beside the archive, written by the gateway's own
+    writer, and listed in archive.json."""
+    signer_text, verifier_text = note.generate_key(LOG_ORIGIN)
+    directory = archive / "log" / "bench"
+    when = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    entries = [
+        Entry(when, "caisses.example", "202601", "bh", (secrets.token_hex(32),), ()).encode()
+        for _ in range(max(0, count - 1))
+    ]
+    entries.insert(max(0, len(entries) - 10), own_entry)
+
+    async def write() -> None:
+        spool = Spool.open(archive.parent / "spool")
+        config = LogConfig(directory, note.Signer.from_text(signer_text), stamp_interval=0.0)
+        writer = LogWriter(spool, config)
+        for start in range(0, len(entries), 500):  # concurrent puts share one commit
+            await asyncio.gather(
+                *(
+                    spool.put(Envelope("a@caisses.example", ["m@example.org"], b"x", log_entry=e))
+                    for e in entries[start : start + 500]
+                )
+            )
+        await writer.integrate()
+        await writer.stop()
+        await spool.close()
+
+    asyncio.run(write())
+    path = archive / "archive.json"
+    document = json.loads(path.read_text())
+    document["logs"] = [
+        {"origin": LOG_ORIGIN, "key": verifier_text, "started_at": "2020-01-01T00:00:00Z",
+         "path": "log/bench"}
+    ]  # fmt: skip
+    (archive / "archive.json.tmp").write_text(json.dumps(document))
+    (archive / "archive.json.tmp").replace(path)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--log-entries", type=int, default=0, help="a statement log this big")
     args = parser.parse_args()
 
     material = make_material()
-    email = seal(reference_message(), material)
+    sealed = gateway_seal(reference_message(), material, DocumentRules())
+    email = sealed.data
     with tempfile.TemporaryDirectory(prefix="sealpost-bench-") as tmp:
         archive = write_archive(Path(tmp) / "public", [(material, KeyHistory())])
+        if args.log_entries:
+            add_log(archive, sealed.entry, args.log_entries)
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -160,6 +218,7 @@ def main() -> int:
     print(f"email size           {len(email) / 1024:.1f} KB")
     print(f"verifications        {len(latencies)} with {args.concurrency} clients")
     print(f"server workers       {args.workers}")
+    print(f"statement log        {args.log_entries or 'none'} entries")
     print(f"verifications/s      {len(latencies) / elapsed:.0f}")
     print(f"latency p50          {p50:.1f} ms")
     print(f"latency p99          {p99:.1f} ms")

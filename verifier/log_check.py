@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import functools
 import os
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,6 +91,23 @@ def _open(record: PublicLog, archive_dir: Path) -> _Log:
     return _Log(record, directory, verifier)
 
 
+_stores: dict[Path, TileStore] = {}
+_stores_lock = threading.Lock()
+
+
+def _tiles(directory: Path, size: int) -> TileStore:
+    """One reader per log for the process: its tiles stay cached between verifications
+    (full tiles never change). It looks at the directory again only for a checkpoint
+    larger than what it has seen."""
+    with _stores_lock:
+        store = _stores.get(directory)
+        if store is None:
+            store = _stores[directory] = TileStore(directory)
+    if store.size < size:
+        store.refresh()
+    return store
+
+
 def _positions(log: _Log, digest: str) -> list[int]:
     shard = log.directory / INDEX / digest[:2]
     try:
@@ -106,9 +125,15 @@ def _positions(log: _Log, digest: str) -> list[int]:
 
 
 def _checkpoint(log: _Log, data: bytes) -> note.Checkpoint:
-    opened = note.open_note(data, [log.verifier])
+    return _opened_checkpoint(data, log.verifier, log.record.origin)
+
+
+@functools.lru_cache(maxsize=64)
+def _opened_checkpoint(data: bytes, verifier: note.Verifier, origin: str) -> note.Checkpoint:
+    """A checkpoint's signature checked once per version of the file, not per statement."""
+    opened = note.open_note(data, [verifier])
     checkpoint = note.Checkpoint.parse(opened.text)
-    if checkpoint.origin != log.record.origin:
+    if checkpoint.origin != origin:
         raise note.NoteError("checkpoint of another log")
     return checkpoint
 
@@ -123,7 +148,7 @@ def _prove(
         raise LogUnavailable(f"the checkpoint of {log.record.origin} is unreadable") from exc
     if index >= latest.size:
         return None
-    tiles = TileStore(log.directory)
+    tiles = _tiles(log.directory, latest.size)
     try:
         data = tiles.entry(index)
         entry = decode(data)
