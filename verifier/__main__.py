@@ -17,6 +17,7 @@ from typing import Any
 import uvicorn
 
 from keys.archive import ARCHIVE_FILE
+from verifier import workers
 from verifier.protocol import http_protocol
 from verifier.settings import Settings, SettingsError, from_env, to_env
 
@@ -71,6 +72,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     # Worker processes rebuild the app from the environment; the launcher's view wins.
     os.environ.update(to_env(settings))
+    if settings.workers > 1:
+        options = {"access_log": True, "log_level": "info", **server_options(settings)}
+        return workers.serve(settings.host, settings.port, settings.workers, options)
     uvicorn.run(
         "verifier.app:app_from_env",
         factory=True,

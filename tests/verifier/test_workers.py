@@ -1,0 +1,92 @@
+"""Several verifier processes on one port, each with its own socket: all serve, all stop
+with their parent, even when it is killed."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from verifier.workers import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid and fields[0] != "Z":
+                found.append(int(entry.name))
+    return found
+
+
+def _start(archive_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port("127.0.0.1")
+    command = [
+        sys.executable, "-m", "verifier", "--port", str(port), "--archive", str(archive_dir),
+        "--workers", "2", "--rate-limit", "0",
+    ]  # fmt: skip
+    process = subprocess.Popen(
+        command,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        assert process.poll() is None, "the verifier exited"
+        try:
+            if httpx.get(url + "/healthz", timeout=2).status_code == 200:
+                return process, url
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, "the verifier did not start"
+        time.sleep(0.2)
+
+
+def _wait_gone(pids: list[int], within: float) -> None:
+    deadline = time.monotonic() + within
+    while any(Path(f"/proc/{pid}").exists() and _alive(pid) for pid in pids):
+        assert time.monotonic() < deadline, f"workers still running: {pids}"
+        time.sleep(0.2)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_each_worker_listens_and_all_stop_on_sigterm(archive_dir: Path) -> None:
+    process, url = _start(archive_dir)
+    try:
+        workers = _children(process.pid)
+        assert len(workers) >= 2
+        for _ in range(20):
+            assert httpx.get(url + "/healthz", timeout=5).status_code == 200
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=40) == 0
+    _wait_gone(workers, 10)
+
+
+def test_workers_stop_when_their_parent_is_killed(archive_dir: Path) -> None:
+    process, _ = _start(archive_dir)
+    workers = _children(process.pid)
+    assert len(workers) >= 2
+    process.kill()
+    process.wait(timeout=10)
+    _wait_gone(workers, 15)
