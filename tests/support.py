@@ -93,3 +93,22 @@ def start_tsa(directory: Path) -> Iterator[Tsa]:
             process.kill()
             process.wait(timeout=10)
         stdout.close()
+
+
+def child_pids(pid: int) -> list[int]:
+    """The live (not zombie) children of `pid`, read from /proc."""
+    pids = (int(entry.name) for entry in Path("/proc").iterdir() if entry.name.isdigit())
+    return [child for child in pids if _stat(child)[1:2] == [str(pid)] and alive(child)]
+
+
+def alive(pid: int) -> bool:
+    """Running, and not a zombie waiting for its parent."""
+    fields = _stat(pid)
+    return bool(fields) and fields[0] != "Z"
+
+
+def _stat(pid: int) -> list[str]:
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return []

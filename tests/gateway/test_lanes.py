@@ -4,7 +4,6 @@ and metrics port, under one parent that starts, restarts and stops them."""
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import smtplib
 from pathlib import Path
@@ -20,7 +19,7 @@ from gateway.settings import (
 )
 from tests.gateway.conftest import Peer
 from tests.gateway.test_end_to_end import GatewayProcess
-from tests.support import scrape, statement
+from tests.support import alive, child_pids, scrape, statement
 
 
 def test_each_lane_is_a_node_of_its_own() -> None:
@@ -95,31 +94,9 @@ async def test_lanes_stop_when_their_parent_is_killed(tmp_path: Path, peer: Peer
     )
     await gateway.start()
     assert gateway.process is not None
-    children = _children(gateway.process.pid)
+    children = child_pids(gateway.process.pid)
     assert len(children) >= 2
     await gateway.kill()
     async with asyncio.timeout(20):
-        while any(_alive(pid) for pid in children):  # noqa: ASYNC110 - other processes
+        while any(alive(pid) for pid in children):  # noqa: ASYNC110 - other processes
             await asyncio.sleep(0.2)
-
-
-def _children(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid:
-                found.append(int(entry.name))
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
-    return state != "Z"

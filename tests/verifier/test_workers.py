@@ -12,22 +12,10 @@ from pathlib import Path
 
 import httpx
 
+from tests.support import alive, child_pids
 from verifier.workers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _children(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid and fields[0] != "Z":
-                found.append(int(entry.name))
-    return found
 
 
 def _start(archive_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
@@ -57,23 +45,15 @@ def _start(archive_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
 
 def _wait_gone(pids: list[int], within: float) -> None:
     deadline = time.monotonic() + within
-    while any(Path(f"/proc/{pid}").exists() and _alive(pid) for pid in pids):
+    while any(alive(pid) for pid in pids):
         assert time.monotonic() < deadline, f"workers still running: {pids}"
         time.sleep(0.2)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 def test_each_worker_listens_and_all_stop_on_sigterm(archive_dir: Path) -> None:
     process, url = _start(archive_dir)
     try:
-        workers = _children(process.pid)
+        workers = child_pids(process.pid)
         assert len(workers) >= 2
         for _ in range(20):
             assert httpx.get(url + "/healthz", timeout=5).status_code == 200
@@ -85,7 +65,7 @@ def test_each_worker_listens_and_all_stop_on_sigterm(archive_dir: Path) -> None:
 
 def test_workers_stop_when_their_parent_is_killed(archive_dir: Path) -> None:
     process, _ = _start(archive_dir)
-    workers = _children(process.pid)
+    workers = child_pids(process.pid)
     assert len(workers) >= 2
     process.kill()
     process.wait(timeout=10)
