@@ -44,6 +44,7 @@ import dns.name
 import dns.rdatatype
 import dns.resolver
 
+from gateway.mail_params import NO_PARAMS, MailParams, Unsendable, options_for
 from keys.safeio import fsync_dir
 
 _normalize_line_ends = aiosmtplib.protocol.normalize_message_line_endings
@@ -192,8 +193,15 @@ class Delivery:
         self._limits: dict[tuple[str, int, TlsMode], asyncio.Semaphore] = {}
         self.connections_opened = 0
 
-    async def deliver(self, sender: str, recipients: Sequence[str], data: bytes) -> list[Outcome]:
-        """One attempt for every recipient; never raises for a delivery failure."""
+    async def deliver(
+        self,
+        sender: str,
+        recipients: Sequence[str],
+        data: bytes,
+        params: MailParams = NO_PARAMS,
+    ) -> list[Outcome]:
+        """One attempt for every recipient; never raises for a delivery failure. `params`:
+        the client's MAIL parameters, passed on as the next hop allows (gateway.mail_params)."""
         if isinstance(self.route, MaildirRoute):
             return await asyncio.to_thread(write_maildir, self.route.path, sender, recipients, data)
         groups: dict[_Destination | DnsFailure, list[str]] = {}
@@ -202,7 +210,10 @@ class Delivery:
             groups.setdefault(key, []).append(rcpt)
         outcomes: dict[str, Outcome] = {}
         results = await asyncio.gather(
-            *(self._deliver_group(key, group, sender, data) for key, group in groups.items())
+            *(
+                self._deliver_group(key, group, sender, data, params)
+                for key, group in groups.items()
+            )
         )
         for result in results:
             outcomes.update((o.recipient, o) for o in result)
@@ -234,7 +245,12 @@ class Delivery:
         )
 
     async def _deliver_group(
-        self, key: _Destination | DnsFailure, rcpts: list[str], sender: str, data: bytes
+        self,
+        key: _Destination | DnsFailure,
+        rcpts: list[str],
+        sender: str,
+        data: bytes,
+        params: MailParams,
     ) -> list[Outcome]:
         if isinstance(key, DnsFailure):
             status: Status = "permanent" if key.permanent else "transient"
@@ -242,7 +258,7 @@ class Delivery:
         reasons: list[str] = []
         for host in key.hosts:
             try:
-                return await self._deliver_to_host(host, key, rcpts, sender, data)
+                return await self._deliver_to_host(host, key, rcpts, sender, data, params)
             except _TransientConnect as exc:
                 reasons.append(str(exc))
         reason = "; ".join(reasons) or "4.4.4 no host to deliver to"
@@ -251,14 +267,22 @@ class Delivery:
     # -- one host ------------------------------------------------------------------
 
     async def _deliver_to_host(
-        self, host: str, dest: _Destination, rcpts: list[str], sender: str, data: bytes
+        self,
+        host: str,
+        dest: _Destination,
+        rcpts: list[str],
+        sender: str,
+        data: bytes,
+        params: MailParams,
     ) -> list[Outcome]:
         pool_key = (host, dest.port, dest.tls)
         limit = self._limits.setdefault(pool_key, asyncio.Semaphore(self._per_destination))
         async with limit:
             client, reused = await self._checkout(pool_key)
             try:
-                outcomes, healthy = await self._transaction(client, rcpts, sender, data)
+                outcomes, healthy = await self._transaction(
+                    client, host, rcpts, sender, data, params
+                )
             except aiosmtplib.SMTPServerDisconnected:
                 client.close()
                 if not reused:
@@ -266,7 +290,9 @@ class Delivery:
                 # A pooled connection the peer had already closed: one fresh try.
                 client, _ = await self._checkout(pool_key, fresh=True)
                 try:
-                    outcomes, healthy = await self._transaction(client, rcpts, sender, data)
+                    outcomes, healthy = await self._transaction(
+                        client, host, rcpts, sender, data, params
+                    )
                 except aiosmtplib.SMTPServerDisconnected:
                     client.close()
                     raise _TransientConnect(f"4.4.2 {host}: connection lost") from None
@@ -344,14 +370,22 @@ class Delivery:
         return client
 
     async def _transaction(
-        self, client: aiosmtplib.SMTP, rcpts: list[str], sender: str, data: bytes
+        self,
+        client: aiosmtplib.SMTP,
+        host: str,
+        rcpts: list[str],
+        sender: str,
+        data: bytes,
+        params: MailParams,
     ) -> tuple[list[Outcome], bool]:
         """One MAIL/RCPT/DATA; returns outcomes and whether the connection is reusable."""
-        options = []
-        if any(ord(c) > 127 for c in sender + "".join(rcpts)):
-            options.append("SMTPUTF8")
-        if client.supports_extension("8bitmime") and not data.isascii():
-            options.append("BODY=8BITMIME")
+        try:
+            options = options_for(params, sender, rcpts, data, client.supports_extension, host)
+        except Unsendable as refusal:
+            # Nothing was sent, so the connection stays usable. Every recipient fails for
+            # good and no other MX is tried, as in Postfix.
+            log.info("event=unsendable host=%s reason=%s", host, refusal)
+            return [Outcome(r, "permanent", str(refusal)) for r in rcpts], True
         try:
             refused, reply = await client.sendmail(sender, rcpts, data, mail_options=options)
         except aiosmtplib.SMTPRecipientsRefused as exc:

@@ -7,6 +7,12 @@ per failed recipient) and ``text/rfc822-headers`` with the original headers, byt
 byte. The text is written out directly rather than through the ``email`` package so the
 original header bytes pass untouched and the layout is exactly what RFC 3464 shows. It
 is sealed (DKIM) and spooled by the scheduler like any mail, sent from the null sender.
+
+For a message that came with SMTPUTF8 the DSN is the international form of RFC 6533:
+``report-type=global-delivery-status``, a ``message/global-delivery-status`` part whose
+non-ASCII recipients are written ``utf-8; <address>`` and a ``message/global-headers``
+part; such a DSN is itself sent with SMTPUTF8 (its addresses and returned headers may
+not be ASCII).
 """
 
 from __future__ import annotations
@@ -59,8 +65,10 @@ def build_dsn(
     queue_id: str,
     arrival: datetime,
     now: datetime | None = None,
+    international: bool = False,
 ) -> bytes:
-    """The DSN to ``sender`` for the ``failures`` of message ``queue_id``."""
+    """The DSN to ``sender`` for the ``failures`` of message ``queue_id``;
+    `international` for a message that came with SMTPUTF8 (RFC 6533)."""
     if not sender:
         raise ValueError("no DSN is ever sent to the null sender")
     if not failures:
@@ -68,6 +76,11 @@ def build_dsn(
     when = now or datetime.now(UTC)
     boundary = f"=_sealpost_{secrets.token_hex(12)}"
     date = format_datetime(when)
+    report, headers_type = (
+        ("global-delivery-status", "message/global-headers")
+        if international
+        else ("delivery-status", "text/rfc822-headers")
+    )
     headers = [
         f"From: Mail Delivery System <MAILER-DAEMON@{mailer_domain}>",
         f"To: <{sender}>",
@@ -76,7 +89,7 @@ def build_dsn(
         f"Message-ID: <{queue_id}.{int(when.timestamp())}.dsn@{reporting_mta}>",
         "Auto-Submitted: auto-replied",
         "MIME-Version: 1.0",
-        f'Content-Type: multipart/report; report-type=delivery-status; boundary="{boundary}"',
+        f'Content-Type: multipart/report; report-type={report}; boundary="{boundary}"',
     ]
     human = [
         "This is the mail system at " + reporting_mta + ".",
@@ -95,7 +108,7 @@ def build_dsn(
     for f in failures:
         per_recipient += [
             "",
-            f"Final-Recipient: rfc822; {f.recipient}",
+            f"Final-Recipient: {_address_type(f.recipient)}; {f.recipient}",
             "Action: failed",
             f"Status: {status_code(f)}",
             f"Diagnostic-Code: {_diagnostic(f.reply)}",
@@ -114,14 +127,14 @@ def build_dsn(
         _quoted_printable(human),
         "",
         f"--{boundary}",
-        "Content-Type: message/delivery-status",
+        f"Content-Type: message/{report}",
         "Content-Description: Delivery report",
         "",
         *per_message,
         *per_recipient,
         "",
         f"--{boundary}",
-        "Content-Type: text/rfc822-headers",
+        f"Content-Type: {headers_type}",
         "Content-Description: Undelivered message headers",
         "",
         "",  # the blank line between the part's own headers and the returned ones
@@ -129,6 +142,12 @@ def build_dsn(
     tail = f"\r\n\r\n--{boundary}--\r\n".encode()
     # The boundary is random, so the original headers cannot close the part early.
     return "\r\n".join(text).encode() + original_headers(original) + tail
+
+
+def _address_type(address: str) -> str:
+    # RFC 6533 3: "utf-8" for an address that is not ASCII, which only a global DSN holds
+    # (the gateway accepts one only with SMTPUTF8, and then builds a global DSN).
+    return "rfc822" if address.isascii() else "utf-8"
 
 
 def _diagnostic(reply: str) -> str:

@@ -10,7 +10,11 @@ Nothing here talks SMTP; the handler turns a Rejection into a reply. The rules:
   is how SMTP smuggling hides a second message from one server and shows it to the next);
 - no byte that RFC 5322 / RFC 6532 forbid in a message the fund signs: no NUL anywhere, no
   other control character (TAB aside) or DEL in the header, and header text in UTF-8 (a
-  reader that stops at NUL or renders a control shows less than the seal vouches for).
+  reader that stops at NUL or renders a control shows less than the seal vouches for);
+- a non-ASCII envelope address only in a transaction opened with SMTPUTF8 (RFC 6531 3.4).
+  8-bit message bytes are accepted without BODY=8BITMIME, as Postfix does by default
+  (strict_8bitmime off): the client's declaration changes nothing in the bytes signed, and
+  delivery looks at the bytes, not the declaration (gateway/mail_params.py).
 """
 
 from __future__ import annotations
@@ -105,6 +109,29 @@ def check_sender_domain(
             "5.7.1",
             f"{what} domain {domain} is not allowed for client {client.name}",
             "domain_not_allowed",
+        )
+    return None
+
+
+def check_address(address: str, smtputf8: bool, role: str) -> Rejection | None:
+    """`role` is "sender" or "recipient"; `address` as aiosmtpd decoded it (UTF-8, with
+    undecodable bytes kept as lone surrogates)."""
+    if address.isascii():
+        return None
+    try:
+        address.encode("utf-8")
+    except UnicodeEncodeError:
+        status = "5.1.7" if role == "sender" else "5.1.3"  # bad sender's / destination syntax
+        return Rejection(553, status, f"The {role} address is not valid UTF-8", "address_not_utf8")
+    if not smtputf8:
+        # RFC 6531 3.7.4.1: 553, "Non-ASCII addresses not permitted for that
+        # sender/recipient" (X.6.7).
+        return Rejection(
+            553,
+            "5.6.7",
+            f"Non-ASCII {role} address not permitted without SMTPUTF8: "
+            "send MAIL FROM:<address> SMTPUTF8",
+            "address_needs_smtputf8",
         )
     return None
 

@@ -32,6 +32,7 @@ from typing import Protocol
 
 from gateway.delivery import Outcome
 from gateway.dsn import Failure, build_dsn
+from gateway.mail_params import MailParams
 from gateway.spool import (
     CorruptEntry,
     Envelope,
@@ -62,7 +63,7 @@ OnRecorded = Callable[[Mapping[str, int]], None]
 
 class Deliverer(Protocol):
     async def deliver(
-        self, sender: str, recipients: Sequence[str], data: bytes
+        self, sender: str, recipients: Sequence[str], data: bytes, params: MailParams
     ) -> list[Outcome]: ...
 
 
@@ -217,7 +218,7 @@ class Scheduler:
         if not due:
             return
         outcomes = await self._delivery.deliver(
-            message.sender, [r.address for r in due], message.data
+            message.sender, [r.address for r in due], message.data, message.params
         )
         now = self._clock()
         expired = now - message.received_at >= self._policy.lifetime
@@ -281,11 +282,13 @@ class Scheduler:
             mailer_domain=domain,
             queue_id=message.id,
             arrival=datetime.fromtimestamp(message.received_at, UTC),
+            international=message.params.smtputf8,
         )
         sealed = await self._seal(raw, domain)
         data, entry = (sealed, None) if isinstance(sealed, bytes) else (sealed.data, sealed.entry)
+        params = MailParams(message.params.smtputf8, "" if data.isascii() else "8BITMIME")
         dsn_id = await self._spool.put(
-            Envelope("", [message.sender], data, client="dsn", log_entry=entry or None)
+            Envelope("", [message.sender], data, "dsn", log_entry=entry or None, params=params)
         )
         log.info(
             "event=dsn id=%s dsn_id=%s nrcpt=%d", message.id, dsn_id, len(failures)

@@ -29,7 +29,7 @@ from typing import Any, AnyStr, Protocol
 
 from aiosmtpd.smtp import SMTP, Envelope, Session, TLSSetupException, syntax
 
-from gateway import policy
+from gateway import mail_params, policy
 from gateway.metrics import Metrics
 from gateway.policy import Client, ClientDirectory, Rejection
 from gateway.seal import SealError
@@ -660,6 +660,9 @@ class Handler:
         client = self._client(server, session)
         rejection = policy.check_relay(client)
         if rejection is None:
+            # aiosmtpd has set the flag from this MAIL command before calling the hook.
+            rejection = policy.check_address(address, envelope.smtp_utf8, "sender")
+        if rejection is None:
             assert client is not None
             rejection = policy.check_sender_domain(
                 policy.domain_of(address), client, self._domains(), "Sender"
@@ -678,7 +681,9 @@ class Handler:
         address: str,
         rcpt_options: list[str],
     ) -> str:
-        rejection = policy.check_recipient_count(len(envelope.rcpt_tos), self._max_recipients)
+        rejection = policy.check_recipient_count(
+            len(envelope.rcpt_tos), self._max_recipients
+        ) or policy.check_address(address, envelope.smtp_utf8, "recipient")
         if rejection is not None:
             client = self._client(server, session)
             return self._refuse(server, rejection, client, envelope.mail_from)
@@ -731,6 +736,7 @@ class Handler:
                     data=sealed.data,
                     client=client.name,
                     log_entry=sealed.entry if self._log_entries else None,
+                    params=mail_params.from_options(envelope.smtp_utf8, envelope.mail_options),
                 )
             )
         except Exception as error:

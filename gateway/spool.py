@@ -48,6 +48,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal, TypeVar
 
+from gateway.mail_params import NO_PARAMS, MailParams, body_of
+
 log = logging.getLogger("sealpost.spool")
 
 T = TypeVar("T")
@@ -68,7 +70,9 @@ CREATE TABLE IF NOT EXISTS messages (
     received_at REAL NOT NULL,
     size INTEGER NOT NULL,
     sha256 TEXT NOT NULL,
-    data BLOB NOT NULL
+    data BLOB NOT NULL,
+    smtputf8 INTEGER NOT NULL DEFAULT 0,
+    body TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS recipients (
     message_id TEXT NOT NULL,
@@ -122,6 +126,8 @@ class Envelope:
     # The statement-log entry of its seals: committed with the message, in the same
     # transaction; its recipients wait in "logging" until a checkpoint covers it.
     log_entry: bytes | None = None
+    # The client's MAIL parameters (SMTPUTF8, BODY), which delivery passes on.
+    params: MailParams = NO_PARAMS
 
     @property
     def size(self) -> int:
@@ -151,6 +157,7 @@ class StoredMessage:
     size: int
     recipients: tuple[Recipient, ...]
     data: bytes = b""  # empty when listed without the data
+    params: MailParams = NO_PARAMS
 
     def due(self, now: float) -> list[Recipient]:
         return [r for r in self.recipients if r.pending and r.next_attempt <= now]
@@ -239,10 +246,10 @@ class Spool:
 
         def insert(conn: sqlite3.Connection) -> None:
             conn.execute(
-                "INSERT INTO messages (id, sender, client, received_at, size, sha256, data)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO messages (id, sender, client, received_at, size, sha256, data,"
+                " smtputf8, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (queue_id, envelope.sender, envelope.client, at, envelope.size, digest,
-                 envelope.data),
+                 envelope.data, int(envelope.params.smtputf8), envelope.params.body),
             )  # fmt: skip
             conn.executemany(
                 "INSERT INTO recipients (message_id, idx, address, state, next_attempt)"
@@ -514,6 +521,7 @@ def _commit(
 
 def _connect(db: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(db, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
+    conn.create_function("_is_ascii", 1, lambda text: str(text).isascii(), deterministic=True)
     try:
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
@@ -522,11 +530,44 @@ def _connect(db: Path) -> sqlite3.Connection:
         conn.execute("PRAGMA synchronous = FULL")
         conn.execute("PRAGMA journal_size_limit = 67108864")
         conn.executescript(_SCHEMA)
+        _migrate(conn)
         conn.execute("SELECT COUNT(*) FROM messages").fetchone()
     except BaseException:
         conn.close()
         raise
     return conn
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Bring a spool written by an older version up to this schema, in one transaction
+    (CREATE TABLE IF NOT EXISTS leaves an existing table as it was)."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(messages)")}
+    if "smtputf8" in columns and "body" in columns:
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        # Read again under the write lock: the queue tool may have migrated meanwhile.
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(messages)")}
+        if "smtputf8" not in columns:
+            conn.execute("ALTER TABLE messages ADD COLUMN smtputf8 INTEGER NOT NULL DEFAULT 0")
+            # The flag was not kept before; a message with a non-ASCII address cannot go
+            # out without SMTPUTF8, so it must have come with it.
+            for (queue_id,) in conn.execute(
+                "SELECT id FROM messages m WHERE NOT _is_ascii(m.sender) OR EXISTS"
+                " (SELECT 1 FROM recipients r WHERE r.message_id = m.id"
+                " AND NOT _is_ascii(r.address))"
+            ).fetchall():
+                conn.execute("UPDATE messages SET smtputf8 = 1 WHERE id = ?", (queue_id,))
+        if "body" not in columns:
+            conn.execute("ALTER TABLE messages ADD COLUMN body TEXT NOT NULL DEFAULT ''")
+        conn.execute("COMMIT")
+    except BaseException:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+        raise
+    added = sorted({"smtputf8", "body"} - columns)
+    if added:
+        log.info("event=spool_migrated added=%s", ",".join(added))
 
 
 def _connect_or_set_aside(path: Path) -> sqlite3.Connection:
@@ -550,12 +591,14 @@ def _connect_or_set_aside(path: Path) -> sqlite3.Connection:
 def _load(
     conn: sqlite3.Connection, queue_id: str, *, with_data: bool, check: bool = True
 ) -> StoredMessage | None:
-    columns = "sender, client, received_at, size, sha256" + (", data" if with_data else "")
+    columns = "sender, client, received_at, size, sha256, smtputf8, body" + (
+        ", data" if with_data else ""
+    )
     row = conn.execute(f"SELECT {columns} FROM messages WHERE id = ?", (queue_id,)).fetchone()  # noqa: S608
     if row is None:
         return None
-    sender, client, received_at, size, digest = row[:5]
-    data = bytes(row[5]) if with_data else b""
+    sender, client, received_at, size, digest, smtputf8, body = row[:7]
+    data = bytes(row[7]) if with_data else b""
     if with_data and check and hashlib.sha256(data).hexdigest() != digest:
         raise _Unreadable("data does not match its SHA-256")
     recipients = tuple(
@@ -568,9 +611,11 @@ def _load(
     )
     if not recipients:
         raise _Unreadable("no recipients")
+    params = MailParams(bool(smtputf8), body_of(body))
     return StoredMessage(
-        str(queue_id), str(sender), str(client), float(received_at), int(size), recipients, data
-    )
+        str(queue_id), str(sender), str(client), float(received_at), int(size), recipients, data,
+        params,
+    )  # fmt: skip
 
 
 def _pending_in_order(conn: sqlite3.Connection, until: float | None) -> Iterator[tuple[str, float]]:

@@ -3,7 +3,8 @@
 It can be told to refuse a recipient (``peer.refuse[address] = "550 ..."``), to fail the
 next N transactions at DATA (``peer.fail_next(3, "451 ...")``), and to offer STARTTLS
 with a trustme certificate (the ``tls_peer`` fixture); ``data_delay`` keeps a transaction
-in flight. It counts connections and records
+in flight; ``withhold`` names EHLO extensions it does not advertise (``{"SMTPUTF8"}``: a
+hop without internationalised mail). It counts connections and records
 each accepted message with whether it came over TLS.
 """
 
@@ -29,6 +30,7 @@ class Received:
     data: bytes
     tls: bool
     login: str | None = None  # the AUTH user, if the client authenticated
+    mail_options: tuple[str, ...] = ()  # the MAIL FROM parameters, upper-cased
 
 
 @dataclass
@@ -43,6 +45,7 @@ class Peer:
     auth_attempts: list[str] = field(default_factory=list)  # every AUTH user name, in order
     credentials: dict[str, str] = field(default_factory=dict)  # AUTH user -> password
     data_delay: float = 0.0  # seconds to sit on DATA before answering
+    withhold: set[str] = field(default_factory=set)  # EHLO keywords not advertised
     sessions: list[SMTP] = field(default_factory=list)
     _failures_left: int = 0
     _failure_reply: str = ""
@@ -69,6 +72,14 @@ class Peer:
         return self.messages
 
     # aiosmtpd handler hooks
+    async def handle_EHLO(
+        self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
+    ) -> list[str]:
+        session.host_name = hostname
+        kept = [r for r in responses if r[4:].split(" ")[0].upper() not in self.withhold]
+        # The last line of a multi-line reply is "250 ", the others "250-".
+        return [*(f"250-{r[4:]}" for r in kept[:-1]), f"250 {kept[-1][4:]}"]
+
     async def handle_RCPT(
         self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
     ) -> str:
@@ -89,7 +100,14 @@ class Peer:
         tls = session.ssl is not None
         login = session.login_data.decode() if session.authenticated else None
         self.messages.append(
-            Received(sender, list(envelope.rcpt_tos), envelope.content, tls, login)
+            Received(
+                sender,
+                list(envelope.rcpt_tos),
+                envelope.content,
+                tls,
+                login,
+                tuple(envelope.mail_options),
+            )
         )
         self._arrived.set()
         return "250 2.0.0 Accepted"

@@ -21,6 +21,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from gateway.delivery import Delivery, Outcome, Smarthost
+from gateway.mail_params import MailParams
 from gateway.scheduler import RetryPolicy, Scheduler
 from gateway.spool import DB_NAME, Envelope, Spool
 from keys.signing import SigningMaterial
@@ -274,7 +275,9 @@ class BrokenDelivery:
     def __init__(self) -> None:
         self.calls = 0
 
-    async def deliver(self, sender: str, recipients: Sequence[str], data: bytes) -> list[Outcome]:
+    async def deliver(
+        self, sender: str, recipients: Sequence[str], data: bytes, params: MailParams
+    ) -> list[Outcome]:
         self.calls += 1
         raise RuntimeError("bug")
 
@@ -389,3 +392,91 @@ async def test_one_log_line_per_message_event_without_body(
     assert "nrcpt=2 delivered=1 deferred=0 bounced=1 done=True" in attempt
     assert ("sealpost.delivery", attempt) in lines
     assert all("statement body" not in line for _, line in lines)
+
+
+# ---------------------------------------------------------------------------- SMTPUTF8, 8BITMIME
+
+UTF8 = MailParams(smtputf8=True, body="8BITMIME")
+
+
+def utf8_message(subject: str = "statement", body: str = "statement body") -> bytes:
+    return (
+        f"From: Statements <{SENDER}>\r\nTo: member@x.example\r\nSubject: {subject}\r\n"
+        f"Message-ID: <2@caisses.example>\r\n\r\n{body}\r\n"
+    ).encode()
+
+
+async def queue_with(
+    spool: Spool, scheduler: Scheduler, rcpts: list[str], data: bytes, params: MailParams
+) -> str:
+    queue_id = await spool.put(Envelope(SENDER, rcpts, data, "test", params=params))
+    scheduler.notify()
+    return queue_id
+
+
+async def test_smtputf8_and_8bitmime_are_passed_on_when_the_next_hop_offers_them(
+    spool: Spool, peer: Peer, seal: DkimSeal
+) -> None:
+    async with running(spool, peer, seal) as scheduler:
+        await queue_with(spool, scheduler, ["jörg@x.example"], utf8_message("Décompte"), UTF8)
+        (received,) = await peer.wait_for(1)
+    assert received.recipients == ["jörg@x.example"]
+    assert "SMTPUTF8" in received.mail_options
+    assert "BODY=8BITMIME" in received.mail_options
+    assert received.data == utf8_message("Décompte")
+
+
+@pytest.mark.parametrize(
+    ("rcpt", "subject"),
+    [("jörg@x.example", "statement"), ("member@x.example", "Décompte n° 12")],
+    ids=["non-ascii-recipient", "non-ascii-header"],
+)
+async def test_a_message_that_needs_smtputf8_is_bounced_with_5_6_7_not_sent_without_it(
+    spool: Spool, peer: Peer, seal: DkimSeal, rcpt: str, subject: str
+) -> None:
+    peer.withhold = {"SMTPUTF8"}
+    async with running(spool, peer, seal) as scheduler:
+        await queue_with(spool, scheduler, [rcpt], utf8_message(subject), UTF8)
+        await until(lambda: _depth_is(spool, 0))
+    assert peer.rcpt_attempts == [SENDER]  # only the DSN went out; the message never did
+    (bounce,) = dsns(peer)
+    # RFC 6533: the DSN of an SMTPUTF8 message is the global kind.
+    report = parse(bounce.data)
+    assert report.get_param("report-type") == "global-delivery-status"
+    types = [p.get_content_type() for p in report.iter_parts()]
+    assert types == ["text/plain", "message/global-delivery-status", "message/global-headers"]
+    text = bounce.data.decode()
+    final = "utf-8" if not rcpt.isascii() else "rfc822"
+    assert f"Final-Recipient: {final}; {rcpt}\r\n" in text
+    assert "Status: 5.6.7\r\n" in text
+    assert f"Diagnostic-Code: X-Sealpost; 5.6.7 {peer.host} does not support SMTPUTF8" in text
+    assert seal.verifies(bounce.data)
+
+
+async def test_an_ascii_message_submitted_with_smtputf8_goes_without_it(
+    spool: Spool, peer: Peer, seal: DkimSeal
+) -> None:
+    # RFC 6531 3.4: a client SHOULD NOT send SMTPUTF8 when nothing needs it.
+    peer.withhold = {"SMTPUTF8"}
+    async with running(spool, peer, seal) as scheduler:
+        await queue_with(spool, scheduler, ["member@x.example"], utf8_message(), UTF8)
+        (received,) = await peer.wait_for(1)
+    assert "SMTPUTF8" not in received.mail_options
+    assert dsns(peer) == []
+
+
+async def test_8bit_content_to_a_hop_without_8bitmime_is_bounced_with_5_6_3(
+    spool: Spool, peer: Peer, seal: DkimSeal
+) -> None:
+    # Converting it to 7 bit would break its DKIM seal; sending it as is breaks RFC 6152.
+    peer.withhold = {"8BITMIME"}
+    data = utf8_message(body="Montant remboursé : 12,50 €")
+    async with running(spool, peer, seal) as scheduler:
+        await queue_with(spool, scheduler, ["member@x.example"], data, MailParams(body=""))
+        await until(lambda: _depth_is(spool, 0))
+    (bounce,) = dsns(peer)
+    assert peer.rcpt_attempts == [SENDER]
+    (failed,) = status_blocks(parse(bounce.data))[1:]
+    assert failed["Status"] == "5.6.3"
+    assert "does not support 8BITMIME" in str(failed["Diagnostic-Code"])
+    assert bounce.data.isascii()  # the DSN itself is 7-bit, so it gets through

@@ -26,6 +26,7 @@ import pytest
 import trustme
 
 from gateway import policy, server
+from gateway.mail_params import MailParams
 from gateway.metrics import Metrics
 from gateway.seal import DocumentRules, Sealed, seal
 from gateway.settings import ClientSettings, hash_password
@@ -479,6 +480,50 @@ async def test_auth_with_bad_base64_is_a_syntax_error(
         await smtp.ehlo()
         response = await smtp.execute_command(b"AUTH", b"PLAIN", b"!!notbase64")
     assert (response.code, response.message) == (501, "5.5.2 Cannot decode base64")
+
+
+# ---------------------------------------------------------------------------- SMTPUTF8, 8BITMIME
+
+
+async def test_a_non_ascii_address_without_smtputf8_is_refused_553_5_6_7(gateway: Gateway) -> None:
+    async with raw(gateway.port()) as client:
+        await client.greet()
+        sender = await client.command(f"MAIL FROM:<jörg@{DOMAIN}>")
+        assert (await client.command(f"MAIL FROM:<a@{DOMAIN}>")).startswith("250 ")
+        recipient = await client.command("RCPT TO:<jörg@example.org>")
+    assert sender.startswith("553 5.6.7 Non-ASCII sender address not permitted without SMTPUTF8")
+    assert recipient.startswith("553 5.6.7 Non-ASCII recipient address not permitted")
+
+
+async def test_an_address_that_is_not_utf8_is_refused(gateway: Gateway) -> None:
+    async with raw(gateway.port()) as client:
+        await client.greet()
+        await client.send(f"MAIL FROM:<a@{DOMAIN}> SMTPUTF8\r\n".encode())
+        assert (await client.reply()).startswith("250 ")
+        await client.send(b"RCPT TO:<j\xf6rg@example.org>\r\n")  # Latin-1, not UTF-8
+        reply = await client.reply()
+    assert reply[:3] == "553"
+    assert gateway.spool.puts == []
+
+
+async def test_smtputf8_and_body_are_kept_with_the_message(gateway: Gateway) -> None:
+    data = message(extra_headers="Comments: déjà vu\r\n", body="Remboursé : 12 €\r\n")
+    async with raw(gateway.port()) as client:
+        await client.greet()
+        assert (
+            await client.command(f"MAIL FROM:<jörg@{DOMAIN}> BODY=8BITMIME SMTPUTF8")
+        ).startswith("250 ")
+        assert (await client.command("RCPT TO:<andré@example.org>")).startswith("250 ")
+        assert (await client.command("DATA")).startswith("354 ")
+        await client.send(data + b".\r\n")
+        assert (await client.reply()).startswith("250 ")
+        # 8-bit content without BODY=8BITMIME is taken as Postfix takes it (see policy).
+        reply = await transaction(client, data)
+    assert reply.startswith("250 ")
+    first, second = gateway.spool.puts
+    assert first.params == MailParams(smtputf8=True, body="8BITMIME")
+    assert (first.sender, first.recipients) == (f"jörg@{DOMAIN}", ["andré@example.org"])
+    assert second.params == MailParams(smtputf8=False, body="")
 
 
 # ---------------------------------------------------------------------------- limits

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway.mail_params import MailParams
 from gateway.spool import DB_NAME, CorruptEntry, Envelope, Spool, SpoolError, Update
 
 REPO = Path(__file__).resolve().parents[2]
@@ -202,6 +203,61 @@ async def test_messages_survive_close_and_reopen(tmp_path: Path) -> None:
         assert sorted(m.id for m in await reopened.messages()) == sorted(ids)
     finally:
         await reopened.close()
+
+
+async def test_the_mail_parameters_are_kept_with_the_message(spool: Spool) -> None:
+    params = MailParams(smtputf8=True, body="8BITMIME")
+    queue_id = await spool.put(
+        Envelope("s@caisses.example", ["jörg@x.example"], b"x\r\n", params=params)
+    )
+    plain_id = await spool.put(envelope())
+    loaded, plain = await spool.load(queue_id), await spool.load(plain_id)
+    assert loaded is not None
+    assert plain is not None
+    assert loaded.params == params
+    assert plain.params == MailParams(smtputf8=False, body="")
+
+
+# The messages table as versions before the MAIL parameters were kept wrote it.
+OLD_MESSAGES = """
+CREATE TABLE messages (
+    id TEXT PRIMARY KEY, sender TEXT NOT NULL, client TEXT NOT NULL,
+    received_at REAL NOT NULL, size INTEGER NOT NULL, sha256 TEXT NOT NULL,
+    data BLOB NOT NULL
+);
+"""
+
+
+async def test_a_spool_from_before_the_mail_parameters_is_migrated(tmp_path: Path) -> None:
+    # A spool written by the old version: its messages table lacks the two columns.
+    spool = Spool.open(tmp_path / "s")
+    ascii_id = await spool.put(envelope(1))
+    utf8_id = await spool.put(Envelope("s@caisses.example", ["jörg@x.example"], b"x\r\n"))
+    await spool.close()
+    conn = sqlite3.connect(tmp_path / "s" / DB_NAME)
+    with conn:
+        conn.execute("ALTER TABLE messages RENAME TO new_messages")
+        conn.executescript(OLD_MESSAGES)
+        conn.execute(
+            "INSERT INTO messages SELECT id, sender, client, received_at, size, sha256, data"
+            " FROM new_messages"
+        )
+        conn.execute("DROP TABLE new_messages")
+    conn.close()
+
+    for _ in range(2):  # the second open finds it migrated already
+        spool = Spool.open(tmp_path / "s")
+        try:
+            old_ascii, old_utf8 = await spool.load(ascii_id), await spool.load(utf8_id)
+            assert old_ascii is not None
+            assert old_utf8 is not None
+            assert old_ascii.params == MailParams(smtputf8=False, body="")
+            # A non-ASCII address cannot have come, nor go, without SMTPUTF8.
+            assert old_utf8.params == MailParams(smtputf8=True, body="")
+            new_id = await spool.put(envelope(2))
+            assert {m.id for m in await spool.messages()} >= {ascii_id, utf8_id, new_id}
+        finally:
+            await spool.close()
 
 
 PUTTER = """
