@@ -406,6 +406,8 @@ async def run(settings: Settings, lane: int | None = None, parent: int | None = 
                     command_timeout=limits.command_timeout,
                     data_timeout=limits.data_timeout,
                     max_line_length=limits.max_line_length,
+                    max_junk_commands=limits.max_junk_commands,
+                    tls_handshake_timeout=limits.tls_handshake_timeout,
                 ),
                 sessions=Sessions(limits.max_connections, limits.max_connections_per_ip),
                 reuse_port=lane is not None,

@@ -5,6 +5,13 @@ Three kinds of listener share one handler and one set of connection limits:
 - submission: STARTTLS required before anything else, then AUTH required;
 - smtps: implicit TLS from the first byte, then AUTH required.
 
+The smtps listener accepts plain sockets and starts TLS itself (`_ImplicitTls`) rather
+than through ``create_server(ssl=...)``: there the session only exists once the
+handshake is over, so connections in their handshake were not counted against the
+connection limits, and a client that never finished one held its socket for asyncio's
+default 60 s. Now a connection counts from accept and its handshake has
+``limits.tls_handshake_timeout`` seconds.
+
 The servers are created with ``loop.create_server`` rather than aiosmtpd's threaded
 ``Controller``: in the program's loop aiosmtpd answers about 490 messages/s here against
 340 behind the Controller's thread hop.
@@ -101,7 +108,6 @@ async def start(
                 factory,
                 spec.host,
                 spec.port,
-                ssl=tls if spec.mode == "smtps" else None,
                 reuse_address=True,
                 reuse_port=reuse_port or None,
             )
@@ -121,10 +127,17 @@ def _factory(
     limits: SessionLimits,
     sessions: Sessions,
     loop: asyncio.AbstractEventLoop,
-) -> Callable[[], GatewaySMTP]:
+) -> Callable[[], asyncio.Protocol]:
     implicit = spec.mode == "smtps"
 
-    def make() -> GatewaySMTP:
+    def make() -> asyncio.Protocol:
+        session = smtp()
+        if implicit:
+            assert tls is not None
+            return _ImplicitTls(session, tls, limits.tls_handshake_timeout, loop)
+        return session
+
+    def smtp() -> GatewaySMTP:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the implicit-TLS notice above, as a warning
             return GatewaySMTP(
@@ -143,6 +156,61 @@ def _factory(
             )
 
     return make
+
+
+class _ImplicitTls(asyncio.Protocol):
+    """The smtps listener's first protocol: counts the connection against the limits at
+    accept, runs the TLS handshake under a timeout, then hands the TLS transport to the
+    SMTP session. A failed or slow handshake is one log line and frees its place."""
+
+    def __init__(
+        self,
+        session: GatewaySMTP,
+        tls: ssl.SSLContext,
+        timeout: float,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self._session = session
+        self._tls = tls
+        self._timeout = timeout
+        self._loop = loop
+        self._handshake: asyncio.Task[None] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        if not self._session.admit(transport, reply=False):
+            return
+        transport.pause_reading()  # the ClientHello is for the TLS layer, not for us
+        self._handshake = self._loop.create_task(self._start_tls(transport))
+
+    def connection_lost(self, error: Exception | None) -> None:
+        # Only before start_tls has taken the transport over: the client left at once.
+        if self._handshake is not None:
+            self._handshake.cancel()
+        self._session.release()
+
+    async def _start_tls(self, transport: asyncio.Transport) -> None:
+        try:
+            secure = await self._loop.start_tls(
+                transport,
+                self._session,
+                self._tls,
+                server_side=True,
+                ssl_handshake_timeout=self._timeout,
+            )
+        except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as error:
+            # start_tls has closed the socket; the session never started.
+            log.info("event=tls_failed client_ip=%s error=%r", self._session.client_ip, error)
+            self._session.release()
+            return
+        except asyncio.CancelledError:
+            transport.close()
+            self._session.release()
+            raise
+        if secure is None:  # the transport was closed during the handshake
+            self._session.release()
+            return
+        self._session.connection_made(secure)
 
 
 # ---------------------------------------------------------------------------- TLS

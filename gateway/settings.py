@@ -93,6 +93,12 @@ class LimitsSettings:
     command_timeout: float = 300.0  # RFC 5321 4.5.3.2.7: at least 5 minutes
     data_timeout: float = 600.0  # for the whole DATA transfer, RFC 5321 4.5.3.2.6
     max_line_length: int = MAX_LINE_LENGTH
+    # NOOP, RSET, VRFY, EXPN, HELP, EHLO, HELO, STARTTLS allowed per message (Postfix's
+    # smtpd_junk_command_limit); past it, 421 4.7.0 and the connection is closed.
+    max_junk_commands: int = 100
+    # Seconds an implicit-TLS (smtps) client has to finish its handshake; the connection
+    # counts against max_connections from the moment it is accepted.
+    tls_handshake_timeout: float = 30.0
     auth_failure_delay: float = 1.0  # seconds before a failed AUTH is answered
     auth_max_failures_per_ip: int = 5
     auth_max_failures_per_user: int = 10
@@ -397,10 +403,11 @@ def validate(settings: Settings) -> list[str]:
         "max_connections_per_ip",
         "auth_max_failures_per_ip",
         "auth_max_failures_per_user",
+        "max_junk_commands",
     ):
         if getattr(s.limits, name) < 1:
             errors.append(f"limits.{name}: must be 1 or more")
-    for name in ("command_timeout", "data_timeout", "auth_lockout"):
+    for name in ("command_timeout", "data_timeout", "auth_lockout", "tls_handshake_timeout"):
         if getattr(s.limits, name) <= 0:
             errors.append(f"limits.{name}: must be more than 0 seconds")
     if s.limits.auth_failure_delay < 0:

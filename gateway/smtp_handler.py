@@ -20,10 +20,11 @@ import asyncio
 import base64
 import binascii
 import collections
+import functools
 import logging
 import ssl
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, AnyStr, Protocol
 
@@ -43,6 +44,13 @@ log = logging.getLogger("sealpost.gateway.smtp")
 _DUMMY_HASH = PasswordHash(16384, 8, 1, b"\0" * 16, b"\0" * 32)
 _SHUTDOWN_REPLY = "421 4.3.2 Service shutting down, try again later"
 _TLS_ACTIVE_REPLY = "503 5.5.1 Error: TLS already active"  # Postfix's words
+
+# Commands that carry no mail: a client may send a few per message, never thousands (a
+# pipeline of 20,000 NOOPs kept a session busy for as long as the client liked). Postfix
+# counts NOOP, VRFY, ETRN and RSET; a repeated EHLO, HELO, HELP, EXPN or STARTTLS is no
+# more useful. The count starts again with each message accepted, so a long-lived batch
+# connection that sends RSET or NOOP between its messages is never cut.
+JUNK_COMMANDS = ("NOOP", "RSET", "VRFY", "EXPN", "HELP", "EHLO", "HELO", "STARTTLS")
 
 # Raised by what the client does to its connection, not by a fault of the gateway's: a TLS
 # handshake that fails (aiosmtpd wraps its error in TLSSetupException), a reset or broken
@@ -76,6 +84,10 @@ class SessionLimits:
     command_timeout: float
     data_timeout: float
     max_line_length: int
+    # Commands that move no mail (JUNK_COMMANDS) allowed per message, as Postfix's
+    # smtpd_junk_command_limit: past it, 421 and the connection is closed.
+    max_junk_commands: int = 100
+    tls_handshake_timeout: float = 30.0  # implicit TLS (smtps): from accept to handshake done
 
 
 class BareLineEnding(Exception):
@@ -257,10 +269,20 @@ class GatewaySMTP(SMTP):
         self._ip: str | None = None
         self._proxied_ip: str | None = None
         self._counted_ip: str | None = None
+        # The socket as accepted (on smtps, under the TLS layer still being set up).
+        self._accepted: asyncio.BaseTransport | None = None
+        self._started = False  # aiosmtpd's session has begun (after any implicit TLS)
         self.busy = False
         # The client name after a successful AUTH.
         self.authenticated_client: str | None = None
         self._too_big = f"552 5.3.4 Message too big: at most {limits.max_message_size} bytes"
+        # aiosmtpd's own command_call_limit is not used: its counts never start again, so
+        # it would also cut a batch connection after so many messages.
+        self._junk = 0
+        for name in JUNK_COMMANDS:
+            method = self._smtp_methods.get(name)
+            if method is not None:
+                self._smtp_methods[name] = self._counted(name, method)
         # aiosmtpd's own fixed replies carry no enhanced status code; ours do.
         self._replies = {
             "552 Error: message size exceeds fixed maximum message size": self._too_big,
@@ -281,6 +303,23 @@ class GatewaySMTP(SMTP):
             "221 Bye": "221 2.0.0 Bye",
         }
 
+    def _counted(
+        self, name: str, method: Callable[[str], Awaitable[None]]
+    ) -> Callable[[str], Awaitable[None]]:
+        # functools.wraps keeps aiosmtpd's syntax attributes, which HELP lists.
+        @functools.wraps(method)
+        async def counted(arg: str) -> None:
+            self._junk += 1
+            if self._junk <= self._limits.max_junk_commands:
+                await method(arg)
+                return
+            log.info("event=junk_limit client_ip=%s command=%s", self.client_ip, name)
+            self.close_with(f"421 4.7.0 Too many {name} commands, closing connection")
+            # Ends the command loop now: commands pipelined behind this one are not served.
+            raise asyncio.CancelledError
+
+        return counted
+
     @property
     def client_ip(self) -> str | None:
         """The client's address; on a PROXY listener, the one the header carried (None
@@ -291,11 +330,10 @@ class GatewaySMTP(SMTP):
             return self._proxied_ip
         return self._ip
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        if self._admitted:  # the TLS layer after STARTTLS: the same connection, anew
-            self.authenticated_client = None
-            super().connection_made(transport)
-            return
+    def admit(self, transport: asyncio.BaseTransport, *, reply: bool = True) -> bool:
+        """Count the connection against the limits as it is accepted; when it is over
+        them, close it (after a 421 when `reply`: not on the implicit-TLS port, where
+        clear text would be garbage to a client that is starting its handshake)."""
         peer = transport.get_extra_info("peername")
         self._ip = str(peer[0]) if isinstance(peer, tuple) else None
         # Behind a PROXY-protocol balancer every socket comes from the balancer; the
@@ -305,20 +343,38 @@ class GatewaySMTP(SMTP):
         if refusal is not None:
             log.info("event=refused client_ip=%s reason=%r", self._ip, refusal)
             assert isinstance(transport, asyncio.WriteTransport)
-            transport.write(f"421 4.7.0 {refusal}\r\n".encode("ascii"))
+            if reply:
+                transport.write(f"421 4.7.0 {refusal}\r\n".encode("ascii"))
             transport.close()
-            return
+            return False
         self._admitted = True
         self._counted_ip = counted_ip
+        self._accepted = transport
+        return True
+
+    def release(self) -> None:
+        """Uncount a connection admitted but never started (a failed TLS handshake)."""
+        if self._admitted:
+            self._sessions.release(self, self._counted_ip)
+            self._counted_ip = None
+            self._admitted = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self._started:  # the TLS layer after STARTTLS: the same connection, anew
+            self.authenticated_client = None
+            super().connection_made(transport)
+            return
+        if not self._admitted and not self.admit(transport):
+            return
+        self._started = True
         super().connection_made(transport)
 
     def connection_lost(self, error: Exception | None) -> None:
         if not self._admitted:
             return
-        self._sessions.release(self, self._counted_ip)
-        self._counted_ip = None
-        self._admitted = False
-        super().connection_lost(error)
+        self.release()
+        if self._started:
+            super().connection_lost(error)
 
     def count_proxied_ip(self, ip: str) -> bool:
         if not self._sessions.claim_ip(ip):
@@ -327,6 +383,9 @@ class GatewaySMTP(SMTP):
         return True
 
     def close_with(self, reply: str) -> None:
+        if self.transport is None and self._accepted is not None:
+            self._accepted.close()  # mid-handshake on smtps: no reply can be read yet
+            return
         transport = self.transport
         if isinstance(transport, asyncio.WriteTransport) and not transport.is_closing():
             transport.write(reply.encode("ascii") + b"\r\n")
@@ -412,6 +471,8 @@ class GatewaySMTP(SMTP):
             else:
                 self.envelope.content = self.envelope.original_content = content
                 status = await self._call_handler_hook("DATA")
+                if status.startswith("250"):
+                    self._junk = 0  # the budget is per message, as in Postfix
             self.envelope = self._create_envelope()
             await self.push(status)
         finally:

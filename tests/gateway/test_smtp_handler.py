@@ -104,6 +104,8 @@ async def running_gateway(
         "command_timeout": 5.0,
         "data_timeout": 5.0,
         "max_line_length": 998,
+        "max_junk_commands": 100,
+        "tls_handshake_timeout": 5.0,
         "max_connections": 20,
         "max_connections_per_ip": 10,
         "auth_max_failures_per_ip": 3,
@@ -1042,8 +1044,8 @@ Misbehaviour = Callable[[Gateway, ssl.SSLContext], Awaitable[None]]
         (_close_during_data_after_starttls, False),
         (_reset_during_data_on_smtps, False),
         (_close_during_data_on_smtps, False),
-        (_plain_text_to_smtps, False),
-        (_close_mid_handshake_on_smtps, False),
+        (_plain_text_to_smtps, True),
+        (_close_mid_handshake_on_smtps, True),
     ],
     ids=lambda value: value.__name__.strip("_") if callable(value) else None,
 )
@@ -1058,7 +1060,7 @@ async def test_a_misbehaving_client_leaves_no_traceback(
     await misbehave(gateway, client_tls)
     await sessions_ended(gateway)
     assert_no_traceback(caplog)
-    # A failed handshake after STARTTLS is one line, saying what went wrong.
+    # A failed handshake, after STARTTLS or on smtps, is one line saying what went wrong.
     failures = [r.getMessage() for r in caplog.records if "event=tls_failed" in r.getMessage()]
     assert len(failures) == (1 if tls_failure else 0), failures
     assert gateway.spool.puts == []
@@ -1160,3 +1162,100 @@ async def test_an_unknown_mechanism_is_504_in_any_case(
     assert reply == "504 5.5.4 Unrecognized authentication type"
     assert after == "250 2.0.0 OK"
     assert gateway.metrics.rejected.value("auth_failed") == 0
+
+
+# ---------------------------------------------------------------------------- junk commands
+
+
+async def replies(client: Raw, count: int) -> list[str]:
+    """Up to `count` replies, fewer when the gateway closes the connection first."""
+    found: list[str] = []
+    with contextlib.suppress(ConnectionError):
+        for _ in range(count):
+            found.append(await client.reply())
+    return found
+
+
+@pytest.mark.parametrize("command", ["NOOP", "RSET", "VRFY <a@example.org>", "HELP", "EHLO x"])
+async def test_a_flood_of_commands_that_move_no_mail_is_cut_with_421(
+    signing_material: SigningMaterial,
+    server_tls: ssl.SSLContext,
+    caplog: pytest.LogCaptureFixture,
+    command: str,
+) -> None:
+    caplog.set_level(logging.INFO)
+    async with (
+        running_gateway(signing_material, server_tls, max_junk_commands=10) as gw,
+        raw(gw.port()) as client,
+    ):
+        assert (await client.reply()).startswith("220 ")
+        # EHLO counts too: 1 + 9 are served, the 11th is not, nor anything behind it.
+        await client.send(b"EHLO client.test\r\n" + f"{command}\r\n".encode() * 2000)
+        got = await replies(client, 2001)
+        assert await client.closed()
+        await sessions_ended(gw)
+    name = command.split()[0]
+    assert len(got) == 11
+    assert all(r[:1] in "25" and not r.startswith("421") for r in got[:10])
+    assert got[10] == f"421 4.7.0 Too many {name} commands, closing connection"
+    assert f"event=junk_limit client_ip=127.0.0.1 command={name}" in caplog.text
+    assert_no_traceback(caplog)
+
+
+async def test_the_junk_budget_starts_again_with_each_message(
+    signing_material: SigningMaterial, server_tls: ssl.SSLContext
+) -> None:
+    async with (
+        running_gateway(signing_material, server_tls, max_junk_commands=10) as gw,
+        raw(gw.port()) as client,
+    ):
+        await client.greet()
+        for _ in range(5):  # 5 x 8 NOOPs on one connection, a message between each 8
+            await client.send(b"NOOP\r\n" * 8)
+            assert set(await replies(client, 8)) == {"250 2.0.0 OK"}
+            assert (await transaction(client, message())).startswith("250 2.0.0 Queued")
+        await client.send(b"RSET\r\n" * 8)
+        assert set(await replies(client, 8)) == {"250 2.0.0 OK"}
+    assert len(gw.spool.puts) == 5
+
+
+# ---------------------------------------------------------------------------- implicit TLS
+
+
+async def test_smtps_connections_count_from_accept_before_their_handshake(
+    signing_material: SigningMaterial, server_tls: ssl.SSLContext
+) -> None:
+    async with running_gateway(
+        signing_material, server_tls, max_connections=2, max_connections_per_ip=2
+    ) as gw:
+        # Two clients that connect to smtps and never start their handshake...
+        async with raw(gw.port("smtps")), raw(gw.port("smtps")):
+            for _ in range(250):
+                if len(gw.receiver.sessions) == 2:
+                    break
+                await asyncio.sleep(0.02)
+            # ...fill the gateway: a third connection, on any listener, is refused.
+            async with raw(gw.port()) as third:
+                assert await third.reply() == "421 4.7.0 Too many connections, try again later"
+        await sessions_ended(gw)
+        # Their places are free again once they are gone.
+        async with raw(gw.port()) as client:
+            assert (await client.greet()).startswith("250-")
+
+
+async def test_a_slow_smtps_handshake_is_cut_and_frees_its_place(
+    signing_material: SigningMaterial,
+    server_tls: ssl.SSLContext,
+    client_tls: ssl.SSLContext,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    async with running_gateway(signing_material, server_tls, tls_handshake_timeout=0.3) as gw:
+        async with raw(gw.port("smtps")) as silent:
+            await silent.send(PARTIAL_HELLO)  # and nothing more
+            await until_closed(silent)  # within 5 s, not asyncio's default of 60
+        await sessions_ended(gw)
+        assert "event=tls_failed client_ip=127.0.0.1" in caplog.text
+        assert_no_traceback(caplog)
+        async with smtps(gw.port("smtps"), client_tls) as client:
+            assert (await client.greet()).startswith("250-")
