@@ -15,6 +15,11 @@ Nothing here talks SMTP; the handler turns a Rejection into a reply. The rules:
   8-bit message bytes are accepted without BODY=8BITMIME, as Postfix does by default
   (strict_8bitmime off): the client's declaration changes nothing in the bytes signed, and
   delivery looks at the bytes, not the declaration (gateway/mail_params.py).
+
+Every refusal of a message's content after DATA is ``550 5.6.0``: RFC 5321 4.3.2 lists
+both 550 and 554 after DATA, and 550 (with X.6.0, "other or undefined media error", RFC
+3463) is what Postfix answers to content it refuses. One code for the whole class lets a
+client's error handling treat it as one thing: this message, as it is, will not be taken.
 """
 
 from __future__ import annotations
@@ -151,7 +156,7 @@ def check_line_ends(data: bytes) -> Rejection | None:
     pairs = data.count(b"\r\n")
     if data.count(b"\r") != pairs or data.count(b"\n") != pairs:
         return Rejection(
-            554,
+            550,
             "5.6.0",
             "Bare CR or LF in message data: every line must end with CRLF",
             "bare_line_end",
@@ -162,7 +167,7 @@ def check_line_ends(data: bytes) -> Rejection | None:
 def check_line_length(data: bytes, limit: int) -> Rejection | None:
     if max(map(len, data.split(b"\r\n")), default=0) > limit:
         return Rejection(
-            554, "5.6.0", f"Line too long: at most {limit} characters per line", "line_too_long"
+            550, "5.6.0", f"Line too long: at most {limit} characters per line", "line_too_long"
         )
     return None
 

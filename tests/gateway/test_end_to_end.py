@@ -375,7 +375,7 @@ async def test_relay_attempts_and_smuggling_deliver_nothing(
     async with raw(gateway_process.port) as client:
         await client.greet()
         reply = await transaction(client, smuggled)
-        assert reply.startswith("554 5.6.0 Bare CR or LF")
+        assert reply.startswith("550 5.6.0 Bare CR or LF")
         reply = await transaction(client, statement("the-only-one"))
         assert reply.startswith("250 2.0.0 Queued as")
     [received] = await peer.wait_for(1, within=15)

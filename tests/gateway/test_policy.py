@@ -94,7 +94,7 @@ def test_line_length() -> None:
     assert policy.check_line_length(b"x" * 998 + b"\r\n", 998) is None
     rejection = policy.check_line_length(b"ok\r\n" + b"x" * 999 + b"\r\n", 998)
     assert rejection is not None
-    assert (rejection.code, rejection.status) == (554, "5.6.0")
+    assert (rejection.code, rejection.status) == (550, "5.6.0")
 
 
 @pytest.mark.parametrize(

@@ -563,7 +563,7 @@ async def test_line_length(gateway: Gateway, length: int, accepted: bool) -> Non
     if accepted:
         assert reply.startswith("250 2.0.0 ")
     else:
-        assert reply == "554 5.6.0 Line too long: at most 998 characters per line"
+        assert reply == "550 5.6.0 Line too long: at most 998 characters per line"
         assert gateway.spool.puts == []
 
 
@@ -649,7 +649,7 @@ async def test_no_payload_yields_a_second_message(gateway: Gateway, end: bytes) 
     if b"\x00" in end:
         assert reply.startswith("550 5.6.0 NUL byte in message body")
     else:
-        assert reply == "554 5.6.0 Bare CR or LF in message data: every line must end with CRLF"
+        assert reply == "550 5.6.0 Bare CR or LF in message data: every line must end with CRLF"
     assert gateway.spool.puts == []
 
 
@@ -814,7 +814,7 @@ async def test_random_line_ends_never_split_or_merge_messages(gateway: Gateway) 
                 assert reply.startswith("250 "), (body, reply)
                 assert gateway.spool.puts[-1].data.endswith(data)
             else:
-                assert reply.startswith("554 5.6.0 Bare CR or LF"), (body, reply)
+                assert reply.startswith("550 5.6.0 Bare CR or LF"), (body, reply)
             assert (await client.command("NOOP")).startswith("250 ")
     assert len(gateway.spool.puts) == accepted
     assert 0 < accepted < 150  # both kinds were tried
@@ -1259,3 +1259,39 @@ async def test_a_slow_smtps_handshake_is_cut_and_frees_its_place(
         assert_no_traceback(caplog)
         async with smtps(gw.port("smtps"), client_tls) as client:
             assert (await client.greet()).startswith("250-")
+
+
+# ---------------------------------------------------------------------------- content refusals
+
+# One sample per content check of gateway/policy.py, by its metrics reason.
+BAD_CONTENT = {
+    "bare_line_end": message(body="one\nline\r\n"),
+    "line_too_long": message(body="x" * 999 + "\r\n"),
+    "nul_byte": message(body="Montant\0 12\r\n"),
+    "header_control": message(extra_headers="Comments: bell\x07\r\n"),
+    "header_not_utf8": message().replace("décompte".encode(), "d\xe9compte".encode("latin-1")),
+    "no_from": message().replace(b"From: ", b"Sender: "),
+    "several_from": message(extra_headers=f"From: <other@{DOMAIN}>\r\n"),
+    "bad_from": message(sender="not an address"),
+}
+
+
+async def test_every_content_refusal_is_550_5_6_0(gateway: Gateway) -> None:
+    """RFC 5321 4.3.2 allows 550 or 554 after DATA; the gateway answers every refusal of
+    a message's content the same way (X.6.0, RFC 3463), so clients can treat them alike."""
+    replies: dict[str, str] = {}
+    async with raw(gateway.port()) as client:
+        await client.greet()
+        for reason, data in BAD_CONTENT.items():
+            assert (await client.command(f"MAIL FROM:<decomptes@{DOMAIN}>")).startswith("250")
+            assert (await client.command("RCPT TO:<membre@example.org>")).startswith("250")
+            assert (await client.command("DATA")).startswith("354 ")
+            await client.send(data + b".\r\n")
+            replies[reason] = await client.reply()
+    assert {reason: reply[:10] for reason, reply in replies.items()} == dict.fromkeys(
+        BAD_CONTENT, "550 5.6.0 "
+    )
+    assert gateway.spool.puts == []
+    # Each sample met the check it stands for.
+    counted = {r: gateway.metrics.rejected.value(r) for r in BAD_CONTENT}
+    assert counted == dict.fromkeys(BAD_CONTENT, 1)
