@@ -35,6 +35,7 @@ EXIT_STORE = 7
 ENV_STORE = "SEALPOST_KEYS_STORE"
 ENV_PUBLIC = "SEALPOST_KEYS_PUBLIC"
 ENV_PROPAGATION = "SEALPOST_KEYS_PROPAGATION_HOURS"
+ENV_WITHDRAW_WAIT = "SEALPOST_KEYS_WITHDRAW_WAIT_DAYS"
 
 EXIT_CODES = f"""\
 exit codes:
@@ -53,6 +54,7 @@ environment:
   {key_secrets.ENV_PASSPHRASE_FILE}  or a file holding it (the default is the
                                   file <store>.passphrase that the first init creates)
   {ENV_PROPAGATION}  default for activate --propagation (48)
+  {ENV_WITHDRAW_WAIT}  default for withdraw --wait (7)
 """
 
 
@@ -81,6 +83,16 @@ def _hours(value: str) -> float:
     if not 0 <= hours <= 24 * 365:
         raise argparse.ArgumentTypeError(f"{value!r} hours is out of range (0 to 8760)")
     return hours
+
+
+def _days(value: str) -> float:
+    try:
+        days = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of days") from None
+    if not 0 <= days <= 365:
+        raise argparse.ArgumentTypeError(f"{value!r} days is out of range (0 to 365)")
+    return days
 
 
 def _resolver(value: str) -> key_dns.Resolver:
@@ -192,6 +204,17 @@ def build_parser() -> argparse.ArgumentParser:
         "Take retired DKIM keys out of DNS; their public keys stay in the archive.",
     )
     withdraw.add_argument("selectors", nargs="+", metavar="SELECTOR")
+    withdraw.add_argument(
+        "--wait",
+        type=_days,
+        default=None,
+        metavar="DAYS",
+        help=(
+            "minimum time since the key was retired: the longest queue time plus a margin "
+            f"(default ${ENV_WITHDRAW_WAIT} or 7)"
+        ),
+    )
+    withdraw.add_argument("--force", action="store_true", help="withdraw before the wait is over")
 
     revoke = command(
         "revoke",
@@ -453,8 +476,27 @@ def _print_destroyed(idents: Sequence[str]) -> None:
         )
 
 
+def _withdraw_wait(args: argparse.Namespace) -> dt.timedelta:
+    days = args.wait
+    if days is None:
+        raw = os.environ.get(ENV_WITHDRAW_WAIT)
+        try:
+            days = 7.0 if raw is None else _days(raw)
+        except argparse.ArgumentTypeError as exc:
+            raise UsageError(f"{ENV_WITHDRAW_WAIT}: {exc}") from None
+    return dt.timedelta(days=days)
+
+
 def cmd_withdraw(args: argparse.Namespace, now: dt.datetime | None) -> int:
-    for key in store.withdraw(args.store, args.public, args.selectors, now=now):
+    withdrawn = store.withdraw(
+        args.store,
+        args.public,
+        args.selectors,
+        wait=_withdraw_wait(args),
+        force=args.force,
+        now=now,
+    )
+    for key in withdrawn:
         print(f"Withdrawn {key.selector}: remove its TXT record from DNS.")
     return EXIT_OK
 

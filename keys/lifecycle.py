@@ -268,15 +268,50 @@ def activate(
     return Activation(domain=result, activated=activated, retired=retired)
 
 
-def withdraw(domain: Domain, selector: str, now: dt.datetime) -> tuple[Domain, DkimKey]:
-    """A retired DKIM key leaves DNS; its public key stays in the archive."""
+# The runbook's wait between retiring a generation and taking its DKIM records out of DNS:
+# the longest queue time (delivery.max_lifetime, 5 days) plus a 2-day margin, so that a
+# message signed just before the retirement still verifies when it is finally received.
+WITHDRAW_WAIT = dt.timedelta(days=7)
+
+
+def check_withdrawal_wait(key: DkimKey, now: dt.datetime, wait: dt.timedelta) -> None:
+    """Refuse a withdrawal sooner than `wait` after the key was retired."""
+    retired_at = next((c.at for c in reversed(key.history) if c.state == State.RETIRED), None)
+    if retired_at is None or key.state != State.RETIRED:
+        return  # not retired: `move` refuses it with its own reason
+    ready_at = retired_at + wait
+    if now < ready_at:
+        waited = (now - retired_at).total_seconds() / 86400
+        raise Refused(
+            f"{key.label} was retired {waited:.1f} days ago, less than the wait of "
+            f"{wait.total_seconds() / 86400:g} days: mail signed with it may still be queued "
+            "or in transit, and its receivers need the DNS record to verify it. Withdraw it "
+            f"from {ready_at.strftime('%Y-%m-%dT%H:%M:%SZ')} on, or use --force"
+        )
+
+
+def withdraw(
+    domain: Domain,
+    selector: str,
+    now: dt.datetime,
+    *,
+    wait: dt.timedelta = WITHDRAW_WAIT,
+    force: bool = False,
+) -> tuple[Domain, DkimKey]:
+    """A retired DKIM key leaves DNS, `wait` after its retirement at the earliest (unless
+    `force`); its public key stays in the archive."""
     for generation in domain.generations:
-        if selector == generation.rsa.selector:
-            changed = replace(generation, rsa=move(generation.rsa, State.WITHDRAWN, now))
-            return domain.replace_generation(changed), changed.rsa
-        if selector == generation.ed25519.selector:
-            changed = replace(generation, ed25519=move(generation.ed25519, State.WITHDRAWN, now))
-            return domain.replace_generation(changed), changed.ed25519
+        for key in generation.dkim:
+            if selector != key.selector:
+                continue
+            if not force:
+                check_withdrawal_wait(key, now, wait)
+            moved = move(key, State.WITHDRAWN, now)
+            if key is generation.rsa:
+                changed = replace(generation, rsa=moved)
+            else:
+                changed = replace(generation, ed25519=moved)
+            return domain.replace_generation(changed), moved
     raise LookupError(f"{domain.name} has no DKIM selector {selector!r}")
 
 

@@ -57,6 +57,7 @@ from keys.dns import DnsCheckFailed, Resolver, check_published, public_value
 from keys.export import write_public
 from keys.lifecycle import (
     OUT_OF_SERVICE,
+    WITHDRAW_WAIT,
     Certificate,
     Change,
     DkimKey,
@@ -796,11 +797,14 @@ def withdraw(
     public: Path,
     selector_names: list[str],
     *,
+    wait: dt.timedelta = WITHDRAW_WAIT,
+    force: bool = False,
     now: dt.datetime | None = None,
 ) -> list[DkimKey]:
-    """Retired DKIM keys leave DNS: all the named selectors, or none if one is refused."""
+    """Retired DKIM keys leave DNS: all the named selectors, or none if one is refused.
+    Each `wait` after its retirement at the earliest, unless `force`."""
     when = utc_now(now)
-    with _audited(store, "withdraw", keys=list(selector_names)), locked(store):
+    with _audited(store, "withdraw", keys=list(selector_names), force=force), locked(store):
         state = load_state(store)
         withdrawn = []
         for name in selector_names:
@@ -810,7 +814,7 @@ def withdraw(
                     f"{name} is a certificate: certificates are not published in DNS, "
                     "so they cannot be withdrawn (revoke it if it is compromised)"
                 )
-            changed, key = lifecycle_withdraw(domain, item.selector, when)
+            changed, key = lifecycle_withdraw(domain, item.selector, when, wait=wait, force=force)
             state = state.with_domain(changed)
             withdrawn.append(key)
         _commit(store, public, state, when)

@@ -168,7 +168,7 @@ def test_dns_lists_pending_active_retired_and_revoked_but_not_withdrawn(
     store.rotate(store_dir, public, DOMAIN, now=NOW)
     store.activate(store_dir, public, DOMAIN, force=True, now=NOW)
     store.rotate(store_dir, public, DOMAIN, now=NOW)
-    store.withdraw(store_dir, public, ["s202611e"], now=NOW)
+    store.withdraw(store_dir, public, ["s202611e"], force=True, now=NOW)
     store.revoke(store_dir, public, "s202611r", compromised_at=NOW, reason="leak", now=NOW)
     domain = store.load_domain(store_dir, DOMAIN)
     text = "\n".join(zone_lines(domain))

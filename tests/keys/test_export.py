@@ -34,7 +34,7 @@ def store_with_history(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple
     store.init_domain(keys, public, DOMAIN, now=NOW)
     store.rotate(keys, public, DOMAIN, now=NOW + HOUR)
     store.activate(keys, public, DOMAIN, now=NOW + 50 * HOUR)
-    store.withdraw(keys, public, ["s202611r", "s202611e"], now=NOW + 60 * HOUR)
+    store.withdraw(keys, public, ["s202611r", "s202611e"], force=True, now=NOW + 60 * HOUR)
     store.rotate(keys, public, DOMAIN, now=NOW + 61 * HOUR)
     store.revoke(keys, public, "s202611cr", compromised_at=NOW + 61 * HOUR, reason="test leak",
                  now=NOW + 62 * HOUR)  # fmt: skip

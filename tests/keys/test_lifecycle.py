@@ -10,6 +10,7 @@ import pytest
 
 from keys.lifecycle import (
     ALLOWED,
+    WITHDRAW_WAIT,
     Certificate,
     Change,
     DkimKey,
@@ -129,7 +130,7 @@ def test_rotating_twice_is_refused_while_one_is_pending() -> None:
 
 def test_withdraw_takes_a_retired_key_out_of_dns() -> None:
     domain = activate(domain_with_active_and_pending(), T0 + 50 * HOUR, PROPAGATION).domain
-    after, key = withdraw(domain, "s202611r", T0 + 60 * HOUR)
+    after, key = withdraw(domain, "s202611r", T0 + 50 * HOUR + WITHDRAW_WAIT)
     assert key.state == State.WITHDRAWN
     found = find(after, "s202611r")
     assert found is not None
@@ -137,6 +138,17 @@ def test_withdraw_takes_a_retired_key_out_of_dns() -> None:
     sibling = find(after, "s202611e")
     assert sibling is not None
     assert sibling[1].state == State.RETIRED  # only the named key moves
+
+
+def test_withdraw_waits_seven_days_after_retirement_unless_forced() -> None:
+    retired_at = T0 + 50 * HOUR
+    domain = activate(domain_with_active_and_pending(), retired_at, PROPAGATION).domain
+    with pytest.raises(Refused, match=r"retired 6\.9 days ago.* from 2026-11-11T11:00:00Z on"):
+        withdraw(domain, "s202611r", retired_at + WITHDRAW_WAIT - 2 * HOUR)
+    with pytest.raises(Refused, match="less than the wait of 10 days"):
+        withdraw(domain, "s202611r", retired_at + WITHDRAW_WAIT, wait=dt.timedelta(days=10))
+    _, forced = withdraw(domain, "s202611r", retired_at + HOUR, force=True)
+    assert forced.state == State.WITHDRAWN
 
 
 @pytest.mark.parametrize(

@@ -137,7 +137,17 @@ def test_the_whole_lifecycle_and_its_refusals(cli: Cli) -> None:
     assert code == EXIT_NOT_FOUND
     assert "no DKIM selector or certificate serial 's202611x'" in err
 
-    code, out, _ = cli("withdraw", "s202611r", "s202611e", now=NOW + 50 * HOUR)
+    # The runbook's wait: 7 days after the retirement at NOW + 49 h, or as --wait says.
+    code, _, err = cli("withdraw", "s202611r", "s202611e", now=NOW + 50 * HOUR)
+    assert code == EXIT_REFUSED
+    assert "DKIM key s202611r was retired 0.0 days ago, less than the wait of 7 days" in err
+    assert "Withdraw it from 2026-12-02T11:00:00Z on, or use --force" in err
+    code, _, err = cli("withdraw", "--wait", "1", "s202611r", now=NOW + 50 * HOUR)
+    assert code == EXIT_REFUSED
+    assert "Withdraw it from 2026-11-26T11:00:00Z on" in err
+    assert listing(cli)[("202611", "rsa-2048")]["state"] == "retired"  # nothing moved
+
+    code, out, _ = cli("withdraw", "--force", "s202611r", "s202611e", now=NOW + 50 * HOUR)
     assert code == EXIT_OK
     assert "Withdrawn s202611r" in out
     assert "Withdrawn s202611e" in out

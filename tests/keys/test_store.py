@@ -433,7 +433,7 @@ def test_any_store_change_sweeps_a_leftover_key_of_an_old_store(
     assert (line["after"], line["keys"]) == ("rotate", [first.ed25519.selector])
     assert line["already_absent"] == [first.rsa.selector, first.certificate.serial]
     # Nothing left: the next change records nothing more.
-    store.withdraw(store_dir, public, [first.rsa.selector], now=NOW + 2 * HOUR)
+    store.withdraw(store_dir, public, [first.rsa.selector], force=True, now=NOW + 2 * HOUR)
     assert len(audit_lines(store_dir, "destroy")) == 2
 
 
