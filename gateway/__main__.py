@@ -46,6 +46,7 @@ from gateway.settings import (
     parse_listen,
     render,
 )
+from gateway.signing_watch import SigningWatch
 from gateway.smtp_handler import AuthGuard, Handler, SessionLimits, Sessions
 from gateway.spool import Envelope, Spool, SpoolError
 from keys import dns as key_dns
@@ -391,6 +392,10 @@ async def run(settings: Settings, lane: int | None = None, parent: int | None = 
                 )
                 stack.push_async_callback(writer.stop)
             metrics.queue_depth = spool.depth
+            watch = SigningWatch(Path(settings.keys.store))
+            watch.start()  # logs the generation each domain signs with from now on
+            stack.push_async_callback(watch.stop)
+            metrics.signing = watch.series
             if settings.metrics.listen:
                 host, port = parse_listen(settings.metrics.listen)
                 metrics_server = await metrics_http.serve(metrics, host, port)

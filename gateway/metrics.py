@@ -94,6 +94,9 @@ class Metrics:
         )
         # Set by the wiring once the spool is open.
         self.queue_depth: Callable[[], Awaitable[int]] | None = None
+        # Set by the wiring: (domain, generation, certificate expiry in POSIX seconds) of
+        # each domain's signing generation (gateway/signing_watch.py).
+        self.signing: Callable[[], Iterable[tuple[str, str, float]]] | None = None
 
     async def render(self) -> str:
         lines: list[str] = []
@@ -115,7 +118,35 @@ class Metrics:
                 "# TYPE sealpost_queue_depth gauge",
                 f"sealpost_queue_depth {depth}",
             ]
+        if self.signing is not None:
+            lines += _signing_lines(list(self.signing()))
         return "\n".join(lines) + "\n"
+
+
+def _signing_lines(series: list[tuple[str, str, float]]) -> list[str]:
+    lines = [
+        "# HELP sealpost_signing_generation The key generation each domain signs with (1).",
+        "# TYPE sealpost_signing_generation gauge",
+    ]
+    lines += [
+        f"sealpost_signing_generation{_two_labels(domain, generation)} 1"
+        for domain, generation, _ in series
+    ]
+    lines += [
+        "# HELP sealpost_signing_certificate_expiry_timestamp_seconds When the signing "
+        "certificate of each domain's generation expires (Unix time).",
+        "# TYPE sealpost_signing_certificate_expiry_timestamp_seconds gauge",
+    ]
+    lines += [
+        f"sealpost_signing_certificate_expiry_timestamp_seconds"
+        f"{_two_labels(domain, generation)} {_number(expiry)}"
+        for domain, generation, expiry in series
+    ]
+    return lines
+
+
+def _two_labels(domain: str, generation: str) -> str:
+    return _labels("domain", domain)[:-1] + "," + _labels("generation", generation)[1:]
 
 
 def _labels(label: str | None, value: str) -> str:

@@ -151,8 +151,14 @@ async def test_statement_is_sealed_and_delivered(
     assert "sealpost_documents_sealed_total 1" in scraped
     assert "sealpost_recipients_delivered_total 1" in scraped
     assert "sealpost_queue_depth 0" in scraped
+    # From its start, the gateway says which generation it signs with, until when.
+    assert re.search(
+        rf'^sealpost_signing_generation{{domain="{DOMAIN}",generation="\w+"}} 1$', scraped, re.M
+    )
+    assert f'sealpost_signing_certificate_expiry_timestamp_seconds{{domain="{DOMAIN}"' in scraped
     assert await gateway_process.terminate() == 0
     log = gateway_process.log()
+    assert f"event=signing_generation domain={DOMAIN} generation=" in log
     # First start: the key store was made and its DNS records printed.
     assert "event=keys_initialised" in log
     assert "s202" in log
