@@ -410,3 +410,27 @@ async def test_a_port_in_use_is_one_readable_error(gateway_process: GatewayProce
     assert process.returncode == 1
     assert "event=start_failed" in err.decode()
     assert "Traceback" not in err.decode()
+
+
+async def test_a_utf8_address_reaches_a_hop_without_smtputf8_only_as_a_bounce(
+    gateway_process: GatewayProcess, peer: Peer
+) -> None:
+    """RFC 6531 3.4, through the whole gateway: SMTPUTF8 kept from MAIL to delivery, and a
+    next hop that does not offer it gets a DSN for the sender, never the message."""
+    peer.withhold = {"SMTPUTF8"}
+    await gateway_process.start()
+    async with raw(gateway_process.port) as client:
+        await client.greet()
+        assert (await client.command(f"MAIL FROM:<decomptes@{DOMAIN}> SMTPUTF8")).startswith("250 ")
+        assert (await client.command("RCPT TO:<jörg@example.org>")).startswith("250 ")
+        assert (await client.command("DATA")).startswith("354 ")
+        await client.send(statement("utf8") + b".\r\n")
+        assert (await client.reply()).startswith("250 ")
+    [bounce] = await peer.wait_for(1, within=15)
+    assert bounce.sender == ""
+    assert bounce.recipients == [f"decomptes@{DOMAIN}"]
+    text = bounce.data.decode()
+    assert "report-type=global-delivery-status" in text
+    assert "Final-Recipient: utf-8; jörg@example.org\r\n" in text
+    assert "Status: 5.6.7\r\n" in text
+    assert peer.rcpt_attempts == [f"decomptes@{DOMAIN}"]
