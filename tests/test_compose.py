@@ -789,6 +789,7 @@ async def test_docs_metrics_names_every_gateway_metric_and_rejection_reason() ->
         return 0
 
     metrics.queue_depth = depth
+    metrics.signing = lambda: [("caisses.example", "202611", 1.8e9)]
     rendered = await metrics.render()
     names = {line.split()[2] for line in rendered.splitlines() if line.startswith("# TYPE ")}
     text = METRICS_DOC.read_text(encoding="utf-8")
