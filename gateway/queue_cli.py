@@ -104,6 +104,11 @@ async def _one(command: str, queue_id: str, spool: Spool, out: TextIO) -> bool:
 
 def format_entry(m: StoredMessage) -> str:
     lines = [f"{m.id}  {_when(m.received_at)}  {m.size:>8}  <{m.sender}>  client={m.client}"]
+    # The MAIL parameters that decide which next hops may take it (gateway/mail_params.py).
+    if m.params.smtputf8:
+        lines[0] += "  SMTPUTF8"
+    if m.params.body:
+        lines[0] += f"  BODY={m.params.body}"
     for r in m.recipients:
         line = f"    {r.address}  {r.state}  attempts={r.attempts}"
         if r.pending:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from gateway import queue_cli
+from gateway.mail_params import MailParams
 from gateway.spool import Envelope, Spool, Update
 
 REPO = Path(__file__).resolve().parents[2]
@@ -28,7 +29,9 @@ def fill(path: Path) -> tuple[str, str]:
             first = await spool.put(
                 Envelope("s@caisses.example", ["a@x.example", "b@y.example"], DATA, "batch")
             )
-            second = await spool.put(Envelope("", ["c@z.example"], DATA, "dsn"))
+            second = await spool.put(
+                Envelope("", ["c@z.example"], DATA, "dsn", params=MailParams(True, "8BITMIME"))
+            )
             await spool.record(
                 first,
                 [
@@ -71,6 +74,8 @@ def test_list_shows_each_message_and_each_recipient_state(tmp_path: Path) -> Non
     assert "b@y.example  deferred  attempts=1  next=" in out
     assert "last='451 4.2.1 busy'" in out
     assert "c@z.example  queued  attempts=0" in out
+    assert "<>  client=dsn  SMTPUTF8  BODY=8BITMIME\n" in out  # what the next hop must offer
+    assert "client=batch\n" in out
     assert "-- 2 message(s) in queue" in out
     assert "secret body" not in out
 
