@@ -93,8 +93,8 @@ class LimitsSettings:
     command_timeout: float = 300.0  # RFC 5321 4.5.3.2.7: at least 5 minutes
     data_timeout: float = 600.0  # for the whole DATA transfer, RFC 5321 4.5.3.2.6
     max_line_length: int = MAX_LINE_LENGTH
-    # NOOP, RSET, VRFY, EXPN, HELP, EHLO, HELO, STARTTLS allowed per message (Postfix's
-    # smtpd_junk_command_limit); past it, 421 4.7.0 and the connection is closed.
+    # NOOP, RSET, VRFY, EXPN, HELP, EHLO, HELO, STARTTLS and refused MAIL/RCPT allowed per
+    # message (Postfix's smtpd_junk_command_limit); past it, 421 4.7.0 and a close.
     max_junk_commands: int = 100
     # Seconds an implicit-TLS (smtps) client has to finish its handshake; the connection
     # counts against max_connections from the moment it is accepted.

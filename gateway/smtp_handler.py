@@ -48,9 +48,12 @@ _TLS_ACTIVE_REPLY = "503 5.5.1 Error: TLS already active"  # Postfix's words
 # Commands that carry no mail: a client may send a few per message, never thousands (a
 # pipeline of 20,000 NOOPs kept a session busy for as long as the client liked). Postfix
 # counts NOOP, VRFY, ETRN and RSET; a repeated EHLO, HELO, HELP, EXPN or STARTTLS is no
-# more useful. The count starts again with each message accepted, so a long-lived batch
-# connection that sends RSET or NOOP between its messages is never cut.
+# more useful, nor is a MAIL or RCPT that is refused (a client going on after 452 "too
+# many recipients", or trying sender after sender; Postfix's error limits). The count
+# starts again with each message accepted, so a long-lived batch connection that sends
+# RSET or NOOP between its messages is never cut.
 JUNK_COMMANDS = ("NOOP", "RSET", "VRFY", "EXPN", "HELP", "EHLO", "HELO", "STARTTLS")
+JUNK_WHEN_REFUSED = ("MAIL", "RCPT")
 
 # Raised by what the client does to its connection, not by a fault of the gateway's: a TLS
 # handshake that fails (aiosmtpd wraps its error in TLSSetupException), a reset or broken
@@ -279,7 +282,8 @@ class GatewaySMTP(SMTP):
         # aiosmtpd's own command_call_limit is not used: its counts never start again, so
         # it would also cut a batch connection after so many messages.
         self._junk = 0
-        for name in JUNK_COMMANDS:
+        self._refused = False  # the last reply was 4xx or 5xx
+        for name in (*JUNK_COMMANDS, *JUNK_WHEN_REFUSED):
             method = self._smtp_methods.get(name)
             if method is not None:
                 self._smtp_methods[name] = self._counted(name, method)
@@ -307,16 +311,18 @@ class GatewaySMTP(SMTP):
         self, name: str, method: Callable[[str], Awaitable[None]]
     ) -> Callable[[str], Awaitable[None]]:
         # functools.wraps keeps aiosmtpd's syntax attributes, which HELP lists.
+        only_refused = name in JUNK_WHEN_REFUSED
+
         @functools.wraps(method)
         async def counted(arg: str) -> None:
-            self._junk += 1
-            if self._junk <= self._limits.max_junk_commands:
-                await method(arg)
-                return
-            log.info("event=junk_limit client_ip=%s command=%s", self.client_ip, name)
-            self.close_with(f"421 4.7.0 Too many {name} commands, closing connection")
-            # Ends the command loop now: commands pipelined behind this one are not served.
-            raise asyncio.CancelledError
+            if self._junk >= self._limits.max_junk_commands:
+                log.info("event=junk_limit client_ip=%s command=%s", self.client_ip, name)
+                self.close_with(f"421 4.7.0 Too many {name} commands, closing connection")
+                # Ends the command loop now: commands pipelined behind it are not served.
+                raise asyncio.CancelledError
+            await method(arg)
+            if not only_refused or self._refused:
+                self._junk += 1
 
         return counted
 
@@ -438,6 +444,7 @@ class GatewaySMTP(SMTP):
         await super().smtp_AUTH(" ".join(args))
 
     async def push(self, status: AnyStr) -> None:
+        self._refused = status[:1] in ("4", "5", b"4", b"5")
         if isinstance(status, str):
             await super().push(self._replies.get(status, status))
         else:

@@ -1202,6 +1202,25 @@ async def test_a_flood_of_commands_that_move_no_mail_is_cut_with_421(
     assert_no_traceback(caplog)
 
 
+async def test_refused_recipients_count_as_junk_and_accepted_ones_do_not(
+    signing_material: SigningMaterial, server_tls: ssl.SSLContext
+) -> None:
+    async with (
+        running_gateway(signing_material, server_tls, max_junk_commands=10) as gw,
+        raw(gw.port()) as client,
+    ):
+        assert (await client.reply()).startswith("220 ")
+        rcpts = b"".join(b"RCPT TO:<m%d@example.org>\r\n" % i for i in range(2000))
+        await client.send(b"EHLO client.test\r\n" + f"MAIL FROM:<a@{DOMAIN}>\r\n".encode() + rcpts)
+        got = await replies(client, 2002)
+        assert await client.closed()
+    codes = [r[:3] for r in got]
+    # EHLO counts 1; 3 recipients are taken (max_recipients); 9 more refusals fill the
+    # budget of 10, and the next RCPT is answered 421.
+    assert codes == ["250", "250", "250", "250", "250", *["452"] * 9, "421"]
+    assert got[-1] == "421 4.7.0 Too many RCPT commands, closing connection"
+
+
 async def test_the_junk_budget_starts_again_with_each_message(
     signing_material: SigningMaterial, server_tls: ssl.SSLContext
 ) -> None:
