@@ -5,9 +5,10 @@ At intake the client's ``MAIL FROM`` parameters are kept with the message in the
 At delivery, once the next hop's EHLO is known, `options_for` gives the parameters to
 send or the reason the message cannot go to that hop at all:
 
-- SMTPUTF8 is sent only when the message needs it: it was submitted with SMTPUTF8 and
-  has a non-ASCII envelope address or header (RFC 6531 3.4: a client that knows neither
-  needs it SHOULD NOT send the parameter). A message that needs it and a hop that does
+- SMTPUTF8 is sent only when the message needs it: a non-ASCII envelope address (which
+  intake accepts only with SMTPUTF8), or a non-ASCII header in a message submitted with
+  SMTPUTF8 (RFC 6531 3.4: a client that knows neither needs it SHOULD NOT send the
+  parameter). A message that needs it and a hop that does
   not offer it: the message is not sent, the recipients bounce with 5.6.7 (RFC 6531 3.4
   leaves the choice of rejecting or downgrading; no downgrade is offered, as it would
   change the signed headers). A message submitted without SMTPUTF8 is sent as it came,
