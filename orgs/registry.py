@@ -84,6 +84,10 @@ class RegistryError(Exception):
     """The registry file cannot be opened or is not a registry."""
 
 
+class RegistryBusy(RegistryError):
+    """Another process held the registry's write lock for longer than the busy timeout."""
+
+
 class Refused(Exception):
     """A rule of the registry forbids the change; the message says which."""
 
@@ -235,7 +239,12 @@ class Registry:
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         """One IMMEDIATE transaction: the write lock is taken at BEGIN, so the checks made
         inside it still hold at COMMIT."""
-        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            raise RegistryBusy(
+                f"{self.path} is locked by another process ({exc}); nothing was done: try again"
+            ) from None
         try:
             yield self._db
         except BaseException:
