@@ -35,6 +35,7 @@ import pytest
 
 import gateway.__main__ as gateway_main
 import keys.__main__ as keys_main
+import orgs.__main__ as orgs_main
 import verifier.__main__ as verifier_main
 from gateway import queue_cli
 from gateway import settings as gateway_settings
@@ -747,6 +748,8 @@ def _parses(program: str, arguments: list[str]) -> None:
             queue_cli.parser().parse_args(namespace.args)
     elif program == "sealpost-verifier":
         verifier_main.parse_args(arguments, verifier_settings.Settings())
+    elif program == "sealpost-orgs":
+        orgs_main.build_parser().parse_args(arguments)
     else:
         pytest.fail(f"the runbook names an unknown program {program}")
 
@@ -754,7 +757,7 @@ def _parses(program: str, arguments: list[str]) -> None:
 def test_every_command_in_the_runbook_is_accepted_by_its_program() -> None:
     commands = _documented_commands()
     programs = {program for program, _ in commands}
-    assert programs == {"sealpost-keys", "sealpost-gateway", "sealpost-verifier"}
+    assert programs == {"sealpost-keys", "sealpost-gateway", "sealpost-verifier", "sealpost-orgs"}
     keys_commands = {arguments[0] for program, arguments in commands if program == "sealpost-keys"}
     # The lifecycle the runbook walks through, every step shown as a command.
     assert {"init", "dns", "rotate", "activate", "withdraw", "revoke", "list"} <= keys_commands
