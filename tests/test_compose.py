@@ -52,7 +52,7 @@ OPERATIONS_DOC = REPO / "docs" / "operations.md"
 METRICS_DOC = REPO / "docs" / "metrics.md"
 GATEWAY_TOML = REPO / "docker" / "gateway.toml"
 GATEWAY_TOML_IN_CONTAINER = "/etc/sealpost/gateway.toml"
-SEALPOST_SERVICES = ("keys-init", "log-init", "keys", "gateway", "verifier")
+SEALPOST_SERVICES = ("keys-init", "log-init", "keys", "orgs", "gateway", "verifier")
 SECRETS_DIR = "/run/secrets/"
 # Inside a container a listener must face the compose network, not the container's loopback.
 ANY_ADDRESS = "0.0.0.0"  # noqa: S104
@@ -154,7 +154,7 @@ def _log_init_option(compose: dict[str, Any], option: str) -> str:
     return command[command.index(option) + 1]
 
 
-def test_the_compose_file_validates_and_has_the_six_services(compose: dict[str, Any]) -> None:
+def test_the_compose_file_validates_and_has_the_seven_services(compose: dict[str, Any]) -> None:
     assert set(compose["services"]) == {*SEALPOST_SERVICES, "mailpit"}
     assert set(compose["volumes"]) == {
         "keys",
@@ -163,6 +163,7 @@ def test_the_compose_file_validates_and_has_the_six_services(compose: dict[str, 
         "statement-log",
         "spool",
         "tls",
+        "orgs",
     }
 
 
@@ -216,6 +217,22 @@ def test_the_ops_key_tool_is_only_started_on_demand(compose: dict[str, Any]) -> 
     assert service["profiles"] == ["ops"]
     assert service["entrypoint"] == ["sealpost-keys"]
     assert _mounts(service) == _mounts(_service(compose, "keys-init"))
+
+
+def test_the_registry_of_insurers_is_kept_by_an_ops_tool_and_read_by_the_gateway(
+    compose: dict[str, Any],
+) -> None:
+    service = _service(compose, "orgs")
+    assert service["profiles"] == ["ops"]
+    assert service["entrypoint"] == ["sealpost-orgs"]
+    registry = _gateway_toml()["orgs"]["registry"]
+    directory = str(Path(registry).parent)
+    assert _mounts(service)[directory] == Mount("orgs", directory, "rw")
+    assert _mounts(_service(compose, "gateway"))[directory] == Mount("orgs", directory, "rw")
+    # The tool's default (the image's SEALPOST_ORGS_REGISTRY) is the gateway's file.
+    _global, stages = _dockerfile()
+    env = " ".join(a for i, a in stages[-1].instructions if i == "ENV")
+    assert f"SEALPOST_ORGS_REGISTRY={registry}" in env
 
 
 def test_the_gateway_mounts_the_private_store_read_only_and_spools_on_a_named_volume(
@@ -692,6 +709,7 @@ def test_the_gateway_probe_passes_on_a_gateway_started_from_the_container_config
         "KEYS_PUBLIC_ARCHIVE": str(public),
         "LOG_KEY": str(key_store_dirs.log_key),
         "SPOOL_PATH": str(tmp_path / "spool"),
+        "ORGS_REGISTRY": str(tmp_path / "orgs" / "registry.sqlite"),
         "TLS_CERTIFICATE": str(tmp_path / "tls" / "cert.pem"),
         "TLS_KEY": str(tmp_path / "tls" / "key.pem"),
         "RELAY_LISTEN": "127.0.0.1:0",
