@@ -15,6 +15,7 @@ Nothing here talks SMTP; the handler turns a Rejection into a reply. The rules:
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from collections.abc import Iterable
@@ -23,6 +24,7 @@ from email.errors import HeaderParseError
 from email.headerregistry import Address
 from email.parser import BytesHeaderParser
 from email.policy import SMTP as SMTP_POLICY
+from typing import Any
 
 from gateway.settings import ClientSettings
 
@@ -207,12 +209,20 @@ def check_forbidden_bytes(data: bytes) -> Rejection | None:
 _FROM_FIELD = re.compile(rb"^from[ \t]*:", re.IGNORECASE | re.MULTILINE)
 
 
+@functools.lru_cache(maxsize=512)
+def _from_field(value: str) -> Any:
+    """The From field as `Message.get_all("From")` gives it. Its parse through the header
+    registry cost 3% of a lane's time, and a sending system writes the same From on every
+    statement, so it is parsed once per distinct value; header objects are immutable."""
+    return SMTP_POLICY.header_fetch_parse("From", value)
+
+
 def header_from_domain(data: bytes) -> str | Rejection:
     """The domain of the one From header's address, or why the message has none."""
     end = data.find(b"\r\n\r\n")
     head = data if end < 0 else data[: end + 2]
     headers = BytesHeaderParser(policy=SMTP_POLICY).parsebytes(head)
-    values = headers.get_all("From") or []
+    values = [_from_field(value) for name, value in headers.raw_items() if name.lower() == "from"]
     # Counted in the bytes too: "From :" (obsolete syntax, space before the colon) is not
     # a From to Python or dkimpy, but some mail readers show it.
     fields = len(_FROM_FIELD.findall(head))
