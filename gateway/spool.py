@@ -164,6 +164,9 @@ class Update:
     state: State
     reply: str = ""
     next_attempt: float = 0.0
+    # False when no connection was tried (the destination is known to be down): the
+    # recipient's attempt count, which drives its back-off, stays as it was.
+    attempted: bool = True
 
 
 @dataclass(frozen=True)
@@ -271,9 +274,12 @@ class Spool:
 
         def apply(conn: sqlite3.Connection) -> bool:
             conn.executemany(
-                "UPDATE recipients SET state = ?, attempts = attempts + 1, next_attempt = ?,"
+                "UPDATE recipients SET state = ?, attempts = attempts + ?, next_attempt = ?,"
                 " last_reply = ? WHERE message_id = ? AND idx = ?",
-                [(u.state, u.next_attempt, u.reply[:2000], queue_id, u.idx) for u in updates],
+                [
+                    (u.state, int(u.attempted), u.next_attempt, u.reply[:2000], queue_id, u.idx)
+                    for u in updates
+                ],
             )
             return _remove_if_done(conn, queue_id)
 
