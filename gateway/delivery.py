@@ -50,7 +50,7 @@ import dns.rdatatype
 import dns.resolver
 
 from gateway.connection_pool import IdlePool
-from gateway.destinations import Destinations, Hold, Refusal, next_hop
+from gateway.destinations import Destinations, Hold, Refusal, Ticket, next_hop
 from keys.safeio import fsync_dir
 
 _normalize_line_ends = aiosmtplib.protocol.normalize_message_line_endings
@@ -172,6 +172,14 @@ class _LostMidTransaction(_TransientConnect):
     nothing about the destination (the message may be what it chokes on)."""
 
 
+class _Held(Exception):
+    """The destination went down while this attempt waited for a free session."""
+
+    def __init__(self, refusal: Refusal) -> None:
+        super().__init__(refusal.reason)
+        self.refusal = refusal
+
+
 _RSET_TIMEOUT: Final = 20.0  # Postfix's smtp_rset_timeout
 
 
@@ -261,7 +269,10 @@ class Delivery:
         try:
             for host in key.hosts:
                 try:
-                    outcomes = await self._deliver_to_host(host, key, rcpts, sender, data)
+                    outcomes = await self._deliver_to_host(host, key, rcpts, sender, data, admitted)
+                except _Held as held:
+                    hold = Hold(held.refusal.until, attempted=False)
+                    return [Outcome(r, "transient", held.refusal.reason, hop, hold) for r in rcpts]
                 except _TransientConnect as exc:
                     reasons.append(str(exc))
                     answered = answered or isinstance(exc, _LostMidTransaction)
@@ -286,11 +297,21 @@ class Delivery:
     # -- one host ------------------------------------------------------------------
 
     async def _deliver_to_host(
-        self, host: str, dest: _Destination, rcpts: list[str], sender: str, data: bytes
+        self,
+        host: str,
+        dest: _Destination,
+        rcpts: list[str],
+        sender: str,
+        data: bytes,
+        ticket: Ticket,
     ) -> list[Outcome]:
         pool_key = (host, dest.port, dest.tls)
         limit = self._limits.setdefault(pool_key, asyncio.Semaphore(self._per_destination))
         async with limit:
+            # Those queued behind the first failures do not each try again (a cohort of
+            # ``per_destination`` attempts at most finds a destination down).
+            if (refusal := self.destinations.recheck(ticket)) is not None:
+                raise _Held(refusal)
             client, reused = await self._checkout(pool_key)
             try:
                 outcomes, healthy = await self._transaction(client, rcpts, sender, data)

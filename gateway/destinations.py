@@ -129,6 +129,14 @@ class Destinations:
             return Ticket(destination, probe=True)
         return Refusal(destination, suspended(entry.last_error), entry.next_probe)
 
+    def recheck(self, ticket: Ticket) -> Refusal | None:
+        """A Refusal when the destination went down after ``ticket`` was given (while
+        its holder waited for a free session); the probe itself always goes."""
+        entry = self._table.get(ticket.destination)
+        if ticket.probe or entry is None or entry.state == "up":
+            return None
+        return Refusal(ticket.destination, suspended(entry.last_error), entry.next_probe)
+
     def succeeded(self, ticket: Ticket) -> None:
         """The destination gave an SMTP session (whatever it then said to the message)."""
         entry = self._table.get(ticket.destination)
