@@ -241,7 +241,10 @@ class Scheduler:
         for rcpt, outcome in zip(due, outcomes, strict=True):
             update = self._update(rcpt, outcome, now, message, expired)
             updates.append(update)
-            counts[update.state] += 1
+            # A recipient held for a failing destination was not tried: counting it at
+            # every probe interval would make the deferral rate say nothing.
+            if update.attempted:
+                counts[update.state] += 1
             if update.state == "bounced":
                 failures.append(Failure(rcpt.address, outcome.reply, expired=expired))
         if failures and message.sender:

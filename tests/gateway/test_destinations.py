@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,6 +94,7 @@ async def running(
     *,
     probe_interval: float,
     policy: RetryPolicy = FAST,
+    on_recorded: Callable[[Mapping[str, int]], None] | None = None,
 ) -> AsyncIterator[tuple[Scheduler, Delivery]]:
     delivery = Delivery(
         Smarthost(PEER_HOST, hop.peer.port), local_hostname="gw.test", timeout=5.0,
@@ -102,6 +103,7 @@ async def running(
     scheduler = Scheduler(
         spool, delivery, seal, reporting_mta="gw.caisses.example", policy=policy,
         poll_interval=0.05, rng=random.Random(1), destinations=delivery.destinations,
+        on_recorded=on_recorded,
     )  # fmt: skip
     scheduler.start()
     try:
@@ -137,7 +139,15 @@ async def test_a_dead_destination_gets_one_probe_per_interval_then_its_queue_dra
 ) -> None:
     downstream.down = how
     interval, count = 0.3, 8
-    async with running(spool, downstream, seal, probe_interval=interval) as (scheduler, d):
+    deferrals: list[int] = []  # what the deferred-recipients counter is told
+
+    def counted(states: Mapping[str, int]) -> None:
+        deferrals.append(states["deferred"])
+
+    async with running(spool, downstream, seal, probe_interval=interval, on_recorded=counted) as (
+        scheduler,
+        d,
+    ):
         ids = [await spool.put(Envelope(SENDER, [f"r{i}@x.example"], message(), "t"))
                for i in range(count)]  # fmt: skip
         scheduler.notify()
@@ -153,6 +163,7 @@ async def test_a_dead_destination_gets_one_probe_per_interval_then_its_queue_dra
         connections = len(downstream.refused_at)
         # Without the cache, FAST's 20-50 ms back-off would mean dozens per message.
         assert attempts <= connections <= attempts + 1  # the one probe may be in flight
+        assert sum(deferrals) <= connections < len(deferrals)  # held ones are not counted
         gaps = [
             b - a for a, b in zip(downstream.refused_at, downstream.refused_at[1:], strict=False)
         ]
