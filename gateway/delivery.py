@@ -271,7 +271,7 @@ class Delivery:
                 try:
                     outcomes = await self._deliver_to_host(host, key, rcpts, sender, data, admitted)
                 except _Held as held:
-                    hold = Hold(held.refusal.until, attempted=False)
+                    hold = Hold(held.refusal.until, attempted=bool(reasons))
                     return [Outcome(r, "transient", held.refusal.reason, hop, hold) for r in rcpts]
                 except _TransientConnect as exc:
                     reasons.append(str(exc))
