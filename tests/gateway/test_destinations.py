@@ -5,6 +5,7 @@ the recording aiosmtpd peer. Times are short and configurable (probe_interval)."
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -13,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import aiosmtplib
 import pytest
 from aiosmtpd.smtp import SMTP
 
@@ -25,8 +27,11 @@ from gateway.spool import Envelope, Recipient, Spool
 from tests.gateway.conftest import PEER_HOST, Peer
 from tests.gateway.test_delivery import MESSAGE, FakeMx
 from tests.gateway.test_dsn import parse, status_blocks
+from tests.gateway.test_end_to_end import GatewayProcess
 from tests.gateway.test_metrics import http_get
 from tests.gateway.test_scheduler import FAST, SENDER, DkimSeal, message
+from tests.support import DOMAIN, statement
+from tests.support import scrape as scrape_gateway
 
 Down = Literal["421", "close", "silent"]
 
@@ -290,6 +295,55 @@ async def test_domains_sharing_an_mx_set_share_its_state(downstream: Downstream)
     assert b.reply.startswith("4.4.1 delivery temporarily suspended: 127.0.0.1:")
     assert a.destination == b.destination == f"{PEER_HOST}:{downstream.peer.port}"
     assert len(downstream.refused_at) == 1
+
+
+async def test_the_running_gateway_probes_a_dead_smarthost_and_shows_it_in_its_metrics(
+    tmp_path: Path, downstream: Downstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SEALPOST_GATEWAY_DELIVERY_PROBE_INTERVAL", "0.5")
+    gateway = GatewayProcess(tmp_path, downstream.peer)
+    await gateway.start()
+    try:
+        client = aiosmtplib.SMTP(hostname="127.0.0.1", port=gateway.port, start_tls=False)
+        async with client:
+            await client.sendmail(f"decomptes@{DOMAIN}", ["m0@example.org"], statement("0"))
+            await until(lambda: len(downstream.refused_at) >= 1, within=15.0)
+            for i in range(1, 5):
+                rcpt = f"m{i}@example.org"
+                await client.sendmail(f"decomptes@{DOMAIN}", [rcpt], statement(str(i)))
+
+        async def all_five_held() -> bool:
+            page = await scrape_gateway(gateway.metrics_port)
+            return f"sealpost_destination_deferred_messages{{{downstream.label}}} 5.0" in page
+
+        await until(all_five_held, within=15.0)
+        await until(lambda: len(downstream.refused_at) >= 3, within=15.0)
+        page = await scrape_gateway(gateway.metrics_port)
+        assert f"sealpost_destination_up{{{downstream.label}}} 0.0" in page.splitlines()
+        at = downstream.refused_at
+        assert min(b - a for a, b in itertools.pairwise(at)) >= 0.45, at
+
+        downstream.down = None
+        received = await downstream.peer.wait_for(5, within=15.0)
+        assert sorted(r for m in received for r in m.recipients) == [
+            f"m{i}@example.org" for i in range(5)
+        ]
+        await until(lambda: _no_destination_listed(gateway.metrics_port), within=5.0)
+        assert await gateway.terminate() == 0
+    finally:
+        if gateway.process is not None and gateway.process.returncode is None:
+            await gateway.kill()
+    log = gateway.log()
+    assert "event=destination_failing" in log
+    assert "event=destination_up" in log
+    events = [line for line in log.splitlines() if "event=destination" in line]
+    assert events
+    assert not any("example.org" in line for line in events)  # next hops, not recipients
+    assert downstream.peer.commands[-1:] == ["QUIT"]  # its idle session, at shutdown
+
+
+async def _no_destination_listed(metrics_port: int) -> bool:
+    return "{destination=" not in await scrape_gateway(metrics_port)
 
 
 # -- the cache's own rules, on a clock of our own --------------------------------------
