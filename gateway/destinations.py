@@ -202,6 +202,10 @@ class Destinations:
             self._forget_if_idle(destination)
         return False
 
+    def tracked(self) -> set[str]:
+        """Every queue id counted as deferred for some destination."""
+        return {q for entry in self._table.values() for q in entry.deferred}
+
     def forget_message(self, queue_id: str) -> None:
         """A message that left the spool by another way (deleted by the queue tool)."""
         for destination, entry in list(self._table.items()):

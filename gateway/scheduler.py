@@ -101,6 +101,7 @@ class Scheduler:
         rng: random.Random | None = None,
         on_recorded: OnRecorded | None = None,
         destinations: Destinations | None = None,
+        prune_interval: float = 60.0,
     ) -> None:
         self._spool = spool
         self._delivery = delivery
@@ -120,6 +121,10 @@ class Scheduler:
         self._cooldown: dict[str, float] = {}
         self._loop_task: asyncio.Task[None] | None = None
         self._destinations = destinations
+        # How often the destinations' counts drop messages that left the spool by another
+        # way than an attempt (the queue tool's delete, from another process).
+        self._prune_interval = prune_interval
+        self._next_prune = 0.0
         self._releasing: set[asyncio.Task[None]] = set()
         if destinations is not None:
             destinations.subscribe(self._destination_up)
@@ -162,6 +167,7 @@ class Scheduler:
             self._wake.clear()
             try:
                 await self._start_due()
+                await self._prune()
                 wait = await self._until_next()
             except Exception as exc:
                 log.error("event=scheduler_error error=%r", exc)
@@ -316,6 +322,16 @@ class Scheduler:
                 late.append(message.id)
         if late:
             self._release(late)
+
+    async def _prune(self) -> None:
+        now = self._clock()
+        if self._destinations is None or now < self._next_prune:
+            return
+        self._next_prune = now + self._prune_interval
+        tracked = self._destinations.tracked() - set(self._in_flight)
+        if tracked:
+            for gone in tracked - await self._spool.present(tracked):
+                self._destinations.forget_message(gone)
 
     def _destination_up(self, destination: str, queue_ids: list[str]) -> None:
         log.info("event=destination_released destination=%s messages=%d",

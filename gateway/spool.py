@@ -424,6 +424,21 @@ class Spool:
         """One message with its data, unchecked (for the queue tool)."""
         return await self._read(lambda conn: _load(conn, queue_id, with_data=True, check=False))
 
+    async def present(self, queue_ids: Iterable[str]) -> set[str]:
+        """Which of ``queue_ids`` are still in the spool (one query per 500)."""
+        wanted = list(queue_ids)
+
+        def query(conn: sqlite3.Connection) -> set[str]:
+            found: set[str] = set()
+            for start in range(0, len(wanted), 500):
+                chunk = wanted[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                rows = conn.execute(f"SELECT id FROM messages WHERE id IN ({marks})", chunk)  # noqa: S608
+                found.update(str(row[0]) for row in rows)
+            return found
+
+        return await self._read(query)
+
     async def depth(self) -> int:
         def query(conn: sqlite3.Connection) -> int:
             return int(conn.execute("SELECT COUNT(*) FROM messages").fetchone()[0])

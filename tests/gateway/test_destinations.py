@@ -100,6 +100,7 @@ async def running(
     probe_interval: float,
     policy: RetryPolicy = FAST,
     on_recorded: Callable[[Mapping[str, int]], None] | None = None,
+    prune_interval: float = 60.0,
 ) -> AsyncIterator[tuple[Scheduler, Delivery]]:
     delivery = Delivery(
         Smarthost(PEER_HOST, hop.peer.port), local_hostname="gw.test", timeout=5.0,
@@ -108,7 +109,7 @@ async def running(
     scheduler = Scheduler(
         spool, delivery, seal, reporting_mta="gw.caisses.example", policy=policy,
         poll_interval=0.05, rng=random.Random(1), destinations=delivery.destinations,
-        on_recorded=on_recorded,
+        on_recorded=on_recorded, prune_interval=prune_interval,
     )  # fmt: skip
     scheduler.start()
     try:
@@ -221,6 +222,22 @@ async def test_the_lifetime_still_ends_on_time_for_a_held_message(
     assert failed["Status"] == "4.4.1"
     assert "delivery temporarily suspended" in failed["Diagnostic-Code"]
     assert len(downstream.refused_at) == 1  # the bounce itself waits for the probe too
+
+
+async def test_a_message_deleted_by_the_queue_tool_leaves_the_destination_counts(
+    spool: Spool, downstream: Downstream, seal: DkimSeal
+) -> None:
+    async with running(spool, downstream, seal, probe_interval=30.0, prune_interval=0.05) as (
+        scheduler,
+        delivery,
+    ):
+        kept = await spool.put(Envelope(SENDER, ["a@insurer.example"], message(), "t"))
+        deleted = await spool.put(Envelope(SENDER, ["b@insurer.example"], message(), "t"))
+        scheduler.notify()
+        await until(lambda: [v.deferred for v in delivery.destinations.views()] == [2])
+        assert await spool.delete(deleted)  # as `queue delete` does, from another process
+        await until(lambda: [v.deferred for v in delivery.destinations.views()] == [1])
+        assert delivery.destinations.tracked() == {kept}
 
 
 async def test_at_most_one_probe_is_in_flight(downstream: Downstream) -> None:
