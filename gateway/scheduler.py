@@ -314,14 +314,14 @@ class Scheduler:
                 d = outcome.destination
                 deferred[d] = deferred.get(d, False) or update.state == "deferred"
                 held[d] = held.get(d, False) or outcome.hold is not None
-        late: list[str] = []
+        # Held for a destination that answered while this attempt was being recorded.
+        late = False
         for d in deferred:
-            if self._destinations.recorded(
+            late |= self._destinations.recorded(
                 message.id, message.received_at, d, deferred=deferred[d], held=held[d]
-            ):
-                late.append(message.id)
+            )
         if late:
-            self._release(late)
+            self._release([message.id])
 
     async def _prune(self) -> None:
         now = self._clock()
