@@ -30,6 +30,7 @@ from typing import TextIO
 from gateway import metrics as metrics_http
 from gateway import queue_cli, server
 from gateway.delivery import Delivery, DirectMX, MaildirRoute, Route, Smarthost
+from gateway.destinations import Destinations
 from gateway.insurers import Insurers, Mode
 from gateway.lanes import lane_settings, spool_paths, supervise
 from gateway.log_process import LogProcess, LogProcessConfig
@@ -383,6 +384,7 @@ def _scheduler(
         grace=settings.gateway.shutdown_grace,
         on_recorded=count,
         on_recipients=count_per_insurer if insurers is not None else None,
+        destinations=delivery.destinations,
     )
 
 
@@ -410,6 +412,8 @@ async def run(settings: Settings, lane: int | None = None, parent: int | None = 
                 tls_required=insurers.tls_required if insurers is not None else None,
                 local_hostname=hostname,
                 per_destination=settings.delivery.concurrency_per_destination,
+                idle_timeout=settings.delivery.idle_timeout,
+                destinations=Destinations(probe_interval=settings.delivery.probe_interval),
             )
             stack.push_async_callback(delivery.close)
             logging_config = log_config(settings, hostname, lane)
@@ -423,6 +427,7 @@ async def run(settings: Settings, lane: int | None = None, parent: int | None = 
                 )
                 stack.push_async_callback(writer.stop)
             metrics.queue_depth = spool.depth
+            metrics.destinations = delivery.destinations.views
             if settings.metrics.listen:
                 host, port = parse_listen(settings.metrics.listen)
                 metrics_server = await metrics_http.serve(metrics, host, port)

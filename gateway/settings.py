@@ -136,6 +136,11 @@ class DeliverySettings:
     max_retry_interval: float = 3600.0
     max_lifetime: float = 5 * 86400.0
     concurrency_per_destination: int = 10
+    # A next hop failing at the connection level gets one probe connection this often;
+    # the rest of its queue waits for it (Postfix's dead-destination throttle).
+    probe_interval: float = 60.0
+    # A pooled SMTP session idle this long is closed with QUIT.
+    idle_timeout: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -437,7 +442,13 @@ def validate(settings: Settings) -> list[str]:
         errors.append(f"delivery.smarthost_tls: one of {', '.join(SMARTHOST_TLS)}")
     if s.delivery.smarthost_password and not s.delivery.smarthost_username:
         errors.append("delivery.smarthost_password: set, but smarthost_username is empty")
-    for name in ("first_retry", "max_retry_interval", "max_lifetime"):
+    for name in (
+        "first_retry",
+        "max_retry_interval",
+        "max_lifetime",
+        "probe_interval",
+        "idle_timeout",
+    ):
         if getattr(s.delivery, name) <= 0:
             errors.append(f"delivery.{name}: must be more than 0 seconds")
     if s.orgs.unregistered not in ORGS_UNREGISTERED:

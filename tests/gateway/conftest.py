@@ -3,7 +3,7 @@
 It can be told to refuse a recipient (``peer.refuse[address] = "550 ..."``), to fail the
 next N transactions at DATA (``peer.fail_next(3, "451 ...")``), and to offer STARTTLS
 with a trustme certificate (the ``tls_peer`` fixture); ``data_delay`` keeps a transaction
-in flight. It counts connections and records
+in flight. It counts connections, records the RSET and QUIT commands it sees, and records
 each accepted message with whether it came over TLS.
 """
 
@@ -44,6 +44,7 @@ class Peer:
     credentials: dict[str, str] = field(default_factory=dict)  # AUTH user -> password
     data_delay: float = 0.0  # seconds to sit on DATA before answering
     sessions: list[SMTP] = field(default_factory=list)
+    commands: list[str] = field(default_factory=list)  # "RSET" and "QUIT", in order
     _failures_left: int = 0
     _failure_reply: str = ""
     _arrived: asyncio.Event = field(default_factory=asyncio.Event)
@@ -57,6 +58,10 @@ class Peer:
             if session.transport is not None:
                 session.transport.close()
 
+    def open_sessions(self) -> int:
+        """Connections not yet closed (aiosmtpd drops the transport when one is lost)."""
+        return sum(1 for s in self.sessions if s.transport is not None)
+
     def delivered_to(self, address: str) -> list[Received]:
         return [m for m in self.messages if address in m.recipients]
 
@@ -69,6 +74,14 @@ class Peer:
         return self.messages
 
     # aiosmtpd handler hooks
+    async def handle_RSET(self, server: Any, session: Any, envelope: Any) -> str:
+        self.commands.append("RSET")
+        return "250 OK"
+
+    async def handle_QUIT(self, server: Any, session: Any, envelope: Any) -> str:
+        self.commands.append("QUIT")
+        return "221 Bye"
+
     async def handle_RCPT(
         self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
     ) -> str:
