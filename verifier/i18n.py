@@ -494,7 +494,7 @@ MESSAGES: dict[str, tuple[str, str]] = {
     "result": ("Résultat", "Result"),
     "why": ("Pourquoi", "Why"),
     "key_state": ("État de la clé", "Key state"),
-    "generation": ("génération", "generation"),
+    "key_generation": ("Génération de clés", "Key generation"),
     "compromised_at": ("Compromise depuis", "Compromised since"),
     "file_name": ("Nom du fichier", "File name"),
     "size": ("Taille", "Size"),
