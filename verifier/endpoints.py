@@ -235,6 +235,7 @@ def render(request: Request, template: str, status: int = 200, **context: Any) -
         here=here,
         when=lambda value, seconds=False: i18n.when(value, lang, seconds),
         day=lambda value: i18n.day(value, lang),
+        number=lambda value: i18n.number(value, lang),
         **context,
     )
     return HTMLResponse(html, status_code=status)

@@ -709,6 +709,24 @@ def pick(query_lang: str | None, accept_language: str | None) -> str:
     return best[1] if best and best[0] > 0 else DEFAULT
 
 
+# French sets ':' and guillemets off with a no-break space, and ';', '?', '!' with a narrow
+# one: the mark never starts a line of its own on a narrow screen.
+_FRENCH_SPACES = (
+    (" :", "\u00a0:"),
+    (" ;", "\u202f;"),
+    (" ?", "\u202f?"),
+    (" !", "\u202f!"),
+    ("« ", "«\u00a0"),
+    (" »", "\u00a0»"),
+)
+
+
+def french_spaces(text: str) -> str:
+    for plain, bound in _FRENCH_SPACES:
+        text = text.replace(plain, bound)
+    return text
+
+
 def translator(lang: str, messages: Mapping[str, tuple[str, str]] = MESSAGES) -> Translate:
     index = LANGUAGES.index(lang) if lang in LANGUAGES else 0
 
@@ -716,7 +734,8 @@ def translator(lang: str, messages: Mapping[str, tuple[str, str]] = MESSAGES) ->
         entry = messages.get(key)
         if entry is None:
             return key  # a stable code is better than a crash; tests keep this unreachable
-        text = entry[index]
+        # Spaces are bound in the message, never in the values put into it.
+        text = entry[index] if index else french_spaces(entry[index])
         return text.format(**params) if params else text
 
     return translate
@@ -750,3 +769,9 @@ def when(value: dt.datetime, lang: str, seconds: bool = False) -> str:
     clock = utc.strftime("%H:%M:%S" if seconds else "%H:%M")
     joiner = "at" if lang == "en" else "à"
     return f"{day(utc, lang)} {joiner} {clock} UTC"
+
+
+def number(value: int, lang: str) -> str:
+    """'19 243' (a narrow no-break space, as French writes it), '19,243'."""
+    grouped = f"{value:,}"
+    return grouped if lang == "en" else grouped.replace(",", "\u202f")

@@ -264,7 +264,7 @@ def test_a_retired_key_is_said_in_plain_words(
     assert 'data-verdict="authentic"' in english
     day = i18n.day(retired_at, "en")
     assert f"Key retired on {day}: signatures made before that date stay valid." in english
-    assert f"Clé retirée le {i18n.day(retired_at, 'fr')} : les signatures" in french
+    assert f"Clé retirée le {i18n.day(retired_at, 'fr')}\u00a0: les signatures" in french
 
 
 def test_every_page_links_a_small_favicon_that_is_served(

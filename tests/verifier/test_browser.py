@@ -210,6 +210,18 @@ def test_every_result_reads_on_every_screen(
     assert not page.errors
 
 
+@pytest.mark.parametrize("lang", ["fr", "en"])
+def test_the_form_and_the_openssl_page_fit_a_phone(
+    page: Any, server: str, screenshots: Path, lang: str
+) -> None:
+    page.set_viewport_size({"width": 320, "height": 844})
+    for name, path in (("form", "/"), ("again", "/verify"), ("openssl", "/openssl")):
+        page.goto(f"{server}{path}?lang={lang}")
+        page.screenshot(path=str(screenshots / f"{name}-{lang}-320.png"), full_page=True)
+        sideways = page.evaluate("() => document.documentElement.scrollWidth - innerWidth")
+        assert sideways <= 0, (path, sideways)
+
+
 # --- no dead ends ----------------------------------------------------------------------------
 
 

@@ -86,6 +86,12 @@ def test_dates_read_as_each_language_writes_them() -> None:
     assert i18n.day(dt.datetime(2027, 8, 2, tzinfo=dt.UTC), "fr") == "2 août 2027"
 
 
+def test_numbers_are_grouped_as_each_language_groups_them() -> None:
+    assert i18n.number(1234567, "fr") == "1\u202f234\u202f567"
+    assert i18n.number(19243, "en") == "19,243"
+    assert i18n.number(512, "fr") == "512"
+
+
 def test_english_never_takes_french_punctuation() -> None:
     """No space before ':', ';', '?', '!' and no guillemets in English; French keeps its
     space before them (header syntax quoted as code aside)."""
@@ -102,3 +108,13 @@ def test_templates_write_no_punctuation_of_their_own_language() -> None:
     for template in TEMPLATES.glob("*.html"):
         text = re.sub(r"{[{%#].*?[}%#]}", "", template.read_text(), flags=re.S)
         assert not re.search(r"\s:\s", text), template.name
+
+
+def test_french_marks_never_start_a_line() -> None:
+    french = i18n.translator("fr")
+    for key in i18n.MESSAGES:
+        text = french(key)
+        assert not re.search(r" [:;?!»]|« ", text), (key, text)
+    assert french("openssl_step_root").endswith("empreinte\u00a0:")
+    assert "«\u00a0CMS Verification successful\u00a0»" in french("openssl_success")
+    assert french("error_bad_request", detail="a : b").endswith("a : b")  # values as given

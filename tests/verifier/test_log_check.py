@@ -33,7 +33,7 @@ from tests.support import Tsa, start_tsa, statement
 from tests.verifier.conftest import make_settings, serve
 from tlog import merkle, note
 from tlog.__main__ import main as log_main
-from verifier import log_check
+from verifier import i18n, log_check
 from verifier.app import create_app
 from verifier.i18n import translator
 from verifier.log_check import LogUnavailable
@@ -340,6 +340,24 @@ def _revoke_active(fund: Fund, compromised_at: dt.datetime) -> None:
         compromised_at=compromised_at,
         reason="stolen",
     )
+
+
+async def test_the_page_says_when_the_log_certified_the_statement(fund: Fund) -> None:
+    """For the claims officer, one line under the documents; the proof itself with the
+    technical details."""
+    data = await fund.send("on-the-page")
+    report = verify_email(data, fund.trust(), Limits())
+    assert report.log is not None
+    assert report.log.proof is not None
+    logged_at = report.log.proof.logged_at
+    assert logged_at is not None
+    with serve(create_app(make_settings(fund.public))) as url:
+        async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+            files = {"file": ("statement.eml", data, "message/rfc822")}
+            page = (await client.post("/verify", files=files, params={"lang": "en"})).text
+    summary = page.index('id="log-summary"')
+    assert summary < page.index('<details id="technical">') < page.index('id="log-time"')
+    assert f"Entered in the statement log on {i18n.when(logged_at, 'en')}" in page[summary:]
 
 
 async def test_the_verifier_serves_the_logs_read_only(fund: Fund) -> None:
