@@ -8,13 +8,19 @@ the sealed bytes and returns one ``Outcome`` per recipient, each delivered, tran
 TLS: opportunistic by default (STARTTLS when offered, certificate not checked, since an
 MX's certificate rarely names it; if the handshake itself fails, the attempt is repeated
 in clear text, as any MTA does). For destinations that require TLS (a smarthost set to
-``required``, or a recipient domain listed in ``tls_required_domains``) STARTTLS is
+``required``, a recipient domain listed in ``tls_required_domains``, or one for which the
+``tls_required`` callable, the registry of insurers, says so at each attempt) STARTTLS is
 mandatory and the certificate is verified against the host name; any failure there is a
 transient outcome, never a clear-text delivery.
 
-Connections are pooled per destination (host, port, TLS mode) and the number of
-simultaneous transactions per destination is bounded. Credentials for a smarthost are
-only ever sent over TLS.
+Connections are pooled per destination (host, port, TLS mode), checked with RSET before
+each reuse and closed with QUIT once idle for ``idle_timeout`` (gateway.connection_pool);
+the number of simultaneous transactions per destination is bounded. Credentials for a
+smarthost are only ever sent over TLS.
+
+A next hop that fails at the connection level is remembered (gateway.destinations): while
+it is failing only one probe at a time connects, and the other recipients for it get a
+transient outcome at once, held until after the next probe, without a connection attempt.
 
 Maildir (the embedded default): one file per recipient, with ``Return-Path`` and
 ``Delivered-To`` prepended (above the DKIM signatures, which they do not disturb),
@@ -31,8 +37,8 @@ import os
 import socket
 import ssl
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Final, Literal, Protocol
 
@@ -44,6 +50,8 @@ import dns.name
 import dns.rdatatype
 import dns.resolver
 
+from gateway.connection_pool import IdlePool
+from gateway.destinations import Destinations, Hold, Refusal, Ticket, next_hop
 from gateway.mail_params import NO_PARAMS, MailParams, Unsendable, options_for
 from keys.safeio import fsync_dir
 
@@ -75,6 +83,8 @@ class Outcome:
     recipient: str
     status: Status
     reply: str  # "250 ...", "550 5.1.1 ...", or a local reason such as "4.4.1 connect ..."
+    destination: str = ""  # the next hop tried (gateway.destinations.next_hop); "" for none
+    hold: Hold | None = None  # set when the destination is failing: when to try again
 
 
 @dataclass(frozen=True)
@@ -156,13 +166,23 @@ class _Destination:
 
 
 class _TransientConnect(Exception):
-    pass
+    """No usable session with a host: the host is down, not the message refused."""
 
 
-@dataclass
-class _Idle:
-    client: aiosmtplib.SMTP
-    since: float
+class _LostMidTransaction(_TransientConnect):
+    """A fresh session dropped during the transaction: the host answered, so this says
+    nothing about the destination (the message may be what it chokes on)."""
+
+
+class _Held(Exception):
+    """The destination went down while this attempt waited for a free session."""
+
+    def __init__(self, refusal: Refusal) -> None:
+        super().__init__(refusal.reason)
+        self.refusal = refusal
+
+
+_RSET_TIMEOUT: Final = 20.0  # Postfix's smtp_rset_timeout
 
 
 class Delivery:
@@ -171,15 +191,18 @@ class Delivery:
         route: Route,
         *,
         tls_required_domains: frozenset[str] = frozenset(),
+        tls_required: Callable[[str], bool] | None = None,
         verify_context: ssl.SSLContext | None = None,
         resolver: MxResolver | None = None,
         local_hostname: str | None = None,
         per_destination: int = 4,
         timeout: float = 60.0,
         idle_timeout: float = 30.0,
+        destinations: Destinations | None = None,
     ) -> None:
         self.route = route
         self._tls_required = frozenset(d.lower() for d in tls_required_domains)
+        self._tls_required_for = tls_required
         self._verify = verify_context or ssl.create_default_context()
         self._relaxed = ssl.create_default_context()
         self._relaxed.check_hostname = False
@@ -188,8 +211,10 @@ class Delivery:
         self._local_hostname = local_hostname or socket.getfqdn()
         self._per_destination = per_destination
         self._timeout = timeout
-        self._idle_timeout = idle_timeout
-        self._idle: dict[tuple[str, int, TlsMode], list[_Idle]] = {}
+        self._pool: IdlePool[tuple[str, int, TlsMode], aiosmtplib.SMTP] = IdlePool(
+            idle_timeout, _quit
+        )
+        self.destinations = destinations or Destinations()
         self._limits: dict[tuple[str, int, TlsMode], asyncio.Semaphore] = {}
         self.connections_opened = 0
 
@@ -221,15 +246,15 @@ class Delivery:
 
     async def close(self) -> None:
         """Quit every pooled connection."""
-        idle = [c for pool in self._idle.values() for c in pool]
-        self._idle.clear()
-        await asyncio.gather(*(_quit(i.client) for i in idle))
+        await self._pool.close()
 
     # -- routing -------------------------------------------------------------------
 
     async def _destination(self, rcpt: str) -> _Destination | DnsFailure:
         domain = rcpt.rpartition("@")[2].lower()
-        required = domain in self._tls_required
+        required = domain in self._tls_required or bool(
+            self._tls_required_for and self._tls_required_for(domain)
+        )
         if isinstance(self.route, Smarthost):
             tls: TlsMode = "required" if required else self.route.tls
             return _Destination((self.route.host,), self.route.port, tls)
@@ -255,14 +280,42 @@ class Delivery:
         if isinstance(key, DnsFailure):
             status: Status = "permanent" if key.permanent else "transient"
             return [Outcome(r, status, str(key)) for r in rcpts]
+        hop = self._next_hop(key)
+        admitted = self.destinations.admit(hop)
+        if isinstance(admitted, Refusal):
+            held = Hold(admitted.until, attempted=False)
+            return [Outcome(r, "transient", admitted.reason, hop, held) for r in rcpts]
         reasons: list[str] = []
-        for host in key.hosts:
-            try:
-                return await self._deliver_to_host(host, key, rcpts, sender, data, params)
-            except _TransientConnect as exc:
-                reasons.append(str(exc))
+        answered = False
+        try:
+            for host in key.hosts:
+                try:
+                    outcomes = await self._deliver_to_host(
+                        host, key, rcpts, sender, data, params, admitted
+                    )
+                except _Held as held:
+                    hold = Hold(held.refusal.until, attempted=bool(reasons))
+                    return [Outcome(r, "transient", held.refusal.reason, hop, hold) for r in rcpts]
+                except _TransientConnect as exc:
+                    reasons.append(str(exc))
+                    answered = answered or isinstance(exc, _LostMidTransaction)
+                    continue
+                self.destinations.succeeded(admitted)
+                return [replace(o, destination=hop) for o in outcomes]
+        except BaseException:
+            self.destinations.abandoned(admitted)
+            raise
         reason = "; ".join(reasons) or "4.4.4 no host to deliver to"
-        return [Outcome(r, "transient", reason) for r in rcpts]
+        if answered:
+            self.destinations.succeeded(admitted)
+            return [Outcome(r, "transient", reason, hop) for r in rcpts]
+        hold = self.destinations.failed(admitted, reason)
+        return [Outcome(r, "transient", reason, hop, hold) for r in rcpts]
+
+    def _next_hop(self, dest: _Destination) -> str:
+        route_tls = self.route.tls if isinstance(self.route, Smarthost) else "opportunistic"
+        beyond = dest.tls == "required" and route_tls != "required"
+        return next_hop(dest.hosts, dest.port, tls_beyond_route=beyond)
 
     # -- one host ------------------------------------------------------------------
 
@@ -274,10 +327,15 @@ class Delivery:
         sender: str,
         data: bytes,
         params: MailParams,
+        ticket: Ticket,
     ) -> list[Outcome]:
         pool_key = (host, dest.port, dest.tls)
         limit = self._limits.setdefault(pool_key, asyncio.Semaphore(self._per_destination))
         async with limit:
+            # Those queued behind the first failures do not each try again (a cohort of
+            # ``per_destination`` attempts at most finds a destination down).
+            if (refusal := self.destinations.recheck(ticket)) is not None:
+                raise _Held(refusal)
             client, reused = await self._checkout(pool_key)
             try:
                 outcomes, healthy = await self._transaction(
@@ -286,7 +344,7 @@ class Delivery:
             except aiosmtplib.SMTPServerDisconnected:
                 client.close()
                 if not reused:
-                    raise _TransientConnect(f"4.4.2 {host}: connection lost") from None
+                    raise _LostMidTransaction(f"4.4.2 {host}: connection lost") from None
                 # A pooled connection the peer had already closed: one fresh try.
                 client, _ = await self._checkout(pool_key, fresh=True)
                 try:
@@ -295,7 +353,7 @@ class Delivery:
                     )
                 except aiosmtplib.SMTPServerDisconnected:
                     client.close()
-                    raise _TransientConnect(f"4.4.2 {host}: connection lost") from None
+                    raise _LostMidTransaction(f"4.4.2 {host}: connection lost") from None
                 except BaseException:
                     client.close()
                     raise
@@ -303,7 +361,7 @@ class Delivery:
                 client.close()
                 raise
             if healthy and client.is_connected:
-                self._idle.setdefault(pool_key, []).append(_Idle(client, time.monotonic()))
+                self._pool.park(pool_key, client)
             else:
                 await _quit(client)
             return outcomes
@@ -311,13 +369,15 @@ class Delivery:
     async def _checkout(
         self, key: tuple[str, int, TlsMode], *, fresh: bool = False
     ) -> tuple[aiosmtplib.SMTP, bool]:
-        pool = self._idle.get(key, [])
-        now = time.monotonic()
-        while pool and not fresh:
-            idle = pool.pop()
-            if idle.client.is_connected and now - idle.since < self._idle_timeout:
-                return idle.client, True
-            await _quit(idle.client)
+        while not fresh and (client := self._pool.take(key)) is not None:
+            # RSET first: a clean envelope, and proof the session still lives (RFC 5321
+            # 4.1.1.5), before a message is committed to it.
+            try:
+                await client.rset(timeout=min(self._timeout, _RSET_TIMEOUT))
+            except (aiosmtplib.SMTPException, OSError):
+                client.close()
+                continue
+            return client, True
         return await self._connect(*key), False
 
     async def _connect(self, host: str, port: int, tls: TlsMode) -> aiosmtplib.SMTP:
@@ -379,6 +439,15 @@ class Delivery:
         params: MailParams,
     ) -> tuple[list[Outcome], bool]:
         """One MAIL/RCPT/DATA; returns outcomes and whether the connection is reusable."""
+        if client.is_ehlo_or_helo_needed:
+            # STARTTLS makes the client forget the extensions (RFC 3207 4.2) until its next
+            # EHLO, which sendmail would send only after the options were chosen.
+            try:
+                await client.ehlo()
+            except aiosmtplib.SMTPServerDisconnected:
+                raise
+            except (aiosmtplib.SMTPException, OSError) as exc:
+                return [Outcome(r, "transient", f"4.4.2 {_describe(exc)}") for r in rcpts], False
         try:
             options = options_for(params, sender, rcpts, data, client.supports_extension, host)
         except Unsendable as refusal:

@@ -119,9 +119,17 @@ def relaxed_body(body: bytes) -> bytes:
     white-space runs become one space, and one before a line end goes."""
     if b"\t" in body:
         body = body.replace(b"\t", b" ")
-    while b"  " in body:
-        body = body.replace(b"  ", b" ")
-    body = body.replace(b" \r\n", b"\r\n")
+    first = body.find(b"  ")
+    if first >= 0:
+        # Every run of spaces lies between the first and the last double space: collapse
+        # only that stretch (a statement's runs are in its text, not its base64 PDF).
+        end = body.rfind(b"  ") + 2
+        runs = body[first:end]
+        while b"  " in runs:
+            runs = runs.replace(b"  ", b" ")
+        body = body[:first] + runs + body[end:]
+    if b" \r\n" in body:
+        body = body.replace(b" \r\n", b"\r\n")
     canonical: bytes = correct_empty_body(strip_trailing_lines(body))
     return canonical
 

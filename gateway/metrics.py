@@ -2,7 +2,9 @@
 
 Counters are plain integers touched from the event loop only, so no locks. The queue
 depth is read from the spool when scraped rather than tracked, so it is never wrong
-after a restart.
+after a restart. The per-destination gauges come from the dead-destination cache
+(gateway.destinations), labelled by next hop only: never a recipient, and only the
+destinations that are failing or have deferred mail.
 """
 
 from __future__ import annotations
@@ -11,7 +13,10 @@ import asyncio
 import contextlib
 import logging
 import math
-from collections.abc import Awaitable, Callable, Iterable
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+
+from gateway.destinations import DestinationView
 
 log = logging.getLogger("sealpost.gateway.metrics")
 
@@ -89,6 +94,29 @@ class Metrics:
         self.bounced = Counter(
             "sealpost_recipients_bounced_total", "Recipients given up on (a DSN was sent)."
         )
+        # Per insurer (orgs/): a full or unreachable insurer mailbox is what the fund's staff
+        # must see first. Labelled by organisation code, so bounded by the registry.
+        self.org_delivered = Counter(
+            "sealpost_org_recipients_delivered_total",
+            "Registered insurer mailboxes delivered successfully, by organisation.",
+            "org",
+        )
+        self.org_deferred = Counter(
+            "sealpost_org_recipients_deferred_total",
+            "Delivery attempts to registered insurer mailboxes deferred, by organisation.",
+            "org",
+        )
+        self.org_bounced = Counter(
+            "sealpost_org_recipients_bounced_total",
+            "Registered insurer mailboxes given up on (a DSN was sent), by organisation.",
+            "org",
+        )
+        self.org_warnings = Counter(
+            "sealpost_org_policy_warnings_total",
+            "Mail delivered under orgs.unregistered = warn that refuse would have refused, "
+            "by rule.",
+            "rule",
+        )
         self.signing_seconds = Histogram(
             "sealpost_signing_seconds", "Time to seal one message.", SIGNING_BUCKETS
         )
@@ -97,6 +125,7 @@ class Metrics:
         # Set by the wiring: (domain, generation, certificate expiry in POSIX seconds) of
         # each domain's signing generation (gateway/signing_watch.py).
         self.signing: Callable[[], Iterable[tuple[str, str, float]]] | None = None
+        self.destinations: Callable[[], Sequence[DestinationView]] | None = None
 
     async def render(self) -> str:
         lines: list[str] = []
@@ -108,6 +137,10 @@ class Metrics:
             self.delivered,
             self.deferred,
             self.bounced,
+            self.org_delivered,
+            self.org_deferred,
+            self.org_bounced,
+            self.org_warnings,
             self.signing_seconds,
         ):
             lines.extend(metric.lines())
@@ -120,6 +153,8 @@ class Metrics:
             ]
         if self.signing is not None:
             lines += _signing_lines(list(self.signing()))
+        if self.destinations is not None:
+            lines.extend(destination_lines(self.destinations(), time.time()))
         return "\n".join(lines) + "\n"
 
 
@@ -147,6 +182,44 @@ def _signing_lines(series: list[tuple[str, str, float]]) -> list[str]:
 
 def _two_labels(domain: str, generation: str) -> str:
     return _labels("domain", domain)[:-1] + "," + _labels("generation", generation)[1:]
+
+
+def destination_lines(views: Sequence[DestinationView], now: float) -> Iterable[str]:
+    gauges: tuple[tuple[str, str, Callable[[DestinationView], float | None]], ...] = (
+        (
+            "sealpost_destination_up",
+            "1 while the next hop answers, 0 while it fails at the connection level"
+            " (one probe at a time, the rest of its queue waits).",
+            lambda v: 1.0 if v.state == "up" else 0.0,
+        ),
+        (
+            "sealpost_destination_failing_since_timestamp_seconds",
+            "When the next hop started failing (Unix time).",
+            lambda v: v.failing_since,
+        ),
+        (
+            "sealpost_destination_consecutive_failures",
+            "Connection-level failures of the next hop since it last answered.",
+            lambda v: float(v.failures),
+        ),
+        (
+            "sealpost_destination_deferred_messages",
+            "Messages deferred for the next hop.",
+            lambda v: float(v.deferred),
+        ),
+        (
+            "sealpost_destination_oldest_deferred_age_seconds",
+            "Age of the oldest message deferred for the next hop.",
+            lambda v: None if v.oldest_received_at is None else now - v.oldest_received_at,
+        ),
+    )
+    for name, help_text, value_of in gauges:
+        yield f"# HELP {name} {help_text}"
+        yield f"# TYPE {name} gauge"
+        for view in views:
+            value = value_of(view)
+            if value is not None:
+                yield f"{name}{_labels('destination', view.destination)} {_number(value)}"
 
 
 def _labels(label: str | None, value: str) -> str:

@@ -24,14 +24,16 @@ client's error handling treat it as one thing: this message, as it is, will not 
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from email.errors import HeaderParseError
 from email.headerregistry import Address
 from email.parser import BytesHeaderParser
 from email.policy import SMTP as SMTP_POLICY
+from email.policy import compat32 as COMPAT32
+from typing import Any
 
 from gateway.settings import ClientSettings
 
@@ -239,12 +241,34 @@ def check_forbidden_bytes(data: bytes) -> Rejection | None:
 _FROM_FIELD = re.compile(rb"^from[ \t]*:", re.IGNORECASE | re.MULTILINE)
 
 
+# The header block is split under compat32: it gives the same raw fields as the SMTP
+# policy, without parsing every Content-Type through the header registry on close.
+_SPLITTER = BytesHeaderParser(policy=COMPAT32)
+
+
+@functools.lru_cache(maxsize=512)
+def _from_addresses(value: str) -> tuple[Address, ...]:
+    """The addresses of one From field as the SMTP policy's header registry reads them, or
+    none when the field has defects or does not parse. Parsed once per distinct value (a
+    sending system writes the same From on every statement; the parse cost 3% of a lane)."""
+    try:
+        field: Any = SMTP_POLICY.header_fetch_parse("From", value)
+        # A defect means readers may disagree on the author ("a@x <b@y>" is a@x to
+        # Python and b@y to many mail readers): only a plainly parsed From is signed.
+        # RFC 5322 3.6.2: From is a mailbox-list; a group ("a: <b@x>;") is not an author.
+        if field.defects or any(group.display_name is not None for group in field.groups):
+            return ()
+        return tuple(field.addresses)
+    except Exception:
+        return ()
+
+
 def header_from_domain(data: bytes) -> str | Rejection:
     """The domain of the one From header's address, or why the message has none."""
     end = data.find(b"\r\n\r\n")
     head = data if end < 0 else data[: end + 2]
-    headers = BytesHeaderParser(policy=SMTP_POLICY).parsebytes(head)
-    values = headers.get_all("From") or []
+    headers = _SPLITTER.parsebytes(head)
+    values = [value for name, value in headers.raw_items() if name.lower() == "from"]
     # Counted in the bytes too: "From :" (obsolete syntax, space before the colon) is not
     # a From to Python or dkimpy, but some mail readers show it.
     fields = len(_FROM_FIELD.findall(head))
@@ -257,12 +281,7 @@ def header_from_domain(data: bytes) -> str | Rejection:
             f"Message has {max(len(values), fields)} From headers; exactly one is allowed",
             "several_from",
         )
-    try:
-        # A defect means readers may disagree on the author ("a@x <b@y>" is a@x to
-        # Python and b@y to many mail readers): only a plainly parsed From is signed.
-        addresses: tuple[Address, ...] = () if values[0].defects else values[0].addresses
-    except (HeaderParseError, AttributeError, IndexError):
-        addresses = ()
+    addresses = _from_addresses(values[0]) if values else ()
     domains = {a.domain.lower() for a in addresses if a.username and a.domain}
     if len(addresses) != 1 or len(domains) != 1:
         # RFC 5322 allows several authors with a Sender header; one statement has one

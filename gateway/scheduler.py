@@ -13,6 +13,11 @@
 - Waking: ``notify()`` after a put gets new mail out at once; the spool is also polled
   every ``poll_interval`` seconds so the queue tool's changes (made from another
   process) are seen. Concurrency is bounded by ``concurrency`` messages in flight.
+- A destination that is down (gateway.destinations) holds its recipients without a
+  connection attempt: they are deferred until after its next probe, and such a deferral
+  is not counted as an attempt, so it does not stretch their back-off; the lifetime
+  still ends on time (a held recipient past it bounces like any other). When the
+  destination answers again, the messages held for it are made due at once.
 - ``stop()`` lets in-flight attempts finish for up to ``grace`` seconds, then cancels
   them; an attempt cut short was never recorded and is simply retried later.
 """
@@ -31,6 +36,7 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from gateway.delivery import Outcome
+from gateway.destinations import Destinations
 from gateway.dsn import Failure, build_dsn
 from gateway.mail_params import MailParams
 from gateway.spool import (
@@ -59,6 +65,9 @@ Seal = Callable[[bytes, str], Awaitable["bytes | SealedLike"]]
 # Told, after each recorded attempt, how many recipients became delivered / deferred /
 # bounced: the states as stored, which is what the metrics must count.
 OnRecorded = Callable[[Mapping[str, int]], None]
+# Told the same per recipient: (address, delivered | deferred | bounced), for the metrics
+# per insurer.
+OnRecipients = Callable[[Sequence[tuple[str, str]]], None]
 
 
 class Deliverer(Protocol):
@@ -95,6 +104,9 @@ class Scheduler:
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
         on_recorded: OnRecorded | None = None,
+        on_recipients: OnRecipients | None = None,
+        destinations: Destinations | None = None,
+        prune_interval: float = 60.0,
     ) -> None:
         self._spool = spool
         self._delivery = delivery
@@ -107,12 +119,21 @@ class Scheduler:
         self._clock = clock
         self._rng = rng or random.SystemRandom()
         self._on_recorded = on_recorded
+        self._on_recipients = on_recipients
         self._wake = asyncio.Event()
         self._in_flight: dict[str, asyncio.Task[None]] = {}
         # Messages whose outcome could not be recorded: left alone for a poll interval, so
         # a failing spool (disk full) does not turn into a tight redelivery loop.
         self._cooldown: dict[str, float] = {}
         self._loop_task: asyncio.Task[None] | None = None
+        self._destinations = destinations
+        # How often the destinations' counts drop messages that left the spool by another
+        # way than an attempt (the queue tool's delete, from another process).
+        self._prune_interval = prune_interval
+        self._next_prune = 0.0
+        self._releasing: set[asyncio.Task[None]] = set()
+        if destinations is not None:
+            destinations.subscribe(self._destination_up)
 
     def start(self) -> None:
         if self._loop_task is None:
@@ -143,12 +164,16 @@ class Scheduler:
             await asyncio.gather(*pending, return_exceptions=True)
             if pending:
                 log.info("event=shutdown abandoned=%d (retried on restart)", len(pending))
+        for release in list(self._releasing):
+            release.cancel()
+        await asyncio.gather(*self._releasing, return_exceptions=True)
 
     async def _run(self) -> None:
         while True:
             self._wake.clear()
             try:
                 await self._start_due()
+                await self._prune()
                 wait = await self._until_next()
             except Exception as exc:
                 log.error("event=scheduler_error error=%r", exc)
@@ -228,7 +253,10 @@ class Scheduler:
         for rcpt, outcome in zip(due, outcomes, strict=True):
             update = self._update(rcpt, outcome, now, message, expired)
             updates.append(update)
-            counts[update.state] += 1
+            # A recipient held for a failing destination was not tried: counting it at
+            # every probe interval would make the deferral rate say nothing.
+            if update.attempted:
+                counts[update.state] += 1
             if update.state == "bounced":
                 failures.append(Failure(rcpt.address, outcome.reply, expired=expired))
         if failures and message.sender:
@@ -247,8 +275,11 @@ class Scheduler:
                 counts["deferred"] += counts["bounced"]
                 counts["bounced"] = 0
         done = await self._spool.record(message.id, updates)
+        self._track(message, outcomes, updates)
         if self._on_recorded is not None:
             self._on_recorded(counts)
+        if self._on_recipients is not None:
+            self._on_recipients([(r.address, u.state) for r, u in zip(due, updates, strict=True)])
         log.info(
             "event=attempt id=%s nrcpt=%d delivered=%d deferred=%d bounced=%d done=%s"
             " reply=%s",
@@ -263,6 +294,10 @@ class Scheduler:
             return Update(rcpt.idx, "delivered", outcome.reply, now)
         if outcome.status == "permanent" or expired:
             return Update(rcpt.idx, "bounced", outcome.reply, now)
+        if outcome.hold is not None:
+            deadline = message.received_at + self._policy.lifetime
+            at = min(outcome.hold.until, deadline)
+            return Update(rcpt.idx, "deferred", outcome.reply, at, outcome.hold.attempted)
         return self._deferral(rcpt, outcome.reply, now, message)
 
     def _deferral(self, rcpt: Recipient, reply: str, now: float, message: StoredMessage) -> Update:
@@ -271,6 +306,62 @@ class Scheduler:
         if now < deadline:
             at = min(at, deadline)  # the last try falls on the deadline, not up to 1 h after
         return Update(rcpt.idx, "deferred", reply, at)
+
+    # -- destinations ---------------------------------------------------------------
+
+    def _track(
+        self, message: StoredMessage, outcomes: Sequence[Outcome], updates: Sequence[Update]
+    ) -> None:
+        """Tell the destination cache which destinations this message still waits for."""
+        if self._destinations is None:
+            return
+        deferred: dict[str, bool] = {}
+        held: dict[str, bool] = {}
+        for outcome, update in zip(outcomes, updates, strict=True):
+            if outcome.destination:
+                d = outcome.destination
+                deferred[d] = deferred.get(d, False) or update.state == "deferred"
+                held[d] = held.get(d, False) or outcome.hold is not None
+        # Held for a destination that answered while this attempt was being recorded.
+        late = False
+        for d in deferred:
+            late |= self._destinations.recorded(
+                message.id, message.received_at, d, deferred=deferred[d], held=held[d]
+            )
+        if late:
+            self._release([message.id])
+
+    async def _prune(self) -> None:
+        now = self._clock()
+        if self._destinations is None or now < self._next_prune:
+            return
+        self._next_prune = now + self._prune_interval
+        tracked = self._destinations.tracked() - set(self._in_flight)
+        if tracked:
+            for gone in tracked - await self._spool.present(tracked):
+                self._destinations.forget_message(gone)
+
+    def _destination_up(self, destination: str, queue_ids: list[str]) -> None:
+        log.info("event=destination_released destination=%s messages=%d",
+                 destination, len(queue_ids))  # fmt: skip
+        if queue_ids:
+            self._release(queue_ids)
+
+    def _release(self, queue_ids: list[str]) -> None:
+        task = asyncio.get_running_loop().create_task(self._make_due(queue_ids))
+        self._releasing.add(task)
+        task.add_done_callback(self._releasing.discard)
+
+    async def _make_due(self, queue_ids: list[str]) -> None:
+        for queue_id in dict.fromkeys(queue_ids):
+            try:
+                found = await self._spool.retry(queue_id, self._clock())
+            except SpoolError as exc:
+                log.error("event=spool_error id=%s error=%s", queue_id, exc)
+                continue  # it stays due after the probe time it was given
+            if not found and self._destinations is not None:
+                self._destinations.forget_message(queue_id)
+        self.notify()
 
     async def _send_dsn(self, message: StoredMessage, failures: list[Failure]) -> None:
         domain = message.sender.rpartition("@")[2] or self._mta

@@ -148,21 +148,47 @@ def _read_part(message: bytes, start: int, end: int, depth: int) -> _Part:
 
 def _child_spans(message: bytes, start: int, end: int, boundary: bytes) -> list[tuple[int, int]]:
     """Byte spans of a multipart's children (RFC 2046 5.1.1): each starts after its
-    delimiter line and ends before the CRLF that precedes the next delimiter."""
-    delimiter = re.compile(rb"^--" + re.escape(boundary) + rb"(--)?[ \t]*(?=\r\n|\Z)", re.MULTILINE)
+    delimiter line and ends before the CRLF that precedes the next delimiter.
+
+    A delimiter line is "--" boundary at the start of a line, "--" after it for the close
+    delimiter, then spaces or tabs up to CRLF (or the part's end). Found with bytes.find:
+    the equivalent multiline regular expression cost a tenth of sealing a 27 KB statement.
+    """
+    dash = b"--" + boundary
     spans: list[tuple[int, int]] = []
     child_start: int | None = None
-    for match in delimiter.finditer(message, start, end):
+    at = message.find(dash, start, end)
+    while at >= 0:
+        line_end = _delimiter_end(message, at, end, dash)
+        if line_end is None:
+            at = message.find(dash, at + 1, end)
+            continue
         if child_start is not None:
-            spans.append((child_start, max(child_start, match.start() - 2)))
+            spans.append((child_start, max(child_start, at - 2)))
             child_start = None
-        if match.group(1):  # the close delimiter; what follows is the epilogue
-            return spans
-        child_start = min(match.end() + 2, end)
+        if message.startswith(b"--", at + len(dash), end):
+            return spans  # the close delimiter; what follows is the epilogue
+        child_start = min(line_end + 2, end)
+        at = message.find(dash, line_end, end)
     if child_start is not None:  # no close delimiter: a truncated message, read what is there
         child_end = end - 2 if message.endswith(CRLF, child_start, end) else end
         spans.append((child_start, max(child_start, child_end)))
     return spans
+
+
+def _delimiter_end(message: bytes, at: int, end: int, dash: bytes) -> int | None:
+    """Where the delimiter line starting with `dash` at `at` ends (before its CRLF), or
+    None when `at` is not the start of a delimiter line."""
+    if at > 0 and message[at - 1] != 0x0A:
+        return None
+    tail = at + len(dash)
+    if message.startswith(b"--", tail, end):
+        tail += 2
+    while tail < end and message[tail] in b" \t":
+        tail += 1
+    if tail == end or message.startswith(CRLF, tail, end):
+        return tail
+    return None
 
 
 def _documents(part: _Part, rules: DocumentRules) -> list[tuple[_Part, bytes]]:

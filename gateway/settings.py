@@ -47,6 +47,7 @@ _SCRYPT_MAXMEM = 64 * 1024 * 1024
 LOG_LEVELS = ("debug", "info", "warning", "error")
 DELIVERY_ROUTES = ("maildir", "smarthost", "mx")
 SMARTHOST_TLS = ("required", "opportunistic")
+ORGS_UNREGISTERED = ("refuse", "warn")
 _SECRET_WORDS = ("password", "passphrase", "secret")
 
 T = TypeVar("T")
@@ -141,6 +142,11 @@ class DeliverySettings:
     max_retry_interval: float = 3600.0
     max_lifetime: float = 5 * 86400.0
     concurrency_per_destination: int = 10
+    # A next hop failing at the connection level gets one probe connection this often;
+    # the rest of its queue waits for it (Postfix's dead-destination throttle).
+    probe_interval: float = 60.0
+    # A pooled SMTP session idle this long is closed with QUIT.
+    idle_timeout: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -157,6 +163,17 @@ class LogSettings:
     # An RFC 3161 Time-Stamp Authority for every checkpoint; "" for none.
     tsa_url: str = ""
     tsa_timeout: float = 10.0
+
+
+@dataclass(frozen=True)
+class OrgsSettings:
+    """The registry of insurers (orgs/, `sealpost-orgs`), read for every transaction."""
+
+    # Its file, shared with `sealpost-orgs` (same default); "" turns the insurer rules off.
+    registry: str = "var/orgs/registry.sqlite"
+    # A statement to an insurer's domain but not to its registered mailboxes, or mail to an
+    # ended insurer's mailboxes: "refuse" (550 5.7.1) or "warn" (deliver, log, count).
+    unregistered: str = "refuse"
 
 
 @dataclass(frozen=True)
@@ -200,6 +217,7 @@ class Settings:
     spool: SpoolSettings = field(default_factory=SpoolSettings)
     delivery: DeliverySettings = field(default_factory=DeliverySettings)
     log: LogSettings = field(default_factory=LogSettings)
+    orgs: OrgsSettings = field(default_factory=OrgsSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     clients: tuple[ClientSettings, ...] = field(default_factory=_default_clients)
 
@@ -431,9 +449,17 @@ def validate(settings: Settings) -> list[str]:
         errors.append(f"delivery.smarthost_tls: one of {', '.join(SMARTHOST_TLS)}")
     if s.delivery.smarthost_password and not s.delivery.smarthost_username:
         errors.append("delivery.smarthost_password: set, but smarthost_username is empty")
-    for name in ("first_retry", "max_retry_interval", "max_lifetime"):
+    for name in (
+        "first_retry",
+        "max_retry_interval",
+        "max_lifetime",
+        "probe_interval",
+        "idle_timeout",
+    ):
         if getattr(s.delivery, name) <= 0:
             errors.append(f"delivery.{name}: must be more than 0 seconds")
+    if s.orgs.unregistered not in ORGS_UNREGISTERED:
+        errors.append(f"orgs.unregistered: one of {', '.join(ORGS_UNREGISTERED)}")
     if s.delivery.concurrency_per_destination < 1:
         errors.append("delivery.concurrency_per_destination: must be 1 or more")
     errors.extend(_validate_clients(s.clients))

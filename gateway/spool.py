@@ -171,6 +171,9 @@ class Update:
     state: State
     reply: str = ""
     next_attempt: float = 0.0
+    # False when no connection was tried (the destination is known to be down): the
+    # recipient's attempt count, which drives its back-off, stays as it was.
+    attempted: bool = True
 
 
 @dataclass(frozen=True)
@@ -278,9 +281,12 @@ class Spool:
 
         def apply(conn: sqlite3.Connection) -> bool:
             conn.executemany(
-                "UPDATE recipients SET state = ?, attempts = attempts + 1, next_attempt = ?,"
+                "UPDATE recipients SET state = ?, attempts = attempts + ?, next_attempt = ?,"
                 " last_reply = ? WHERE message_id = ? AND idx = ?",
-                [(u.state, u.next_attempt, u.reply[:2000], queue_id, u.idx) for u in updates],
+                [
+                    (u.state, int(u.attempted), u.next_attempt, u.reply[:2000], queue_id, u.idx)
+                    for u in updates
+                ],
             )
             return _remove_if_done(conn, queue_id)
 
@@ -424,6 +430,21 @@ class Spool:
     async def get(self, queue_id: str) -> StoredMessage | None:
         """One message with its data, unchecked (for the queue tool)."""
         return await self._read(lambda conn: _load(conn, queue_id, with_data=True, check=False))
+
+    async def present(self, queue_ids: Iterable[str]) -> set[str]:
+        """Which of ``queue_ids`` are still in the spool (one query per 500)."""
+        wanted = list(queue_ids)
+
+        def query(conn: sqlite3.Connection) -> set[str]:
+            found: set[str] = set()
+            for start in range(0, len(wanted), 500):
+                chunk = wanted[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                rows = conn.execute(f"SELECT id FROM messages WHERE id IN ({marks})", chunk)  # noqa: S608
+                found.update(str(row[0]) for row in rows)
+            return found
+
+        return await self._read(query)
 
     async def depth(self) -> int:
         def query(conn: sqlite3.Connection) -> int:

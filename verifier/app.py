@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from pathlib import Path
 
 import jinja2
@@ -54,10 +53,6 @@ class SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
-def _when(value: dt.datetime | None) -> str:
-    return "" if value is None else value.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
 def templates() -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(HERE / "templates"),
@@ -67,7 +62,6 @@ def templates() -> jinja2.Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.globals["when"] = _when
     return env
 
 
@@ -75,6 +69,7 @@ def create_app(settings: Settings) -> Starlette:
     routes = [
         Route("/", endpoints.index, methods=["GET"]),
         Route("/verify", endpoints.verify_form, methods=["POST"]),
+        Route("/verify", endpoints.verify_again, methods=["GET"]),
         Route("/openssl", endpoints.openssl_page, methods=["GET"]),
         Route("/root.pem", endpoints.root_pem, methods=["GET"]),
         Route("/api/v1/verify", endpoints.api_verify, methods=["POST"]),

@@ -116,6 +116,7 @@ def _check(
     key = KeyInfo(
         generation=published.generation,
         state=published.state,
+        retired_at=published.entered("retired"),
         compromised_at=published.revocation.compromised_at if published.revocation else None,
         revoked_at=published.revocation.revoked_at if published.revocation else None,
         revocation_reason=published.revocation.reason if published.revocation else None,

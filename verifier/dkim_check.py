@@ -163,6 +163,7 @@ def _key_info(key: PublicDkimKey) -> KeyInfo:
     return KeyInfo(
         generation=key.generation,
         state=key.state,
+        retired_at=key.entered("retired"),
         compromised_at=revocation.compromised_at if revocation else None,
         revoked_at=revocation.revoked_at if revocation else None,
         revocation_reason=revocation.reason if revocation else None,

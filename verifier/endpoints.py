@@ -3,6 +3,8 @@ thread, answer with a page or JSON. Nothing from an upload is logged or stored."
 
 from __future__ import annotations
 
+import datetime as dt
+import email.utils
 import hashlib
 import logging
 import re
@@ -224,14 +226,40 @@ def _status(report: Report) -> int:
 def render(request: Request, template: str, status: int = 200, **context: Any) -> HTMLResponse:
     lang = language(request)
     page = services(request).templates.get_template(template)
-    # The language switch reloads the same page; a result (a POST) cannot be reloaded.
-    here = request.url.path if request.method == "GET" else "/"
-    html = page.render(t=i18n.translator(lang), lang=lang, here=here, **context)
+    # The language switch reloads the same page. An answer to an upload cannot be reloaded
+    # (the file was never stored): its switch leads to GET /verify, the form saying so.
+    here = request.url.path if request.method == "GET" else "/verify"
+    html = page.render(
+        t=i18n.translator(lang),
+        lang=lang,
+        here=here,
+        when=lambda value, seconds=False: i18n.when(value, lang, seconds),
+        day=lambda value: i18n.day(value, lang),
+        number=lambda value: i18n.number(value, lang),
+        **context,
+    )
     return HTMLResponse(html, status_code=status)
 
 
+def header_date(text: str) -> dt.datetime | None:
+    """The message's Date field as a time, or None when it does not parse (then the page
+    shows it as written)."""
+    try:
+        value = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    # RFC 5322 3.3: "-0000" means UTC with no claim about the sender's local zone.
+    return value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
+
+
 async def index(request: Request) -> Response:
-    return render(request, "index.html")
+    return render(request, "index.html", again=False)
+
+
+async def verify_again(request: Request) -> Response:
+    """GET on the result's address (refreshed, bookmarked, or the language switched): the
+    result is gone with the request that carried the file, so the form, saying so."""
+    return render(request, "index.html", again=True)
 
 
 async def verify_form(request: Request) -> Response:
@@ -251,7 +279,15 @@ async def verify_form(request: Request) -> Response:
         return response
     except Unavailable:
         return render(request, "error.html", 503, key="error_unavailable", params={})
-    return render(request, "result.html", _status(report), report=report)
+    return render(
+        request,
+        "result.html",
+        _status(report),
+        report=report,
+        # A document and its .p7s: a document's result, with no message to speak of.
+        pair=upload.email is None,
+        sent_at=header_date(report.message.date) if report.message.date else None,
+    )
 
 
 async def openssl_page(request: Request) -> Response:

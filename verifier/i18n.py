@@ -6,6 +6,7 @@ A missing translation is a bug the tests catch (every key has both languages).
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable, Mapping
 
 LANGUAGES = ("fr", "en")
@@ -493,7 +494,7 @@ MESSAGES: dict[str, tuple[str, str]] = {
     "result": ("Résultat", "Result"),
     "why": ("Pourquoi", "Why"),
     "key_state": ("État de la clé", "Key state"),
-    "generation": ("génération", "generation"),
+    "key_generation": ("Génération de clés", "Key generation"),
     "compromised_at": ("Compromise depuis", "Compromised since"),
     "file_name": ("Nom du fichier", "File name"),
     "size": ("Taille", "Size"),
@@ -534,6 +535,47 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "Other signatures (witnesses; not verified here)",
     ),
     "check_another": ("Vérifier un autre e-mail", "Check another email"),
+    "check_another_document": ("Vérifier un autre document", "Check another document"),
+    "again_notice": (
+        "Le résultat d'une vérification n'est pas conservé, car le fichier n'a jamais été "
+        "enregistré : déposez-le à nouveau pour voir le résultat.",
+        "A verification result is not kept, because the file was never stored: upload it "
+        "again to see the result.",
+    ),
+    # --- the result, for a claims officer first ---
+    "summary_statement": ("Le décompte", "The statement"),
+    "summary_document": ("Le document", "The document"),
+    "sealed_on": ("Scellé par la Caisse le {when}", "Sealed by the fund on {when}"),
+    "signature_dated": (
+        "Date indiquée par la signature : {when}",
+        "Time the signature states: {when}",
+    ),
+    "logged_on": (
+        "Inscrit au journal des décomptes le {when} (heure certifiée par {tsa}).",
+        "Entered in the statement log on {when} (time certified by {tsa}).",
+    ),
+    "key_plain_pending": ("Clé pas encore en service.", "Key not yet in service."),
+    "key_plain_active": ("Clé de la Caisse en service.", "A fund key in service."),
+    "key_plain_retired": (
+        "Clé retirée le {day} : les signatures faites avant cette date restent valides.",
+        "Key retired on {day}: signatures made before that date stay valid.",
+    ),
+    "key_plain_withdrawn": (
+        "Clé retirée le {day}, plus publiée dans le DNS : les signatures faites avant cette "
+        "date restent valides.",
+        "Key retired on {day}, no longer published in DNS: signatures made before that date "
+        "stay valid.",
+    ),
+    "key_plain_revoked": (
+        "Clé révoquée le {day} (compromise depuis le {compromised}).",
+        "Key revoked on {day} (compromised since {compromised}).",
+    ),
+    "technical_title": ("Détails techniques", "Technical details"),
+    "technical_show": (
+        "Afficher les sélecteurs, algorithmes, certificats, empreintes et la preuve du journal",
+        "Show the selectors, algorithms, certificates, hashes and the log proof",
+    ),
+    "date_header": ("Champ Date, tel qu'écrit", "Date field, as written"),
     "openssl_title": ("Vérifier un document avec openssl", "Check a document with openssl"),
     "openssl_intro": (
         "Chaque document de décompte est accompagné d'un fichier de signature : "
@@ -555,10 +597,10 @@ MESSAGES: dict[str, tuple[str, str]] = {
     ),
     "openssl_step_verify": ("3. Lancez :", "3. Run:"),
     "openssl_success": (
-        "openssl affiche « Verification successful » si le document est intact et signé "
-        "par la Caisse, et une erreur sinon.",
-        'openssl prints "Verification successful" when the document is intact and signed '
-        "by the fund, and an error otherwise.",
+        "openssl affiche « CMS Verification successful » si le document est intact et signé "
+        "par la Caisse ; sinon il affiche « CMS Verification failure », suivi de la raison.",
+        'openssl prints "CMS Verification successful" when the document is intact and signed '
+        'by the fund; otherwise it prints "CMS Verification failure", followed by the reason.',
     ),
     "openssl_flags": (
         "Gardez toutes les options : avec -CAfile root.pem -no-CApath -no-CAstore, openssl "
@@ -667,6 +709,24 @@ def pick(query_lang: str | None, accept_language: str | None) -> str:
     return best[1] if best and best[0] > 0 else DEFAULT
 
 
+# French sets ':' and guillemets off with a no-break space, and ';', '?', '!' with a narrow
+# one: the mark never starts a line of its own on a narrow screen.
+_FRENCH_SPACES = (
+    (" :", "\u00a0:"),
+    (" ;", "\u202f;"),
+    (" ?", "\u202f?"),
+    (" !", "\u202f!"),
+    ("« ", "«\u00a0"),
+    (" »", "\u00a0»"),
+)
+
+
+def french_spaces(text: str) -> str:
+    for plain, bound in _FRENCH_SPACES:
+        text = text.replace(plain, bound)
+    return text
+
+
 def translator(lang: str, messages: Mapping[str, tuple[str, str]] = MESSAGES) -> Translate:
     index = LANGUAGES.index(lang) if lang in LANGUAGES else 0
 
@@ -674,7 +734,44 @@ def translator(lang: str, messages: Mapping[str, tuple[str, str]] = MESSAGES) ->
         entry = messages.get(key)
         if entry is None:
             return key  # a stable code is better than a crash; tests keep this unreachable
-        text = entry[index]
+        # Spaces are bound in the message, never in the values put into it.
+        text = entry[index] if index else french_spaces(entry[index])
         return text.format(**params) if params else text
 
     return translate
+
+
+# Dates as each language writes them in prose, always in UTC (the page says so): an insurer
+# compares them with other systems, and a server's local zone would only add doubt.
+MONTHS = {
+    "fr": (
+        "janvier", "février", "mars", "avril", "mai", "juin",
+        "juillet", "août", "septembre", "octobre", "novembre", "décembre",
+    ),
+    "en": (
+        "January", "February", "March", "April", "May", "June",
+        "July", "August", "September", "October", "November", "December",
+    ),
+}  # fmt: skip
+
+
+def day(value: dt.datetime, lang: str) -> str:
+    """'1er décembre 2026', '30 November 2026'."""
+    utc = value.astimezone(dt.UTC)
+    months = MONTHS["en" if lang == "en" else "fr"]
+    number = "1er" if utc.day == 1 and lang != "en" else str(utc.day)
+    return f"{number} {months[utc.month - 1]} {utc.year}"
+
+
+def when(value: dt.datetime, lang: str, seconds: bool = False) -> str:
+    """'30 novembre 2026 à 09:14 UTC', '30 November 2026 at 09:14 UTC'."""
+    utc = value.astimezone(dt.UTC)
+    clock = utc.strftime("%H:%M:%S" if seconds else "%H:%M")
+    joiner = "at" if lang == "en" else "à"
+    return f"{day(utc, lang)} {joiner} {clock} UTC"
+
+
+def number(value: int, lang: str) -> str:
+    """'19 243' (a narrow no-break space, as French writes it), '19,243'."""
+    grouped = f"{value:,}"
+    return grouped if lang == "en" else grouped.replace(",", "\u202f")

@@ -72,6 +72,8 @@ class KeyInfo:
 
     generation: str
     state: str
+    # When it left service (its private key destroyed): signatures dated before stay valid.
+    retired_at: dt.datetime | None = None
     compromised_at: dt.datetime | None = None
     revoked_at: dt.datetime | None = None
     revocation_reason: str | None = None

@@ -50,8 +50,15 @@ def verify_pair(
     """A document and its .p7s uploaded without the email that carried them."""
     now = now or dt.datetime.now(dt.UTC)
     check = check_document(filename, document, signature, trust, now)
-    documents = (check,)
-    verdict, reason = decide((), documents)
+    documents: tuple[DocumentCheck, ...] = (
+        dataclasses.replace(check, seal_sha256=p7s_seal_hash(signature)),
+    )
+    # The same log rules as for an email: a seal the log should hold but does not is no
+    # more authentic for arriving without its message.
+    log = _log(trust, (), documents, now)
+    if log is not None and log.status == "logged":
+        _, documents = _logged_before_compromise(log, (), documents)
+    verdict, reason = decide((), documents, log)
     if verdict is Verdict.ALTERED:
         # Without an email there is no message to be altered: the document is what counts.
         verdict, reason = Verdict.AUTHENTIC, "reason_pair_authentic"
@@ -59,7 +66,8 @@ def verify_pair(
         verdict=verdict,
         reason=reason,
         documents=documents,
-        warnings=warnings_for((), documents, MessageInfo()),
+        warnings=(*warnings_for((), documents, MessageInfo()), *log_warnings(log)),
+        log=log,
     )
 
 

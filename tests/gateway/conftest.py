@@ -4,7 +4,8 @@ It can be told to refuse a recipient (``peer.refuse[address] = "550 ..."``), to 
 next N transactions at DATA (``peer.fail_next(3, "451 ...")``), and to offer STARTTLS
 with a trustme certificate (the ``tls_peer`` fixture); ``data_delay`` keeps a transaction
 in flight; ``withhold`` names EHLO extensions it does not advertise (``{"SMTPUTF8"}``: a
-hop without internationalised mail). It counts connections and records
+hop without internationalised mail). It counts connections, records the RSET and QUIT
+commands it sees, and records
 each accepted message with whether it came over TLS.
 """
 
@@ -47,6 +48,7 @@ class Peer:
     data_delay: float = 0.0  # seconds to sit on DATA before answering
     withhold: set[str] = field(default_factory=set)  # EHLO keywords not advertised
     sessions: list[SMTP] = field(default_factory=list)
+    commands: list[str] = field(default_factory=list)  # "RSET" and "QUIT", in order
     _failures_left: int = 0
     _failure_reply: str = ""
     _arrived: asyncio.Event = field(default_factory=asyncio.Event)
@@ -59,6 +61,10 @@ class Peer:
         for session in self.sessions:
             if session.transport is not None:
                 session.transport.close()
+
+    def open_sessions(self) -> int:
+        """Connections not yet closed (aiosmtpd drops the transport when one is lost)."""
+        return sum(1 for s in self.sessions if s.transport is not None)
 
     def delivered_to(self, address: str) -> list[Received]:
         return [m for m in self.messages if address in m.recipients]
@@ -79,6 +85,14 @@ class Peer:
         kept = [r for r in responses if r[4:].split(" ")[0].upper() not in self.withhold]
         # The last line of a multi-line reply is "250 ", the others "250-".
         return [*(f"250-{r[4:]}" for r in kept[:-1]), f"250 {kept[-1][4:]}"]
+
+    async def handle_RSET(self, server: Any, session: Any, envelope: Any) -> str:
+        self.commands.append("RSET")
+        return "250 OK"
+
+    async def handle_QUIT(self, server: Any, session: Any, envelope: Any) -> str:
+        self.commands.append("QUIT")
+        return "221 Bye"
 
     async def handle_RCPT(
         self, server: Any, session: Any, envelope: Any, address: str, options: list[str]

@@ -165,6 +165,19 @@ async def test_opportunistic_tls_is_used_when_offered(
     assert tls_peer.messages[0].tls
 
 
+async def test_8bit_content_goes_with_body_8bitmime_over_starttls_too(
+    tls_peer: Peer, make_delivery: Callable[..., Delivery]
+) -> None:
+    # The extensions offered after STARTTLS decide, not those before it (RFC 3207 4.2).
+    data = "From: s@c.example\r\nSubject: x\r\n\r\nrembours\u00e9\r\n".encode()
+    delivery = make_delivery(Smarthost(tls_peer.host, tls_peer.port))
+    (outcome,) = await delivery.deliver("s@c.example", ["a@x.example"], data)
+    assert outcome.status == "delivered", outcome
+    (received,) = tls_peer.messages
+    assert received.tls
+    assert "BODY=8BITMIME" in received.mail_options
+
+
 async def test_required_tls_with_trusted_certificate_delivers_over_tls(
     tls_peer: Peer, make_delivery: Callable[..., Delivery], client_tls: ssl.SSLContext
 ) -> None:

@@ -3,12 +3,18 @@ SMTP listener."""
 
 from __future__ import annotations
 
+import re
+from email.parser import BytesHeaderParser
+from email.policy import SMTP
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway import policy
 from gateway.policy import Client, ClientDirectory, Rejection
 from gateway.settings import ClientSettings
-from tests.gateway.test_smtp_handler import Gateway, message, raw, transaction
+from tests.gateway.test_smtp_handler import DOMAIN, Gateway, message, raw, transaction
 from tests.gateway.test_smtp_handler import gateway as gateway  # fixtures, re-exported
 from tests.gateway.test_smtp_handler import server_tls as server_tls
 
@@ -116,6 +122,9 @@ def test_line_length() -> None:
         (b"From: a@caisses.example (x) boss@evil.example\r\n", "bad_from"),
         (b"From: <@evil.example:a@caisses.example>\r\n", "bad_from"),
         (b"From: Caisses <a@caisses.example> (service)\r\n", "caisses.example"),
+        # A group whose member list the header registry cannot read: refused, not a crash.
+        (b"From: Content-Type: multipart/mixed; boundary=x\r\n", "bad_from"),
+        (b"From: Caisses: <a@caisses.example>;\r\n", "bad_from"),  # a group is no author
     ],
 )
 def test_header_from(head: bytes, expected: str) -> None:
@@ -124,6 +133,58 @@ def test_header_from(head: bytes, expected: str) -> None:
         assert (found.code, found.status, found.reason) == (550, "5.6.0", expected)
     else:
         assert found == expected
+
+
+def reference_from_fields(head: bytes) -> list[tuple[bool, tuple[tuple[str, str], ...]]]:
+    """Each From field as the SMTP policy's own parse of the block reads it: whether it
+    has defects, and its addresses (the definition the faster split must keep)."""
+    fields = []
+    for name, raw_value in BytesHeaderParser(policy=SMTP).parsebytes(head).raw_items():
+        if name.lower() != "from":
+            continue
+        try:
+            value = SMTP.header_fetch_parse(name, raw_value)
+            addresses = tuple((a.username, a.domain) for a in value.addresses)
+            fields.append((bool(value.defects), addresses))
+        except Exception:  # the registry's own failure: not a readable From
+            fields.append((True, ()))
+    return fields
+
+
+FROM_PIECES = st.sampled_from(
+    [
+        b"From: ",
+        b"from:",
+        b"From : ",
+        b"Content-Type: multipart/mixed; boundary=x\r\n",
+        b'Content-Type: text/plain; charset="utf-8\r\n',
+        b"<a@caisses.example>",
+        b"a@caisses.example, b@x.example",
+        b"=?utf-8?q?Caf=C3=A9?= ",
+        b"(c) ",
+        b"\r\n",
+        b"\r\n ",
+        b"\r\n\t",
+        b"\n",
+        b"Subject: x\r\n",
+        b"\xc3\xa9",
+        b"\r\n\r\n",
+    ]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(pieces=st.lists(FROM_PIECES, max_size=14))
+def test_the_from_check_reads_the_fields_the_smtp_policy_reads(pieces: list[bytes]) -> None:
+    head = b"".join(pieces)
+    found = policy.header_from_domain(head)
+    fields = reference_from_fields(head.split(b"\r\n\r\n")[0] + b"\r\n")
+    if isinstance(found, str):
+        assert len(fields) == 1
+        assert not fields[0][0]
+        assert {d.lower() for _, d in fields[0][1]} == {found}
+    elif found.reason == "several_from":
+        assert len(fields) > 1 or len(re.findall(rb"(?im)^from[ \t]*:", head)) > 1
 
 
 # ---------------------------------------------------------------------------- forbidden bytes
@@ -257,3 +318,30 @@ async def test_forbidden_bytes_are_refused_by_the_listener(
     assert len(gateway.spool.puts) == 1
     assert gateway.metrics.rejected.value(reason) == 1
     assert gateway.metrics.sealed.value() == 1
+
+
+@pytest.mark.parametrize(
+    "author",
+    [
+        "Content-Type: multipart/mixed; boundary=x",  # a group the registry cannot read
+        "undisclosed-recipients:;",
+        "a: <b@caisses.example>;",
+        "<a@caisses.example",
+        '"\\" <a@caisses.example>',
+    ],
+)
+async def test_an_unreadable_from_is_refused_without_a_traceback(
+    gateway: Gateway, author: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    data = message().replace(
+        f"From: Caisses Sociales <decomptes@{DOMAIN}>".encode(), f"From: {author}".encode()
+    )
+    assert data.startswith(f"From: {author}\r\n".encode())
+    async with raw(gateway.port()) as client:
+        await client.greet()
+        reply = await transaction(client, data)
+    assert reply.startswith("550 5.6.0 "), reply
+    assert gateway.spool.puts == []
+    assert not [r for r in caplog.records if r.exc_info], (
+        "a client's From put a traceback in the log"
+    )

@@ -671,3 +671,72 @@ def test_an_expired_signing_certificate_is_refused_rather_than_used(statement: b
     # Mail without a statement document needs no certificate: DKIM keys do not expire.
     note = crlf(b"From: statements@caisses.example\nTo: m@example.org\nSubject: hi\n\nHi\n")
     assert seal(note, expired, DocumentRules()).documents == ()
+
+
+# --- the delimiter scan, against the regular expression it replaced --------------------
+
+
+def reference_child_spans(
+    message: bytes, start: int, end: int, boundary: bytes
+) -> list[tuple[int, int]]:
+    """RFC 2046 5.1.1's delimiter lines found with a multiline regular expression: the
+    definition the byte scan in seal must agree with."""
+    delimiter = re.compile(rb"^--" + re.escape(boundary) + rb"(--)?[ \t]*(?=\r\n|\Z)", re.MULTILINE)
+    spans: list[tuple[int, int]] = []
+    child_start: int | None = None
+    for match in delimiter.finditer(message, start, end):
+        if child_start is not None:
+            spans.append((child_start, max(child_start, match.start() - 2)))
+            child_start = None
+        if match.group(1):
+            return spans
+        child_start = min(match.end() + 2, end)
+    if child_start is not None:
+        child_end = end - 2 if message.endswith(b"\r\n", child_start, end) else end
+        spans.append((child_start, max(child_start, child_end)))
+    return spans
+
+
+# Pieces that sit on both sides of a delimiter's rules: line starts, look-alike
+# boundaries, close markers, trailing blanks, bare line ends.
+SPAN_PIECES = st.sampled_from(
+    [
+        b"--b",
+        b"--b--",
+        b"--bb",
+        b"-b",
+        b"--",
+        b"b",
+        b"\r\n",
+        b"\n",
+        b"\r",
+        b" ",
+        b"\t",
+        b"x",
+        b"--b \t",
+        b"--b\t",
+        b"--b-x",
+        b"-",
+        b"\r\n--b\r\n",
+        b"\r\n--b--\t\r\n",
+    ]
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    pieces=st.lists(SPAN_PIECES, max_size=24),
+    boundary=st.sampled_from([b"b", b"bb", b"b--"]),
+    cut=st.tuples(st.integers(0, 8), st.integers(0, 8)),
+)
+def test_the_delimiter_scan_finds_exactly_the_spans_of_the_rfc_2046_expression(
+    pieces: list[bytes], boundary: bytes, cut: tuple[int, int]
+) -> None:
+    from gateway.seal import _child_spans
+
+    message = b"".join(pieces)
+    start = min(cut[0], len(message))
+    end = max(start, len(message) - cut[1])
+    assert _child_spans(message, start, end, boundary) == reference_child_spans(
+        message, start, end, boundary
+    )

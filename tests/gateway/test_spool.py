@@ -130,6 +130,28 @@ async def test_record_moves_recipients_through_their_states(spool: Spool) -> Non
     assert await spool.depth() == 0
 
 
+async def test_a_deferral_without_a_connection_attempt_leaves_the_count_alone(
+    spool: Spool,
+) -> None:
+    queue_id = await spool.put(envelope(recipients=1))
+    later = time.time() + 60
+    await spool.record(queue_id, [Update(0, "deferred", "4.4.1 refused", later)])
+    held = Update(0, "deferred", "4.4.1 delivery temporarily suspended: refused", later,
+                  attempted=False)  # fmt: skip
+    await spool.record(queue_id, [held])
+    loaded = await spool.load(queue_id)
+    assert loaded is not None
+    (rcpt,) = loaded.recipients
+    assert (rcpt.attempts, rcpt.last_reply) == (1, held.reply)
+
+
+async def test_present_names_the_ids_still_queued(spool: Spool) -> None:
+    ids = [await spool.put(envelope(i)) for i in range(3)]
+    assert await spool.delete(ids[1])
+    assert await spool.present([*ids, "NOSUCHID"]) == {ids[0], ids[2]}
+    assert await spool.present([]) == set()
+
+
 async def test_due_skips_excluded_and_respects_limit(spool: Spool) -> None:
     ids = [await spool.put(envelope(i)) for i in range(5)]
     now = time.time() + 1

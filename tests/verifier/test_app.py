@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import base64
+import datetime as dt
+import html
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +29,7 @@ from tests.verifier.conftest import (
     tamper_document,
     write_archive,
 )
+from verifier import i18n
 from verifier.app import create_app
 from verifier.settings import Limits
 
@@ -158,8 +162,123 @@ def test_the_result_page_says_tampered(client: httpx.Client, sealed: bytes) -> N
     page = form(client, tamper_document(sealed), lang="en")
     assert "Tampered" in page
     assert "the document was changed after it was signed" in page
-    assert 'href="/?lang=fr"' in page  # the switch cannot reload a POST: back to the form
+    # The switch cannot reload a POST: it leads to the form, which says so (below).
+    assert 'id="switch-language" href="/verify?lang=fr"' in page
     assert client.get("/openssl", params={"lang": "en"}).text.count('href="/openssl?lang=fr"')
+
+
+@pytest.mark.parametrize(
+    ("lang", "words"), [("fr", "le fichier n'a jamais été enregistré"), ("en", "never stored")]
+)
+def test_the_result_address_reopened_leads_back_to_the_form(
+    client: httpx.Client, lang: str, words: str
+) -> None:
+    """Refreshed or bookmarked: the result went with the request that carried the file, so
+    the form, in the page's language, saying to upload it again (never a bare 405)."""
+    response = client.get("/verify", params={"lang": lang})
+    assert response.status_code == 200
+    page = html.unescape(response.text)
+    assert f'<html lang="{lang}">' in page
+    assert 'id="upload-again"' in page
+    assert words in page
+    assert f'action="/verify?lang={lang}"' in page
+    assert 'id="upload-again"' not in client.get("/").text
+
+
+def test_switching_language_on_a_result_says_to_upload_again(
+    client: httpx.Client, sealed: bytes
+) -> None:
+    page = form(client, sealed, lang="fr")
+    switch = re.search(r'id="switch-language" href="([^"]+)"', page)
+    assert switch is not None
+    english = client.get(switch.group(1))
+    assert english.status_code == 200
+    assert '<html lang="en">' in english.text
+    assert "upload it again to see the result" in english.text
+
+
+def test_the_summary_comes_first_and_the_technical_details_are_closed(
+    client: httpx.Client, sealed: bytes, material: SigningMaterial
+) -> None:
+    page = form(client, sealed, lang="en")
+    summary = page.index('id="summary"')
+    details = page.index('<details id="technical">')  # no `open`: closed until asked
+    for first in ("message-from", "message-subject", "message-date", "documents"):
+        assert summary < page.index(f'id="{first}"') < details, first
+    assert summary < page.index("releve-2026-02.pdf") < details
+    sealed_on = re.search(
+        r"Sealed by the fund on (\d{1,2} [A-Z][a-z]+ \d{4} at \d\d:\d\d UTC)", page
+    )
+    assert sealed_on is not None
+    assert summary < sealed_on.start() < details
+    document = api(client, sealed).json()["documents"][0]
+    for technical in (
+        material.rsa_selector,
+        "rsa-sha256",
+        "ed25519-sha256",
+        document["sha256"],
+        document["signer"]["sha256"],
+    ):
+        assert page.index(technical) > details, technical
+
+
+def test_french_pages_write_french_dates(client: httpx.Client, sealed: bytes) -> None:
+    page = html.unescape(form(client, sealed, lang="fr"))
+    months = "|".join(i18n.MONTHS["fr"])
+    date = rf"\d{{1,2}}(er)? ({months}) \d{{4}} à \d\d:\d\d UTC"
+    assert re.search(r"Scellé par la Caisse le " + date, page)
+    assert re.search(r'id="message-date">' + date + "<", page)
+    assert not re.search(r"\d{4}-\d\d-\d\d", page.split('<details id="technical">')[0])
+
+
+def test_a_pair_upload_shows_a_document_result(
+    client: httpx.Client, material: SigningMaterial
+) -> None:
+    document = b"%PDF-1.4 statement"
+    files = {
+        "document": ("decompte-1.pdf", document, "application/pdf"),
+        "signature": ("decompte-1.pdf.p7s", cms_detached(document, material), "x/y"),
+    }
+    response = client.post("/verify", files=files, params={"lang": "en"})
+    assert response.status_code == 200
+    page = response.text
+    assert 'data-verdict="authentic"' in page
+    assert 'data-kind="document"' in page
+    assert "The document" in page
+    assert "decompte-1.pdf" in page
+    assert "Sealed by the fund on" in page
+    for email_only in ("DKIM", 'id="dkim"', 'id="message"', "Check another email"):
+        assert email_only not in page
+
+
+def test_a_retired_key_is_said_in_plain_words(
+    tmp_path: Path, material: SigningMaterial, sealed: bytes
+) -> None:
+    retired_at = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=1)
+    archive = write_archive(
+        tmp_path / "public", [(material, KeyHistory("retired", retired_at=retired_at))]
+    )
+    with serve(create_app(make_settings(archive))) as url, httpx.Client(base_url=url) as c:
+        english = form(c, sealed, lang="en")
+        french = html.unescape(form(c, sealed, lang="fr"))
+    assert 'data-verdict="authentic"' in english
+    day = i18n.day(retired_at, "en")
+    assert f"Key retired on {day}: signatures made before that date stay valid." in english
+    assert f"Clé retirée le {i18n.day(retired_at, 'fr')}\u00a0: les signatures" in french
+
+
+def test_every_page_links_a_small_favicon_that_is_served(
+    client: httpx.Client, sealed: bytes
+) -> None:
+    link = '<link rel="icon" href="/static/favicon.svg" type="image/svg+xml">'
+    for page in (client.get("/"), client.get("/openssl"), client.get("/nowhere")):
+        assert link in page.text
+    assert link in form(client, sealed)
+    icon = client.get("/static/favicon.svg")
+    assert icon.status_code == 200
+    assert icon.headers["content-type"].startswith("image/svg+xml")
+    assert len(icon.content) < 1024
+    assert icon.content.startswith(b'<svg xmlns="http://www.w3.org/2000/svg"')
 
 
 def test_the_openssl_page_offers_the_root_and_its_fingerprint(

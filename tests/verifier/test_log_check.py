@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime as dt
+import email
+import email.policy
 import json
 import subprocess
 from collections.abc import AsyncIterator, Iterator
@@ -31,7 +33,7 @@ from tests.support import Tsa, start_tsa, statement
 from tests.verifier.conftest import make_settings, serve
 from tlog import merkle, note
 from tlog.__main__ import main as log_main
-from verifier import log_check
+from verifier import i18n, log_check
 from verifier.app import create_app
 from verifier.i18n import translator
 from verifier.log_check import LogUnavailable
@@ -39,7 +41,7 @@ from verifier.report import DkimStatus, DocStatus, Verdict
 from verifier.serialize import report_json
 from verifier.settings import Limits
 from verifier.trust import Trust
-from verifier.verify import verify_email
+from verifier.verify import verify_email, verify_pair
 
 DOMAIN = "caisses.example"
 ORIGIN = f"{DOMAIN}/statements/gw1"
@@ -217,6 +219,33 @@ async def test_a_statement_whose_entry_was_removed_is_not_authentic(
     assert report.reason == "reason_not_logged"
 
 
+def _document_and_p7s(sealed: bytes) -> tuple[str, bytes, bytes]:
+    message = email.message_from_bytes(sealed, policy=email.policy.SMTP)
+    parts = {part.get_filename(): part.get_payload(decode=True) for part in message.walk()}
+    (name,) = [n for n in parts if n and f"{n}.p7s" in parts]
+    document, signature = parts[name], parts[f"{name}.p7s"]
+    assert isinstance(name, str)
+    assert isinstance(document, bytes)
+    assert isinstance(signature, bytes)
+    return name, document, signature
+
+
+async def test_a_document_and_its_p7s_uploaded_alone_keep_the_log_rules(fund: Fund) -> None:
+    """Without its email, a document is judged by the same log: a forgery made with the
+    stolen keys is no more authentic for arriving as a PDF and its .p7s."""
+    genuine = await fund.send("genuine")
+    forged = await fund.send("forged", logged=False)
+    # Checked ten minutes later: long enough for any copy of the log to hold a genuine seal.
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=10)
+    report = verify_pair(*_document_and_p7s(genuine), fund.trust(), now=later)
+    assert report.verdict is Verdict.AUTHENTIC
+    assert report.log is not None
+    assert report.log.status == "logged"
+    report = verify_pair(*_document_and_p7s(forged), fund.trust(), now=later)
+    assert report.verdict is Verdict.TAMPERED
+    assert report.reason == "reason_not_logged"
+
+
 async def test_a_statement_sealed_before_the_log_existed_keeps_today_s_rules(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -311,6 +340,24 @@ def _revoke_active(fund: Fund, compromised_at: dt.datetime) -> None:
         compromised_at=compromised_at,
         reason="stolen",
     )
+
+
+async def test_the_page_says_when_the_log_certified_the_statement(fund: Fund) -> None:
+    """For the claims officer, one line under the documents; the proof itself with the
+    technical details."""
+    data = await fund.send("on-the-page")
+    report = verify_email(data, fund.trust(), Limits())
+    assert report.log is not None
+    assert report.log.proof is not None
+    logged_at = report.log.proof.logged_at
+    assert logged_at is not None
+    with serve(create_app(make_settings(fund.public))) as url:
+        async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+            files = {"file": ("statement.eml", data, "message/rfc822")}
+            page = (await client.post("/verify", files=files, params={"lang": "en"})).text
+    summary = page.index('id="log-summary"')
+    assert summary < page.index('<details id="technical">') < page.index('id="log-time"')
+    assert f"Entered in the statement log on {i18n.when(logged_at, 'en')}" in page[summary:]
 
 
 async def test_the_verifier_serves_the_logs_read_only(fund: Fund) -> None:

@@ -375,6 +375,30 @@ def test_a_changed_byte_fails_every_command(site: Site, genuine: Signed, tmp_pat
         assert not outcome.verified, (lang, command, outcome)
 
 
+def test_the_page_quotes_what_openssl_really_prints(
+    site: Site, genuine: Signed, tmp_path: Path
+) -> None:
+    """An insurer compares what the terminal says with what the page says it will say."""
+    plain = site.pages["fr"].commands[0]
+    success = run(plain, genuine, site, tmp_path / "good", os.environ)
+    assert success.returncode == 0
+    changed = Signed(genuine.document + b"\n", genuine.signature, genuine.at)
+    failure = run(plain, changed, site, tmp_path / "bad", os.environ)
+    assert failure.returncode != 0
+    printed = success.output.strip()
+    refused = failure.output.splitlines()[0].strip()
+    assert (printed, refused) == ("CMS Verification successful", "CMS Verification failure")
+    for lang in LANGUAGES:
+        text = site.pages[lang].text
+        quoted = re.search(r'<samp id="openssl-output">([^<]*)</samp>', text)
+        assert quoted is not None, lang
+        assert quoted.group(1) == printed
+        prose = i18n.translator(lang)("openssl_success")
+        assert prose in text
+        assert printed in prose
+        assert refused in prose
+
+
 # --- (b) a foreign CA in openssl's default store ----------------------------------------
 
 
