@@ -1,0 +1,1 @@
+"""Sealpost registry of insurers: organisations, their mailboxes and API tokens."""
