@@ -7,7 +7,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from verifier import i18n
-from verifier.auth import Unauthorized, organisation
+from verifier.auth import RegistryUnavailable, Unauthorized, organisation
 from verifier.endpoints import (
     HttpError,
     TooLarge,
@@ -36,6 +36,10 @@ MAX_BATCH = 50
 BATCH_FIELDS = ("file", "email")
 
 
+# What a request may end in instead of a report.
+REFUSALS = (Unauthorized, TooLarge, HttpError, Unavailable, RegistryUnavailable)
+
+
 def _error(request: Request, status: int, code: str, key: str, **params: object) -> JSONResponse:
     t = i18n.translator(language(request))
     return JSONResponse({"error": code, "message": t(key, **params)}, status_code=status)
@@ -58,7 +62,7 @@ def _refusal(request: Request, exc: Exception) -> Response:
         response = _error(request, exc.status, exc.code, exc.key, **exc.params)
         response.headers.update(exc.headers)
         return response
-    assert isinstance(exc, Unavailable)
+    assert isinstance(exc, Unavailable | RegistryUnavailable)
     metrics.rejection("unavailable")
     return _error(request, 503, "unavailable", "error_unavailable")
 
@@ -74,7 +78,7 @@ async def api_verify(request: Request) -> Response:
         with reserve(request):
             upload = await read_upload(request, api=True)
             report = await run_checks(request, upload, org)
-    except (Unauthorized, TooLarge, HttpError, Unavailable) as exc:
+    except REFUSALS as exc:
         return _refusal(request, exc)
     return JSONResponse(_report(request, report), status_code=status_of(report))
 
@@ -97,7 +101,7 @@ async def api_verify_batch(request: Request) -> Response:
             emails = await _batch(request, content_type)
             _admit_batch(request, org, len(emails))
             reports = [await run_checks(request, Upload(email=e), org) for e in emails]
-    except (Unauthorized, TooLarge, HttpError, Unavailable) as exc:
+    except REFUSALS as exc:
         return _refusal(request, exc)
     body = {
         "api_version": API_VERSION,

@@ -14,7 +14,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from verifier import api, endpoints
-from verifier.auth import TokenOwners
+from verifier.auth import RegistryTokens
 from verifier.clientaddr import ClientAddress
 from verifier.metrics import Metrics
 from verifier.ratelimit import RateLimiter
@@ -96,7 +96,7 @@ def create_app(settings: Settings) -> Starlette:
         anonymous=RateLimiter(state, settings.rate_limit_per_minute),
         organisations=RateLimiter(state, settings.org_rate_limit_per_minute),
         clients=ClientAddress(settings.trusted_proxies, settings.proxy_header),
-        owners=token_owners(settings),
+        owners=RegistryTokens(settings.orgs_registry),
         metrics=Metrics(state),
         templates=templates(),
     )
@@ -110,15 +110,6 @@ def shared_state(settings: Settings) -> SharedState:
     if not settings.runtime_dir:
         return SharedState.in_memory()
     return SharedState(Path(settings.runtime_dir) / DATABASE)
-
-
-class _NoRegistry:
-    def token_owner(self, token: str) -> None:
-        return None
-
-
-def token_owners(settings: Settings) -> TokenOwners:
-    return _NoRegistry()
 
 
 def app_from_env() -> Starlette:

@@ -7,8 +7,16 @@ itself on the anonymous quota.
 
 from __future__ import annotations
 
+import logging
 import re
+import sqlite3
+import threading
+from pathlib import Path
 from typing import Protocol
+
+from orgs.registry import Registry, RegistryError
+
+log = logging.getLogger("verifier")
 
 SCHEME = "Bearer"
 REALM = "sealpost-verifier"
@@ -24,6 +32,35 @@ class Organisation(Protocol):
 
 class TokenOwners(Protocol):
     def token_owner(self, token: str) -> Organisation | None: ...
+
+
+class RegistryUnavailable(Exception):
+    """The registry exists but cannot be read: no answer rather than a wrong one."""
+
+
+class RegistryTokens:
+    """The tokens of the registry at `path`, opened once the file exists (the verifier
+    never makes it; `sealpost-orgs` does). The registry itself sees later changes, such
+    as a revocation, at the next lookup."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._registry: Registry | None = None
+        self._lock = threading.Lock()
+
+    def token_owner(self, token: str) -> Organisation | None:
+        try:
+            registry = self._open()
+            return None if registry is None else registry.token_owner(token)
+        except (RegistryError, sqlite3.Error) as exc:
+            log.error("organisations registry unreadable: %s", exc)
+            raise RegistryUnavailable from exc
+
+    def _open(self) -> Registry | None:
+        with self._lock:
+            if self._registry is None and self.path.is_file():
+                self._registry = Registry(self.path)
+            return self._registry
 
 
 class Unauthorized(Exception):

@@ -25,7 +25,7 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # A verification takes a few milliseconds; the upper buckets catch a queue behind the
 # check slots, a huge message or a starved host.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-ANONYMOUS = "-"  # the organisation label of a verification without a token
+ANONYMOUS = "anonymous"  # never an organisation code, which is upper case
 
 VERIFICATIONS = "sealpost_verifier_verifications_total"
 REJECTIONS = "sealpost_verifier_rejections_total"
