@@ -41,7 +41,9 @@ from gateway import settings as gateway_settings
 from gateway.metrics import Metrics
 from keys import store as key_store
 from tests.support import free_port
+from verifier import metrics as verifier_metrics
 from verifier import settings as verifier_settings
+from verifier.shared import SharedState
 
 REPO = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = REPO / "docker-compose.yml"
@@ -791,6 +793,8 @@ async def test_docs_metrics_names_every_gateway_metric_and_rejection_reason() ->
     metrics.queue_depth = depth
     rendered = await metrics.render()
     names = {line.split()[2] for line in rendered.splitlines() if line.startswith("# TYPE ")}
+    verifier_text = verifier_metrics.render(SharedState.in_memory())
+    names |= {line.split()[2] for line in verifier_text.splitlines() if line.startswith("# TYPE ")}
     text = METRICS_DOC.read_text(encoding="utf-8")
     documented = set(re.findall(r"`(sealpost_[a-z_]+)`", text))
     assert documented == names

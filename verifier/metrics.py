@@ -27,6 +27,22 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 ANONYMOUS = "anonymous"  # never an organisation code, which is upper case
 
+# Why a verification request got no report; docs/metrics.md explains each.
+REJECTION_REASONS = (
+    "rate_limited",
+    "batch_over_quota",
+    "unauthorized",
+    "too_large",
+    "too_many_emails",
+    "timeout",
+    "busy",
+    "bad_request",
+    "unsupported_media_type",
+    "disconnected",
+    "unavailable",
+    "log_unavailable",
+)
+
 VERIFICATIONS = "sealpost_verifier_verifications_total"
 REJECTIONS = "sealpost_verifier_rejections_total"
 LATENCY = "sealpost_verifier_verification_seconds"

@@ -14,7 +14,8 @@ import httpx
 
 from tests.verifier.conftest import make_settings, serve
 from verifier.app import create_app
-from verifier.metrics import UPLOADS, Metrics, render
+from verifier.endpoints import HttpError
+from verifier.metrics import REJECTION_REASONS, UPLOADS, Metrics, render
 from verifier.metrics import serve as serve_metrics
 from verifier.shared import SharedState, prepare
 from verifier.workers import free_port
@@ -147,3 +148,22 @@ def test_the_launcher_serves_metrics_and_survives_a_taken_port(archive_dir: Path
         finally:
             process.terminate()
             process.wait(timeout=10)
+
+
+def test_every_rejection_reason_is_explained_in_the_docs() -> None:
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "metrics.md").read_text()
+    verifier_docs = docs[docs.index("## Verifier") :]
+    for reason in REJECTION_REASONS:
+        assert f"`{reason}`" in verifier_docs, reason
+    errors = [
+        HttpError(400, "error_bad_request", detail="x"),
+        HttpError(400, "error_bad_request", detail="disconnected"),
+        HttpError(408, "error_body_timeout"),
+        HttpError(413, "error_too_many_emails"),
+        HttpError(415, "error_bad_request"),
+        HttpError(429, "error_rate_limited"),
+        HttpError(429, "error_batch_over_quota"),
+        HttpError(503, "error_busy"),
+        HttpError(503, "error_log_unavailable"),
+    ]
+    assert {e.code for e in errors} <= set(REJECTION_REASONS)
