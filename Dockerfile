@@ -28,6 +28,7 @@ COPY keys/ keys/
 COPY gateway/ gateway/
 COPY verifier/ verifier/
 COPY tlog/ tlog/
+COPY orgs/ orgs/
 
 # First the project's own wheel (setuptools runs in pip's isolated build environment, not
 # in the venv). Then the wheel and its runtime dependencies, with the lock file as a
@@ -61,7 +62,7 @@ RUN python -m pip uninstall --yes --root-user-action=ignore pip setuptools wheel
  && install -d -o sealpost -g sealpost -m 0755 /var/lib/sealpost/public/log \
  && install -d -o sealpost -g sealpost -m 0700 /var/lib/sealpost/keys \
         /var/lib/sealpost/log-key /var/lib/sealpost/spool /var/lib/sealpost/tls \
-        /var/lib/sealpost/outbox
+        /var/lib/sealpost/outbox /var/lib/sealpost/orgs
 # Named volumes mounted on these directories start as copies of them, so they belong to
 # sealpost from the first run and the key stores (signing keys, log key) keep their 0700.
 # public/log is the statement log's own volume, mounted inside the public archive's.
@@ -72,7 +73,8 @@ ENV PATH=/opt/sealpost/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     SEALPOST_KEYS_STORE=/var/lib/sealpost/keys \
-    SEALPOST_KEYS_PUBLIC=/var/lib/sealpost/public
+    SEALPOST_KEYS_PUBLIC=/var/lib/sealpost/public \
+    SEALPOST_ORGS_REGISTRY=/var/lib/sealpost/orgs/registry.sqlite
 
 WORKDIR /var/lib/sealpost
 # Numeric, so that orchestrators can check "runAsNonRoot" without reading /etc/passwd.

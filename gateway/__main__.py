@@ -3,7 +3,7 @@
     sealpost-gateway [--config FILE]                  run (the embedded default without FILE)
     sealpost-gateway check-config [--config FILE]     print the effective config, or the errors
     sealpost-gateway hash-password                    read a password, print its scrypt hash
-    sealpost-gateway [--config FILE] queue list|show ID|retry ID|delete ID|flush
+    sealpost-gateway [--config FILE] queue list [--org CODE]|show ID|retry ID|delete ID|flush
 
 Running wires the stages together, each given plain values: SMTP listeners in this
 process's event loop -> policy -> sealing in a process pool -> the durable spool -> the
@@ -30,6 +30,7 @@ from typing import TextIO
 from gateway import metrics as metrics_http
 from gateway import queue_cli, server
 from gateway.delivery import Delivery, DirectMX, MaildirRoute, Route, Smarthost
+from gateway.insurers import Insurers, Mode
 from gateway.lanes import lane_settings, spool_paths, supervise
 from gateway.log_process import LogProcess, LogProcessConfig
 from gateway.log_writer import LogConfig, LogError
@@ -53,6 +54,7 @@ from keys import store as key_store
 from keys.lifecycle import Refused
 from keys.safeio import atomic_write
 from keys.signing import SigningKeys
+from orgs.registry import Registry, RegistryError
 from tlog import note
 
 log = logging.getLogger("sealpost.gateway")
@@ -99,7 +101,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.write(render(settings))
         return EXIT_OK
     if args.command == "queue":
-        return queue_cli.main(args.args, spool_paths(settings))
+        registry = Path(settings.orgs.registry) if settings.orgs.registry else None
+        return queue_cli.main(args.args, spool_paths(settings), registry=registry)
     _configure_logging(settings.gateway.log_level)
     try:
         if args.lane is not None:
@@ -253,6 +256,14 @@ def _log_process_config(settings: Settings, config: LogConfig) -> LogProcessConf
     )
 
 
+def _insurers(settings: Settings) -> Insurers | None:
+    """The registry of insurers, opened in this process (a lane opens its own)."""
+    if not settings.orgs.registry:
+        return None
+    mode: Mode = "warn" if settings.orgs.unregistered == "warn" else "refuse"
+    return Insurers(Registry(Path(settings.orgs.registry)), mode)
+
+
 def _route(settings: Settings) -> Route:
     delivery = settings.delivery
     if delivery.route == "smarthost":
@@ -305,9 +316,11 @@ def _handler(
     scheduler: Scheduler,
     metrics: Metrics,
     logging_on: bool,
+    insurers: Insurers | None,
 ) -> Handler:
     limits = settings.limits
     return Handler(
+        insurers=insurers,
         clients=settings.clients,
         signing_domains=SigningKeys(Path(settings.keys.store)).domains,
         sealer=sealer,
@@ -332,6 +345,7 @@ def _scheduler(
     sealer: Sealer,
     metrics: Metrics,
     logging_on: bool,
+    insurers: Insurers | None,
 ) -> Scheduler:
     async def seal_dsn(raw: bytes, domain: str) -> bytes | Sealed:
         sealed = await sealer.seal(raw, domain)
@@ -342,6 +356,19 @@ def _scheduler(
         metrics.delivered.inc(amount=states["delivered"])
         metrics.deferred.inc(amount=states["deferred"])
         metrics.bounced.inc(amount=states["bounced"])
+
+    by_state = {
+        "delivered": metrics.org_delivered,
+        "deferred": metrics.org_deferred,
+        "bounced": metrics.org_bounced,
+    }
+
+    def count_per_insurer(outcomes: Sequence[tuple[str, str]]) -> None:
+        assert insurers is not None
+        for address, state in outcomes:
+            code = insurers.organisation_of(address)
+            if code is not None:
+                by_state[state].inc(code)
 
     return Scheduler(
         spool,
@@ -355,6 +382,7 @@ def _scheduler(
         ),
         grace=settings.gateway.shutdown_grace,
         on_recorded=count,
+        on_recipients=count_per_insurer if insurers is not None else None,
     )
 
 
@@ -373,16 +401,20 @@ async def run(settings: Settings, lane: int | None = None, parent: int | None = 
             rules = DocumentRules(settings.sealing.content_types, settings.sealing.filename_globs)
             sealer = Sealer(Path(settings.keys.store), rules, settings.sealing.workers)
             stack.callback(sealer.close)
+            insurers = _insurers(settings)
+            if insurers is not None:
+                stack.callback(insurers.registry.close)
             delivery = Delivery(
                 _route(settings),
                 tls_required_domains=frozenset(settings.delivery.tls_required_domains),
+                tls_required=insurers.tls_required if insurers is not None else None,
                 local_hostname=hostname,
                 per_destination=settings.delivery.concurrency_per_destination,
             )
             stack.push_async_callback(delivery.close)
             logging_config = log_config(settings, hostname, lane)
             scheduler = _scheduler(
-                settings, spool, delivery, sealer, metrics, logging_config is not None
+                settings, spool, delivery, sealer, metrics, logging_config is not None, insurers
             )
             writer = None
             if logging_config is not None:
@@ -396,7 +428,7 @@ async def run(settings: Settings, lane: int | None = None, parent: int | None = 
                 metrics_server = await metrics_http.serve(metrics, host, port)
                 stack.callback(metrics_server.close)
             receiver = await server.start(
-                _handler(settings, sealer, spool, scheduler, metrics, writer is not None),
+                _handler(settings, sealer, spool, scheduler, metrics, writer is not None, insurers),
                 _listeners(settings),
                 hostname=hostname,
                 tls=tls,
@@ -417,6 +449,7 @@ async def run(settings: Settings, lane: int | None = None, parent: int | None = 
             key_store.StoreError,
             SpoolError,
             LogError,
+            RegistryError,
         ) as error:
             # A port in use, an unreadable certificate or store: one readable line.
             log.error("event=start_failed error=%s", error)

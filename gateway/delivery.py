@@ -8,7 +8,8 @@ the sealed bytes and returns one ``Outcome`` per recipient, each delivered, tran
 TLS: opportunistic by default (STARTTLS when offered, certificate not checked, since an
 MX's certificate rarely names it; if the handshake itself fails, the attempt is repeated
 in clear text, as any MTA does). For destinations that require TLS (a smarthost set to
-``required``, or a recipient domain listed in ``tls_required_domains``) STARTTLS is
+``required``, a recipient domain listed in ``tls_required_domains``, or one for which the
+``tls_required`` callable, the registry of insurers, says so at each attempt) STARTTLS is
 mandatory and the certificate is verified against the host name; any failure there is a
 transient outcome, never a clear-text delivery.
 
@@ -31,7 +32,7 @@ import os
 import socket
 import ssl
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final, Literal, Protocol
@@ -170,6 +171,7 @@ class Delivery:
         route: Route,
         *,
         tls_required_domains: frozenset[str] = frozenset(),
+        tls_required: Callable[[str], bool] | None = None,
         verify_context: ssl.SSLContext | None = None,
         resolver: MxResolver | None = None,
         local_hostname: str | None = None,
@@ -179,6 +181,7 @@ class Delivery:
     ) -> None:
         self.route = route
         self._tls_required = frozenset(d.lower() for d in tls_required_domains)
+        self._tls_required_for = tls_required
         self._verify = verify_context or ssl.create_default_context()
         self._relaxed = ssl.create_default_context()
         self._relaxed.check_hostname = False
@@ -218,7 +221,9 @@ class Delivery:
 
     async def _destination(self, rcpt: str) -> _Destination | DnsFailure:
         domain = rcpt.rpartition("@")[2].lower()
-        required = domain in self._tls_required
+        required = domain in self._tls_required or bool(
+            self._tls_required_for and self._tls_required_for(domain)
+        )
         if isinstance(self.route, Smarthost):
             tls: TlsMode = "required" if required else self.route.tls
             return _Destination((self.route.host,), self.route.port, tls)

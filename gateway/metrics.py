@@ -89,6 +89,29 @@ class Metrics:
         self.bounced = Counter(
             "sealpost_recipients_bounced_total", "Recipients given up on (a DSN was sent)."
         )
+        # Per insurer (orgs/): a full or unreachable insurer mailbox is what the fund's staff
+        # must see first. Labelled by organisation code, so bounded by the registry.
+        self.org_delivered = Counter(
+            "sealpost_org_recipients_delivered_total",
+            "Registered insurer mailboxes delivered successfully, by organisation.",
+            "org",
+        )
+        self.org_deferred = Counter(
+            "sealpost_org_recipients_deferred_total",
+            "Delivery attempts to registered insurer mailboxes deferred, by organisation.",
+            "org",
+        )
+        self.org_bounced = Counter(
+            "sealpost_org_recipients_bounced_total",
+            "Registered insurer mailboxes given up on (a DSN was sent), by organisation.",
+            "org",
+        )
+        self.org_warnings = Counter(
+            "sealpost_org_policy_warnings_total",
+            "Mail delivered under orgs.unregistered = warn that refuse would have refused, "
+            "by rule.",
+            "rule",
+        )
         self.signing_seconds = Histogram(
             "sealpost_signing_seconds", "Time to seal one message.", SIGNING_BUCKETS
         )
@@ -105,6 +128,10 @@ class Metrics:
             self.delivered,
             self.deferred,
             self.bounced,
+            self.org_delivered,
+            self.org_deferred,
+            self.org_bounced,
+            self.org_warnings,
             self.signing_seconds,
         ):
             lines.extend(metric.lines())

@@ -58,6 +58,9 @@ Seal = Callable[[bytes, str], Awaitable["bytes | SealedLike"]]
 # Told, after each recorded attempt, how many recipients became delivered / deferred /
 # bounced: the states as stored, which is what the metrics must count.
 OnRecorded = Callable[[Mapping[str, int]], None]
+# Told the same per recipient: (address, delivered | deferred | bounced), for the metrics
+# per insurer.
+OnRecipients = Callable[[Sequence[tuple[str, str]]], None]
 
 
 class Deliverer(Protocol):
@@ -94,6 +97,7 @@ class Scheduler:
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
         on_recorded: OnRecorded | None = None,
+        on_recipients: OnRecipients | None = None,
     ) -> None:
         self._spool = spool
         self._delivery = delivery
@@ -106,6 +110,7 @@ class Scheduler:
         self._clock = clock
         self._rng = rng or random.SystemRandom()
         self._on_recorded = on_recorded
+        self._on_recipients = on_recipients
         self._wake = asyncio.Event()
         self._in_flight: dict[str, asyncio.Task[None]] = {}
         # Messages whose outcome could not be recorded: left alone for a poll interval, so
@@ -248,6 +253,8 @@ class Scheduler:
         done = await self._spool.record(message.id, updates)
         if self._on_recorded is not None:
             self._on_recorded(counts)
+        if self._on_recipients is not None:
+            self._on_recipients([(r.address, u.state) for r, u in zip(due, updates, strict=True)])
         log.info(
             "event=attempt id=%s nrcpt=%d delivered=%d deferred=%d bounced=%d done=%s"
             " reply=%s",

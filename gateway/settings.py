@@ -47,6 +47,7 @@ _SCRYPT_MAXMEM = 64 * 1024 * 1024
 LOG_LEVELS = ("debug", "info", "warning", "error")
 DELIVERY_ROUTES = ("maildir", "smarthost", "mx")
 SMARTHOST_TLS = ("required", "opportunistic")
+ORGS_UNREGISTERED = ("refuse", "warn")
 _SECRET_WORDS = ("password", "passphrase", "secret")
 
 T = TypeVar("T")
@@ -154,6 +155,17 @@ class LogSettings:
 
 
 @dataclass(frozen=True)
+class OrgsSettings:
+    """The registry of insurers (orgs/, `sealpost-orgs`), read for every transaction."""
+
+    # Its file, shared with `sealpost-orgs` (same default); "" turns the insurer rules off.
+    registry: str = "var/orgs/registry.sqlite"
+    # A statement to an insurer's domain but not to its registered mailboxes, or mail to an
+    # ended insurer's mailboxes: "refuse" (550 5.7.1) or "warn" (deliver, log, count).
+    unregistered: str = "refuse"
+
+
+@dataclass(frozen=True)
 class MetricsSettings:
     listen: str = "127.0.0.1:9125"  # "" turns the metrics endpoint off
 
@@ -194,6 +206,7 @@ class Settings:
     spool: SpoolSettings = field(default_factory=SpoolSettings)
     delivery: DeliverySettings = field(default_factory=DeliverySettings)
     log: LogSettings = field(default_factory=LogSettings)
+    orgs: OrgsSettings = field(default_factory=OrgsSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     clients: tuple[ClientSettings, ...] = field(default_factory=_default_clients)
 
@@ -427,6 +440,8 @@ def validate(settings: Settings) -> list[str]:
     for name in ("first_retry", "max_retry_interval", "max_lifetime"):
         if getattr(s.delivery, name) <= 0:
             errors.append(f"delivery.{name}: must be more than 0 seconds")
+    if s.orgs.unregistered not in ORGS_UNREGISTERED:
+        errors.append(f"orgs.unregistered: one of {', '.join(ORGS_UNREGISTERED)}")
     if s.delivery.concurrency_per_destination < 1:
         errors.append("delivery.concurrency_per_destination: must be 1 or more")
     errors.extend(_validate_clients(s.clients))

@@ -30,6 +30,7 @@ from typing import Any, AnyStr, Protocol
 from aiosmtpd.smtp import SMTP, Envelope, Session, TLSSetupException, syntax
 
 from gateway import policy
+from gateway.insurers import RULE_ENDED, Insurers, Violation
 from gateway.metrics import Metrics
 from gateway.policy import Client, ClientDirectory, Rejection
 from gateway.seal import SealError
@@ -553,6 +554,7 @@ class Handler:
         max_recipients: int,
         max_line_length: int,
         log_entries: bool = False,
+        insurers: Insurers | None = None,
     ) -> None:
         clients = tuple(clients)
         self._directory = ClientDirectory(clients)
@@ -568,6 +570,7 @@ class Handler:
         self._max_line_length = max_line_length
         # With the statement log on, each message's entry is committed with it.
         self._log_entries = log_entries
+        self._insurers = insurers
 
     # -- session start
 
@@ -682,9 +685,37 @@ class Handler:
         if rejection is not None:
             client = self._client(server, session)
             return self._refuse(server, rejection, client, envelope.mail_from)
+        if self._insurers is not None:
+            violation = self._insurers.ended(address)
+            if violation is not None:
+                refusal = self._insurer_rule(server, session, [violation], envelope.mail_from)
+                if refusal is not None:
+                    return refusal
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
         return "250 2.1.5 Recipient OK"
+
+    def _insurer_rule(
+        self, server: GatewaySMTP, session: Session, found: list[Violation], sender: str | None
+    ) -> str | None:
+        """The refusal for the first of `found` (mode refuse), or None once each is logged
+        and counted (mode warn)."""
+        assert self._insurers is not None
+        if not self._insurers.warn_only:
+            client = self._client(server, session)
+            return self._refuse(server, found[0].rejection(), client, sender)
+        for violation in found:
+            self._metrics.org_warnings.inc(violation.rule)
+            log.warning(
+                "event=org_policy_warning rule=%s org=%s recipient_domain=%s client_ip=%s "
+                "sender=%s action=delivered",
+                violation.rule,
+                ",".join(violation.organisations),
+                violation.domain,
+                server.client_ip,
+                sender or "-",
+            )
+        return None
 
     async def handle_DATA(self, server: GatewaySMTP, session: Session, envelope: Envelope) -> str:
         raw: bytes = envelope.original_content or b""
@@ -723,6 +754,14 @@ class Handler:
         self._metrics.documents.inc(amount=len(sealed.documents))
 
         recipients = list(envelope.rcpt_tos)
+        if self._insurers is not None and sealed.documents:
+            violations = self._insurers.check_statement(recipients)
+            if self._insurers.warn_only:  # ended mailboxes were logged at RCPT already
+                violations = [v for v in violations if v.rule != RULE_ENDED]
+            if violations:
+                refusal = self._insurer_rule(server, session, violations, sender)
+                if refusal is not None:
+                    return refusal
         try:
             queue_id = await self._spool.put(
                 SpoolEnvelope(

@@ -35,6 +35,7 @@ import pytest
 
 import gateway.__main__ as gateway_main
 import keys.__main__ as keys_main
+import orgs.__main__ as orgs_main
 import verifier.__main__ as verifier_main
 from gateway import queue_cli
 from gateway import settings as gateway_settings
@@ -53,7 +54,7 @@ OPERATIONS_DOC = REPO / "docs" / "operations.md"
 METRICS_DOC = REPO / "docs" / "metrics.md"
 GATEWAY_TOML = REPO / "docker" / "gateway.toml"
 GATEWAY_TOML_IN_CONTAINER = "/etc/sealpost/gateway.toml"
-SEALPOST_SERVICES = ("keys-init", "log-init", "keys", "gateway", "verifier")
+SEALPOST_SERVICES = ("keys-init", "log-init", "keys", "orgs", "gateway", "verifier")
 SECRETS_DIR = "/run/secrets/"
 # Inside a container a listener must face the compose network, not the container's loopback.
 ANY_ADDRESS = "0.0.0.0"  # noqa: S104
@@ -155,7 +156,7 @@ def _log_init_option(compose: dict[str, Any], option: str) -> str:
     return command[command.index(option) + 1]
 
 
-def test_the_compose_file_validates_and_has_the_six_services(compose: dict[str, Any]) -> None:
+def test_the_compose_file_validates_and_has_the_seven_services(compose: dict[str, Any]) -> None:
     assert set(compose["services"]) == {*SEALPOST_SERVICES, "mailpit"}
     assert set(compose["volumes"]) == {
         "keys",
@@ -164,6 +165,7 @@ def test_the_compose_file_validates_and_has_the_six_services(compose: dict[str, 
         "statement-log",
         "spool",
         "tls",
+        "orgs",
     }
 
 
@@ -217,6 +219,22 @@ def test_the_ops_key_tool_is_only_started_on_demand(compose: dict[str, Any]) -> 
     assert service["profiles"] == ["ops"]
     assert service["entrypoint"] == ["sealpost-keys"]
     assert _mounts(service) == _mounts(_service(compose, "keys-init"))
+
+
+def test_the_registry_of_insurers_is_kept_by_an_ops_tool_and_read_by_the_gateway(
+    compose: dict[str, Any],
+) -> None:
+    service = _service(compose, "orgs")
+    assert service["profiles"] == ["ops"]
+    assert service["entrypoint"] == ["sealpost-orgs"]
+    registry = _gateway_toml()["orgs"]["registry"]
+    directory = str(Path(registry).parent)
+    assert _mounts(service)[directory] == Mount("orgs", directory, "rw")
+    assert _mounts(_service(compose, "gateway"))[directory] == Mount("orgs", directory, "rw")
+    # The tool's default (the image's SEALPOST_ORGS_REGISTRY) is the gateway's file.
+    _global, stages = _dockerfile()
+    env = " ".join(a for i, a in stages[-1].instructions if i == "ENV")
+    assert f"SEALPOST_ORGS_REGISTRY={registry}" in env
 
 
 def test_the_gateway_mounts_the_private_store_read_only_and_spools_on_a_named_volume(
@@ -693,6 +711,7 @@ def test_the_gateway_probe_passes_on_a_gateway_started_from_the_container_config
         "KEYS_PUBLIC_ARCHIVE": str(public),
         "LOG_KEY": str(key_store_dirs.log_key),
         "SPOOL_PATH": str(tmp_path / "spool"),
+        "ORGS_REGISTRY": str(tmp_path / "orgs" / "registry.sqlite"),
         "TLS_CERTIFICATE": str(tmp_path / "tls" / "cert.pem"),
         "TLS_KEY": str(tmp_path / "tls" / "key.pem"),
         "RELAY_LISTEN": "127.0.0.1:0",
@@ -749,6 +768,8 @@ def _parses(program: str, arguments: list[str]) -> None:
             queue_cli.parser().parse_args(namespace.args)
     elif program == "sealpost-verifier":
         verifier_main.parse_args(arguments, verifier_settings.Settings())
+    elif program == "sealpost-orgs":
+        orgs_main.build_parser().parse_args(arguments)
     else:
         pytest.fail(f"the runbook names an unknown program {program}")
 
@@ -756,7 +777,7 @@ def _parses(program: str, arguments: list[str]) -> None:
 def test_every_command_in_the_runbook_is_accepted_by_its_program() -> None:
     commands = _documented_commands()
     programs = {program for program, _ in commands}
-    assert programs == {"sealpost-keys", "sealpost-gateway", "sealpost-verifier"}
+    assert programs == {"sealpost-keys", "sealpost-gateway", "sealpost-verifier", "sealpost-orgs"}
     keys_commands = {arguments[0] for program, arguments in commands if program == "sealpost-keys"}
     # The lifecycle the runbook walks through, every step shown as a command.
     assert {"init", "dns", "rotate", "activate", "withdraw", "revoke", "list"} <= keys_commands

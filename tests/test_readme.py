@@ -75,6 +75,7 @@ OTHER_VALUES = {
     "delivery.route": "mx",
     "delivery.smarthost_tls": "opportunistic",
     "log.tsa_url": "http://127.0.0.1:1/tsa",
+    "orgs.unregistered": "warn",
 }
 
 

@@ -14,6 +14,7 @@ import pytest
 
 from gateway import queue_cli
 from gateway.spool import Envelope, Spool, Update
+from orgs.registry import Registry
 
 REPO = Path(__file__).resolve().parents[2]
 DATA = b"From: s@caisses.example\r\nSubject: statement 7\r\n\r\nsecret body\r\n"
@@ -100,6 +101,50 @@ def test_delete_removes_a_message(tmp_path: Path) -> None:
     _, out = run(tmp_path, "list")
     assert first not in out
     assert second in out
+
+
+def test_list_org_shows_only_that_insurers_mailboxes(tmp_path: Path) -> None:
+    first, second = fill(tmp_path / "spool")
+    registry = tmp_path / "registry.sqlite"
+    with Registry(registry) as opened:
+        opened.add("MUTY", "Mutuelle Y")
+        opened.add_mailbox("MUTY", "B@Y.example", "Décomptes")
+        opened.add("MUTZ", "Mutuelle Z")
+        opened.add_mailbox("MUTZ", "other@z.example", "Décomptes")
+    out = io.StringIO()
+    assert (
+        queue_cli.main(["list", "--org", "muty"], tmp_path / "spool", out, registry=registry) == 0
+    )
+    listed = out.getvalue()
+    assert first in listed
+    assert "b@y.example  deferred  attempts=1" in listed
+    assert "a@x.example" not in listed  # the same message's other recipient
+    assert second not in listed
+    assert listed.endswith(
+        "-- 1 message(s) in queue for MUTY (Mutuelle Y, active): "
+        "0 queued, 1 deferred, 0 delivered, 0 bounced\n"
+    )
+    out = io.StringIO()
+    assert (
+        queue_cli.main(["list", "--org", "MUTZ"], tmp_path / "spool", out, registry=registry) == 0
+    )
+    assert "-- 0 message(s) in queue for MUTZ" in out.getvalue()
+
+
+def test_list_org_needs_a_known_organisation_and_a_registry(tmp_path: Path) -> None:
+    fill(tmp_path / "spool")
+    registry = tmp_path / "registry.sqlite"
+    Registry(registry).close()
+    out = io.StringIO()
+    assert (
+        queue_cli.main(["list", "--org", "NOPE"], tmp_path / "spool", out, registry=registry) == 1
+    )
+    assert "NOPE: no such organisation" in out.getvalue()
+    out = io.StringIO()
+    missing = tmp_path / "none.sqlite"
+    assert queue_cli.main(["list", "--org", "X"], tmp_path / "spool", out, registry=missing) == 2
+    assert "no registry of insurers at" in out.getvalue()
+    assert not missing.exists()
 
 
 def test_usage_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

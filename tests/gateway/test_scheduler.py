@@ -15,6 +15,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import dkim
 import pytest
@@ -220,7 +221,23 @@ async def test_each_recorded_attempt_reports_the_recipient_states_it_stored(
     assert reports[0] == {"delivered": 1, "deferred": 1, "bounced": 1}
 
 
-async def _reported(reports: list[dict[str, int]]) -> bool:
+async def test_each_recipients_recorded_state_is_reported_for_the_per_insurer_metrics(
+    spool: Spool, peer: Peer, seal: DkimSeal
+) -> None:
+    peer.refuse["gone@x.example"] = "550 5.1.1 <gone@x.example>: No such user"
+    peer.refuse["full@x.example"] = "452 4.2.2 <full@x.example>: Mailbox full"
+    reports: list[list[tuple[str, str]]] = []
+    async with running(spool, peer, seal, on_recipients=lambda r: reports.append(list(r))):
+        await queue(spool, None, ["a@x.example", "gone@x.example", "full@x.example"])
+        await until(lambda: _reported(reports))
+    assert sorted(reports[0]) == [
+        ("a@x.example", "delivered"),
+        ("full@x.example", "deferred"),
+        ("gone@x.example", "bounced"),
+    ]
+
+
+async def _reported(reports: list[Any]) -> bool:
     return len(reports) >= 1
 
 
