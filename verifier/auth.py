@@ -95,5 +95,5 @@ def organisation(authorization: str | None, owners: TokenOwners) -> str | None:
         return None
     owner = owners.token_owner(token)
     if owner is None:
-        raise Unauthorized("unknown, revoked or expired token")
+        raise Unauthorized("unknown or revoked token, or an ended organisation")
     return owner.code
