@@ -141,6 +141,13 @@ def test_reading_a_registry_that_does_not_exist_is_an_error_not_an_empty_list(cl
     assert not cli.path.exists()
 
 
+def test_a_damaged_registry_is_a_registry_error(cli: Cli) -> None:
+    cli.path.write_bytes(b"\0" * 4096)
+    code, _, err = cli("add", "MUT1", "--name", "Mutuelle Une")
+    assert code == EXIT_REGISTRY
+    assert "is not a usable registry" in err
+
+
 def test_usage_errors(cli: Cli) -> None:
     assert cli("add", "MUT1")[0] == EXIT_USAGE  # --name is required
     assert cli("mailbox", "add", "MUT1", "a@b.mc")[0] == EXIT_USAGE  # --label too

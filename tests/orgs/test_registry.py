@@ -16,7 +16,15 @@ import pytest
 
 from orgs import tokens
 from orgs.address import AddressError, parse_address
-from orgs.registry import ENDED, Mailbox, NotFound, Organisation, Refused, Registry
+from orgs.registry import (
+    ENDED,
+    Mailbox,
+    NotFound,
+    Organisation,
+    Refused,
+    Registry,
+    RegistryError,
+)
 
 
 @pytest.fixture
@@ -40,6 +48,9 @@ def test_a_new_registry_is_private_and_durable(tmp_path: Path) -> None:
     path = tmp_path / "var" / "orgs" / "registry.sqlite"
     with Registry(path) as registry:
         registry.add("MUT1", "Mutuelle Une")
+        # SQLite gives its write-ahead log and shared-memory index the database's mode.
+        for companion in ("registry.sqlite-wal", "registry.sqlite-shm"):
+            assert stat.S_IMODE((path.parent / companion).stat().st_mode) == 0o600
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
     assert stat.S_IMODE((tmp_path / "var" / "orgs" / "registry.audit.log").stat().st_mode) == 0o600
@@ -296,3 +307,11 @@ def test_a_refused_change_leaves_the_registry_as_it_was(registry: Registry) -> N
     with pytest.raises(AddressError):
         registry.add_mailbox("MUT1", "pas une adresse", "L")
     assert registry.organisations() == before
+
+
+def test_a_file_that_is_not_a_registry_is_an_error_not_a_new_registry(tmp_path: Path) -> None:
+    path = tmp_path / "registry.sqlite"
+    path.write_bytes(b"not a database, but somebody's file" * 100)
+    with pytest.raises(RegistryError, match="is not a usable registry"):
+        Registry(path)
+    assert path.read_bytes().startswith(b"not a database")
