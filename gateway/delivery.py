@@ -10,7 +10,9 @@ MX's certificate rarely names it; if the handshake itself fails, the attempt is 
 in clear text, as any MTA does). For destinations that require TLS (a smarthost set to
 ``required``, or a recipient domain listed in ``tls_required_domains``) STARTTLS is
 mandatory and the certificate is verified against the host name; any failure there is a
-transient outcome, never a clear-text delivery.
+transient outcome, never a clear-text delivery. On the ``mx`` route, `gateway.tls_policy`
+(DANE, MTA-STS) may ask the same of an MX host, or a certificate matching its TLSA records,
+or TLS without authentication; it may also leave hosts out.
 
 Connections are pooled per destination (host, port, TLS mode) and the number of
 simultaneous transactions per destination is bounded. Credentials for a smarthost are
@@ -32,7 +34,7 @@ import socket
 import ssl
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Final, Literal, Protocol
 
@@ -44,6 +46,8 @@ import dns.name
 import dns.rdatatype
 import dns.resolver
 
+from gateway import dane
+from gateway.tls_policy import OPPORTUNISTIC, REQUIRED, HostTls, TlsPolicy
 from keys.safeio import fsync_dir
 
 _normalize_line_ends = aiosmtplib.protocol.normalize_message_line_endings
@@ -152,10 +156,22 @@ class _Destination:
     hosts: tuple[str, ...]
     port: int
     tls: TlsMode
+    # Per host, what `gateway.tls_policy` asks; a host not listed gets `tls`.
+    host_tls: tuple[tuple[str, HostTls], ...] = ()
+
+    def tls_for(self, host: str) -> HostTls:
+        for name, tls in self.host_tls:
+            if name == host:
+                return tls
+        return REQUIRED if self.tls == "required" else OPPORTUNISTIC
 
 
 class _TransientConnect(Exception):
     pass
+
+
+class _Unauthenticated(Exception):
+    """TLS was established but the peer's certificate is not the one the policy asks for."""
 
 
 @dataclass
@@ -176,6 +192,7 @@ class Delivery:
         per_destination: int = 4,
         timeout: float = 60.0,
         idle_timeout: float = 30.0,
+        tls_policy: TlsPolicy | None = None,
     ) -> None:
         self.route = route
         self._tls_required = frozenset(d.lower() for d in tls_required_domains)
@@ -188,8 +205,9 @@ class Delivery:
         self._per_destination = per_destination
         self._timeout = timeout
         self._idle_timeout = idle_timeout
-        self._idle: dict[tuple[str, int, TlsMode], list[_Idle]] = {}
-        self._limits: dict[tuple[str, int, TlsMode], asyncio.Semaphore] = {}
+        self._tls_policy = tls_policy
+        self._idle: dict[tuple[str, int, HostTls], list[_Idle]] = {}
+        self._limits: dict[tuple[str, int, HostTls], asyncio.Semaphore] = {}
         self.connections_opened = 0
 
     async def deliver(self, sender: str, recipients: Sequence[str], data: bytes) -> list[Outcome]:
@@ -229,8 +247,15 @@ class Delivery:
             hosts = await self._resolver.mx_hosts(domain)
         except DnsFailure as failure:
             return failure
+        if required or self._tls_policy is None:
+            return _Destination(
+                tuple(hosts), self.route.port, "required" if required else "opportunistic"
+            )
+        plan = await self._tls_policy.plan(domain, hosts, self.route.port)
+        if not plan.hosts:  # every host left out by policy: a deferral like a DNS one
+            return DnsFailure(plan.refusal(), permanent=False)
         return _Destination(
-            tuple(hosts), self.route.port, "required" if required else "opportunistic"
+            tuple(h for h, _ in plan.hosts), self.route.port, "opportunistic", plan.hosts
         )
 
     async def _deliver_group(
@@ -253,7 +278,7 @@ class Delivery:
     async def _deliver_to_host(
         self, host: str, dest: _Destination, rcpts: list[str], sender: str, data: bytes
     ) -> list[Outcome]:
-        pool_key = (host, dest.port, dest.tls)
+        pool_key = (host, dest.port, dest.tls_for(host))
         limit = self._limits.setdefault(pool_key, asyncio.Semaphore(self._per_destination))
         async with limit:
             client, reused = await self._checkout(pool_key)
@@ -283,7 +308,7 @@ class Delivery:
             return outcomes
 
     async def _checkout(
-        self, key: tuple[str, int, TlsMode], *, fresh: bool = False
+        self, key: tuple[str, int, HostTls], *, fresh: bool = False
     ) -> tuple[aiosmtplib.SMTP, bool]:
         pool = self._idle.get(key, [])
         now = time.monotonic()
@@ -294,31 +319,58 @@ class Delivery:
             await _quit(idle.client)
         return await self._connect(*key), False
 
-    async def _connect(self, host: str, port: int, tls: TlsMode) -> aiosmtplib.SMTP:
+    async def _connect(self, host: str, port: int, tls: HostTls) -> aiosmtplib.SMTP:
         try:
-            return await self._open(host, port, tls, plain=False)
+            client = await self._open(host, port, tls, plain=False)
         except _TransientConnect:
             raise
-        except (ssl.SSLError, aiosmtplib.SMTPException, OSError) as exc:
-            if tls == "required":
+        except (ssl.SSLError, aiosmtplib.SMTPException, OSError, _Unauthenticated) as exc:
+            self._tls_result(host, tls, exc)
+            if tls.enforced:
+                by = f" by {tls.policy}" if tls.policy else ""
                 raise _TransientConnect(
-                    f"4.7.5 {host}: TLS required but not established: {_describe(exc)}"
+                    f"4.7.5 {host}: TLS required{by} but not established: {_describe(exc)}"
                 ) from exc
-            log.info("event=tls_fallback host=%s reason=%s", host, _describe(exc))
+            if not tls.testing:
+                log.info("event=tls_fallback host=%s reason=%s", host, _describe(exc))
+        else:
+            self._tls_result(host, tls, None)
+            return client
+        if tls.testing:  # MTA-STS testing: reported above; now deliver as without a policy
+            tls = replace(tls, mode="opportunistic", testing=False)
+            try:
+                return await self._open(host, port, tls, plain=False)
+            except _TransientConnect:
+                raise
+            except (ssl.SSLError, aiosmtplib.SMTPException, OSError) as exc:
+                log.info("event=tls_fallback host=%s reason=%s", host, _describe(exc))
         try:
             return await self._open(host, port, tls, plain=True)
         except (aiosmtplib.SMTPException, OSError) as exc:
             raise _TransientConnect(f"4.4.1 {host}: {_describe(exc)}") from exc
 
-    async def _open(self, host: str, port: int, tls: TlsMode, *, plain: bool) -> aiosmtplib.SMTP:
+    def _tls_result(self, host: str, tls: HostTls, error: BaseException | None) -> None:
+        if not tls.policy or self._tls_policy is None:
+            return
+        self._tls_policy.report(tls.policy, "failed" if error else "ok")
+        if error is not None:
+            log.warning(
+                "event=tls_policy_failure host=%s policy=%s enforced=%s reason=%s",
+                host,
+                tls.policy,
+                tls.enforced,
+                _describe(error),
+            )
+
+    async def _open(self, host: str, port: int, tls: HostTls, *, plain: bool) -> aiosmtplib.SMTP:
         smarthost = self.route if isinstance(self.route, Smarthost) else None
         client = aiosmtplib.SMTP(
-            hostname=host,
+            hostname=tls.address or host,
             port=port,
             local_hostname=self._local_hostname,
             timeout=self._timeout,
             start_tls=False,
-            tls_context=self._verify if tls == "required" else self._relaxed,
+            tls_context=self._verify if tls.mode == "verified" else self._relaxed,
         )
         try:
             await client.connect()
@@ -327,8 +379,12 @@ class Delivery:
         self.connections_opened += 1
         try:
             await client.ehlo()
-            if tls == "required" or (not plain and client.supports_extension("starttls")):
-                await client.starttls()
+            mandatory = tls.mode != "opportunistic"
+            if mandatory or (not plain and client.supports_extension("starttls")):
+                # The name, not the address, for SNI and the certificate check.
+                await client.starttls(server_hostname=host)
+            if tls.mode == "dane":
+                _check_dane(client, host, tls.tlsa)
             if smarthost is not None and smarthost.username is not None:
                 if client.get_transport_info("sslcontext") is None:
                     raise _TransientConnect(f"4.7.0 {host}: no TLS, so no AUTH (never in clear)")
@@ -376,6 +432,13 @@ class Delivery:
             else:
                 outcomes.append(Outcome(r, "delivered", f"250 {_one_line(reply)}"))
         return outcomes, True
+
+
+def _check_dane(client: aiosmtplib.SMTP, host: str, tlsa: tuple[dane.Tlsa, ...]) -> None:
+    ssl_object = client.get_transport_info("ssl_object")
+    certificate = ssl_object.getpeercert(binary_form=True) if ssl_object else None
+    if not certificate or dane.matches(tlsa, certificate) is None:
+        raise _Unauthenticated(f"{host}: certificate matches none of its {len(tlsa)} TLSA records")
 
 
 def _classify(code: int, message: str, rcpt: str) -> Outcome:
