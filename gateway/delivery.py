@@ -247,11 +247,11 @@ class Delivery:
             hosts = await self._resolver.mx_hosts(domain)
         except DnsFailure as failure:
             return failure
-        if required or self._tls_policy is None:
+        if self._tls_policy is None:
             return _Destination(
                 tuple(hosts), self.route.port, "required" if required else "opportunistic"
             )
-        plan = await self._tls_policy.plan(domain, hosts, self.route.port)
+        plan = await self._tls_policy.plan(domain, hosts, self.route.port, required=required)
         if not plan.hosts:  # every host left out by policy: a deferral like a DNS one
             return DnsFailure(plan.refusal(), permanent=False)
         return _Destination(

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import dns.asyncresolver
@@ -81,7 +81,12 @@ class TlsPolicy:
         self._dane = dane_enabled
         self.report = report
 
-    async def plan(self, domain: str, hosts: list[str], port: int = 25) -> Plan:
+    async def plan(
+        self, domain: str, hosts: list[str], port: int = 25, *, required: bool = False
+    ) -> Plan:
+        """``required``: the domain is in ``tls_required_domains``, whose verified TLS wins."""
+        if required:
+            return Plan(tuple([(h, replace(REQUIRED, address=await self._any(h))) for h in hosts]))
         sts = await self._mta_sts.policy(domain) if self._mta_sts is not None else None
         mx_secure = self._dane and await self._secure(domain, "MX")
         chosen: list[tuple[str, HostTls]] = []
@@ -154,6 +159,12 @@ class TlsPolicy:
             return (await lookup(self._resolver, name, rdtype)).secure
         except LookupFailed:
             return False
+
+    async def _any(self, host: str) -> str | None:
+        try:
+            return (await self._address(host))[0]
+        except LookupFailed:
+            return None  # then the system's resolver has a go at the name
 
     async def _address(self, host: str) -> tuple[str | None, bool]:
         """The first address of ``host`` (IPv4 first) and whether it is validated."""

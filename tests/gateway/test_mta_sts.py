@@ -240,7 +240,7 @@ async def test_a_policy_is_fetched_once_and_again_when_the_txt_id_changes(
     zone: tuple[local_dns.Zone, int], tmp_path: Path
 ) -> None:
     records, port = zone
-    fetch, clock, results = CountingFetcher(ENFORCE), Clock(), []
+    fetch, clock, results = CountingFetcher(ENFORCE), Clock(), list[str]()
     sts = finder(port, tmp_path, fetch, clock, results)
     assert await sts.policy(DOMAIN) == ENFORCE
     assert await sts.policy(DOMAIN) == ENFORCE
