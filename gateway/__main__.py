@@ -27,13 +27,21 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TextIO
 
+from gateway import dns_lookup, queue_cli, server
 from gateway import metrics as metrics_http
-from gateway import queue_cli, server
-from gateway.delivery import Delivery, DirectMX, MaildirRoute, Route, Smarthost
+from gateway.delivery import (
+    Delivery,
+    DirectMX,
+    DnsMxResolver,
+    MaildirRoute,
+    Route,
+    Smarthost,
+)
 from gateway.lanes import lane_settings, spool_paths, supervise
 from gateway.log_process import LogProcess, LogProcessConfig
 from gateway.log_writer import LogConfig, LogError
 from gateway.metrics import Metrics
+from gateway.mta_sts import HttpsFetcher, MtaSts, PolicyCache
 from gateway.scheduler import RetryPolicy, Scheduler
 from gateway.seal import DocumentRules, Sealed
 from gateway.sealer import Sealer
@@ -48,6 +56,7 @@ from gateway.settings import (
 )
 from gateway.smtp_handler import AuthGuard, Handler, SessionLimits, Sessions
 from gateway.spool import Envelope, Spool, SpoolError
+from gateway.tls_policy import TlsPolicy
 from keys import dns as key_dns
 from keys import store as key_store
 from keys.lifecycle import Refused
@@ -269,6 +278,37 @@ def _route(settings: Settings) -> Route:
     return MaildirRoute(Path(delivery.maildir))
 
 
+def _delivery(settings: Settings, hostname: str, metrics: Metrics) -> Delivery:
+    """Delivery on its route; on the mx route with DANE and MTA-STS as configured."""
+    config = settings.delivery
+    route = _route(settings)
+    verify = ssl.create_default_context(cafile=config.tls_ca_file or None)
+    resolver = dns_lookup.make_resolver(config.resolver)
+    tls_policy = None
+    if isinstance(route, DirectMX) and (config.mta_sts or config.dane):
+        finder = None
+        if config.mta_sts:
+            cache = Path(config.mta_sts_cache or Path(settings.spool.path) / "mta-sts")
+            finder = MtaSts(
+                resolver,
+                PolicyCache(cache),
+                HttpsFetcher(resolver, verify, config.mta_sts_fetch_timeout),
+                on_fetch=metrics.mta_sts_fetches.inc,
+            )
+        tls_policy = TlsPolicy(
+            resolver, mta_sts=finder, dane_enabled=config.dane, report=metrics.tls_policy.inc
+        )
+    return Delivery(
+        route,
+        tls_required_domains=frozenset(config.tls_required_domains),
+        verify_context=verify,
+        resolver=DnsMxResolver(resolver),
+        local_hostname=hostname,
+        per_destination=config.concurrency_per_destination,
+        tls_policy=tls_policy,
+    )
+
+
 def _listeners(settings: Settings) -> list[server.ListenerSpec]:
     configured: tuple[tuple[server.Mode, ListenerSettings], ...] = (
         ("relay", settings.relay),
@@ -373,12 +413,7 @@ async def run(settings: Settings, lane: int | None = None, parent: int | None = 
             rules = DocumentRules(settings.sealing.content_types, settings.sealing.filename_globs)
             sealer = Sealer(Path(settings.keys.store), rules, settings.sealing.workers)
             stack.callback(sealer.close)
-            delivery = Delivery(
-                _route(settings),
-                tls_required_domains=frozenset(settings.delivery.tls_required_domains),
-                local_hostname=hostname,
-                per_destination=settings.delivery.concurrency_per_destination,
-            )
+            delivery = _delivery(settings, hostname, metrics)
             stack.push_async_callback(delivery.close)
             logging_config = log_config(settings, hostname, lane)
             scheduler = _scheduler(

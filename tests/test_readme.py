@@ -75,6 +75,8 @@ OTHER_VALUES = {
     "delivery.route": "mx",
     "delivery.smarthost_tls": "opportunistic",
     "log.tsa_url": "http://127.0.0.1:1/tsa",
+    "delivery.resolver": "127.0.0.1:5353",
+    "delivery.tls_ca_file": str(README),  # validated as an existing file only
 }
 
 

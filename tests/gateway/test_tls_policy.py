@@ -14,9 +14,12 @@ from pathlib import Path
 import pytest
 import trustme
 
+from gateway import __main__ as gateway_main
 from gateway import dane, dns_lookup
 from gateway.delivery import Delivery, DirectMX, DnsMxResolver, Outcome
+from gateway.metrics import Metrics
 from gateway.mta_sts import HttpsFetcher, MtaSts, PolicyCache
+from gateway.settings import DeliverySettings, Settings
 from gateway.tls_policy import TlsPolicy
 from tests.gateway import local_dns, policy_host
 from tests.gateway.conftest import Peer, start_peer
@@ -293,3 +296,39 @@ async def test_tls_required_domains_win_over_dane(world: World) -> None:
     (outcome,) = await delivery.deliver("s@caisses.example", ["a@insurer.test"], MESSAGE)
     assert (outcome.status, outcome.reply[:5]) == ("transient", "4.7.5")
     assert peer.transactions == 0
+
+
+# -- as the gateway wires it ----------------------------------------------------------------
+
+
+async def test_the_settings_wire_dane_mta_sts_and_their_metrics(
+    world: World, tmp_path: Path
+) -> None:
+    context, _ = certificate_for(world.ca, MX)
+    peer = await world.mx(context)
+    _, someone_else = certificate_for(world.ca, MX)
+    world.zone.signed.add(DOMAIN)
+    world.publish_tlsa(peer.port, dane.record_for(someone_else, 1, 1))
+    world.publish_policy("enforce", MX)  # fetched from port 443, where nobody listens
+    ca_file = tmp_path / "ca.pem"
+    world.ca.cert_pem.write_to_path(str(ca_file))
+    settings = Settings(
+        delivery=DeliverySettings(
+            route="mx",
+            resolver=f"127.0.0.1:{world.dns_port}",
+            tls_ca_file=str(ca_file),
+            mta_sts_cache=str(tmp_path / "cache"),
+            mta_sts_fetch_timeout=2.0,
+        )
+    )
+    metrics = Metrics()
+    delivery = gateway_main._delivery(settings, "gw.test", metrics)
+    world.made.append(delivery)
+    route = DirectMX(port=peer.port)  # the MX of this test listens on another port than 25
+    delivery.route = route
+    (outcome,) = await delivery.deliver("s@caisses.example", ["a@insurer.test"], MESSAGE)
+    assert (outcome.status, outcome.reply[:5]) == ("transient", "4.7.5")
+    assert peer.transactions == 0
+    assert metrics.tls_policy.value("dane", "failed") == 1
+    assert metrics.mta_sts_fetches.value("failed") == 1
+    assert 'sealpost_tls_policy_total{policy="dane",result="failed"} 1' in await metrics.render()
