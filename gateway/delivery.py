@@ -438,7 +438,7 @@ def _check_dane(client: aiosmtplib.SMTP, host: str, tlsa: tuple[dane.Tlsa, ...])
     ssl_object = client.get_transport_info("ssl_object")
     certificate = ssl_object.getpeercert(binary_form=True) if ssl_object else None
     if not certificate or dane.matches(tlsa, certificate) is None:
-        raise _Unauthenticated(f"{host}: certificate matches none of its {len(tlsa)} TLSA records")
+        raise _Unauthenticated(f"certificate matches none of its {len(tlsa)} TLSA records")
 
 
 def _classify(code: int, message: str, rcpt: str) -> Outcome:
