@@ -76,3 +76,12 @@ def _response_of(exc: dns.resolver.NXDOMAIN, name: str) -> dns.message.Message |
 
 def _authenticated(response: dns.message.Message | None) -> bool:
     return response is not None and bool(response.flags & dns.flags.AD)
+
+
+def txt_text(record: dns.rdata.Rdata) -> str:
+    """A TXT record's strings joined, as ASCII; "" when it is not ASCII."""
+    strings: tuple[bytes, ...] = getattr(record, "strings", ())
+    try:
+        return b"".join(strings).decode("ascii")
+    except UnicodeDecodeError:
+        return ""

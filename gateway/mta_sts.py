@@ -20,7 +20,6 @@ restart is no window for a downgrade.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import re
@@ -34,7 +33,7 @@ from typing import Literal
 import dns.asyncresolver
 import httpx
 
-from gateway.dns_lookup import LookupFailed, lookup
+from gateway.dns_lookup import LookupFailed, lookup, txt_text
 from keys.safeio import atomic_write
 
 log = logging.getLogger("sealpost.mta_sts")
@@ -300,7 +299,7 @@ class MtaSts:
         except LookupFailed as exc:
             log.info("event=mta_sts_txt_failed domain=%s error=%s", domain, exc)
             return cached
-        policy_id = parse_txt([_txt(r) for r in found.records])
+        policy_id = parse_txt([txt_text(r) for r in found.records])
         if policy_id is None:
             return cached
         fresh = cached is not None and now < cached.fetched_at + REFRESH_AFTER
@@ -333,10 +332,3 @@ class MtaSts:
             policy.max_age,
         )
         return fetched
-
-
-def _txt(record: object) -> str:
-    strings: tuple[bytes, ...] = getattr(record, "strings", ())
-    with contextlib.suppress(UnicodeDecodeError):
-        return b"".join(strings).decode("ascii")
-    return ""

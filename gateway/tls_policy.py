@@ -28,8 +28,8 @@ from typing import Literal
 
 import dns.asyncresolver
 
-from gateway import dane
-from gateway.dns_lookup import LookupFailed, lookup
+from gateway import dane, tls_rpt
+from gateway.dns_lookup import LookupFailed, lookup, txt_text
 from gateway.mta_sts import MtaSts, Policy
 
 log = logging.getLogger("sealpost.tls_policy")
@@ -98,7 +98,12 @@ class TlsPolicy:
             else:
                 chosen.append((host, decided))
         if not chosen:
-            log.warning("event=tls_policy_no_host domain=%s reason=%s", domain, "; ".join(skipped))
+            log.warning(
+                "event=tls_policy_no_host domain=%s reason=%s tls_rpt=%s",
+                domain,
+                "; ".join(skipped),
+                ",".join(await self._tls_rpt(domain)) or "none",
+            )
         return Plan(tuple(chosen), tuple(skipped))
 
     async def _host(
@@ -153,6 +158,13 @@ class TlsPolicy:
             return HostTls("verified", policy="mta-sts-enforce", address=address)
         log.info("event=dane_only_unusable domain=%s host=%s: TLS, unauthenticated", domain, host)
         return HostTls("encrypted", policy="dane-unusable", address=address)
+
+    async def _tls_rpt(self, domain: str) -> tuple[str, ...]:
+        try:
+            found = await lookup(self._resolver, tls_rpt.record_name(domain), "TXT")
+        except LookupFailed:
+            return ()
+        return tls_rpt.parse_record([txt_text(r) for r in found.records])
 
     async def _secure(self, name: str, rdtype: str) -> bool:
         try:

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 import trustme
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gateway import dns_lookup
 from gateway.mta_sts import (
@@ -92,6 +94,22 @@ def test_an_invalid_policy_is_refused_with_the_reason(text: str, complaint: str)
 
 def test_mode_none_needs_no_mx() -> None:
     assert parse_policy("version: STSv1\nmode: none\nmax_age: 60\n").mode == "none"
+
+
+@given(st.text())
+def test_any_text_is_a_policy_or_a_policy_error(text: str) -> None:
+    try:
+        policy = parse_policy(text)
+    except PolicyError:
+        return
+    assert policy.mode in ("enforce", "testing", "none")
+    assert 0 <= policy.max_age <= MAX_AGE_CEILING
+
+
+@given(st.lists(st.text(max_size=60), max_size=3))
+def test_any_txt_strings_give_an_id_or_none(records: list[str]) -> None:
+    found = parse_txt(records)
+    assert found is None or (found.isalnum() and len(found) <= 32)
 
 
 @pytest.mark.parametrize(

@@ -155,9 +155,10 @@ async def test_enforce_without_starttls_defers_rather_than_send_in_clear(world: 
 
 
 async def test_enforce_with_the_mx_not_in_the_policy_defers_without_connecting(
-    world: World,
+    world: World, caplog: pytest.LogCaptureFixture
 ) -> None:
     world.publish_policy("enforce", "mx.elsewhere.test", "*.insurer-backup.test")
+    world.zone.add(f"_smtp._tls.{DOMAIN}", "TXT", '"v=TLSRPTv1; rua=mailto:tls@insurer.test"')
     peer = await world.mx(certificate_for(world.ca, MX)[0])
     outcome = await world.send(peer.port)
     assert outcome.status == "transient"
@@ -165,6 +166,8 @@ async def test_enforce_with_the_mx_not_in_the_policy_defers_without_connecting(
     assert "MTA-STS" in outcome.reply
     assert peer.connections == 0
     assert ("mta-sts-enforce", "mx_not_in_policy") in world.reports
+    (line,) = [r.getMessage() for r in caplog.records if "tls_policy_no_host" in r.getMessage()]
+    assert "tls_rpt=mailto:tls@insurer.test" in line
 
 
 async def test_testing_mode_delivers_despite_a_bad_certificate_and_counts_the_failure(
