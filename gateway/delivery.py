@@ -436,8 +436,8 @@ class Delivery:
 
 def _check_dane(client: aiosmtplib.SMTP, host: str, tlsa: tuple[dane.Tlsa, ...]) -> None:
     ssl_object = client.get_transport_info("ssl_object")
-    certificate = ssl_object.getpeercert(binary_form=True) if ssl_object else None
-    if not certificate or dane.matches(tlsa, certificate) is None:
+    chain = dane.peer_chain(ssl_object) if ssl_object else []
+    if dane.verify(tlsa, chain, host) is None:
         raise _Unauthenticated(f"certificate matches none of its {len(tlsa)} TLSA records")
 
 

@@ -233,6 +233,22 @@ async def test_dane_mismatch_defers_and_sends_nothing(world: World) -> None:
     assert world.reports == [("dane", "failed")]
 
 
+async def test_dane_ta_delivers_to_a_chain_from_the_anchor_for_the_mx_name(world: World) -> None:
+    anchor = trustme.CA().create_child_ca()  # the domain's own CA, which nobody else trusts
+    peer = await world.mx(certificate_for(anchor, MX)[0])
+    world.zone.signed.add(DOMAIN)
+    anchor_der = ssl.PEM_cert_to_DER_cert(anchor.cert_pem.bytes().decode())
+    world.publish_tlsa(peer.port, dane.record_for(anchor_der, 1, 1, usage=2))
+    assert (await world.send(peer.port)).status == "delivered"
+
+    wrong_name = await world.mx(certificate_for(anchor, "mx.elsewhere.test")[0])
+    world.publish_tlsa(wrong_name.port, dane.record_for(anchor_der, 1, 1, usage=2))
+    outcome = await world.send(wrong_name.port)
+    assert (outcome.status, outcome.reply[:5]) == ("transient", "4.7.5")
+    assert wrong_name.transactions == 0
+    assert world.reports == [("dane", "ok"), ("dane", "failed")]
+
+
 async def test_tlsa_records_without_the_ad_bit_are_ignored(world: World) -> None:
     context, _ = certificate_for(world.ca, MX)
     peer = await world.mx(context)
