@@ -364,18 +364,22 @@ class Delivery:
 
     async def _open(self, host: str, port: int, tls: HostTls, *, plain: bool) -> aiosmtplib.SMTP:
         smarthost = self.route if isinstance(self.route, Smarthost) else None
-        client = aiosmtplib.SMTP(
-            hostname=tls.address or host,
-            port=port,
-            local_hostname=self._local_hostname,
-            timeout=self._timeout,
-            start_tls=False,
-            tls_context=self._verify if tls.mode == "verified" else self._relaxed,
-        )
-        try:
-            await client.connect()
-        except (aiosmtplib.SMTPException, OSError) as exc:
-            raise _TransientConnect(f"4.4.1 {host}: {_describe(exc)}") from exc
+        addresses = tls.addresses or (host,)
+        for i, address in enumerate(addresses):
+            client = aiosmtplib.SMTP(
+                hostname=address,
+                port=port,
+                local_hostname=self._local_hostname,
+                timeout=self._timeout,
+                start_tls=False,
+                tls_context=self._verify if tls.mode == "verified" else self._relaxed,
+            )
+            try:
+                await client.connect()
+                break
+            except (aiosmtplib.SMTPException, OSError) as exc:
+                if i == len(addresses) - 1:
+                    raise _TransientConnect(f"4.4.1 {host}: {_describe(exc)}") from exc
         self.connections_opened += 1
         try:
             await client.ehlo()

@@ -43,7 +43,8 @@ class HostTls:
     tlsa: tuple[dane.Tlsa, ...] = ()  # "dane": the usable records the certificate must match
     testing: bool = False  # MTA-STS testing: a failure is reported, then delivery goes on
     policy: str = ""  # what asked for it, in replies, logs and metrics
-    address: str | None = None  # connect here (from the resolver) rather than by name
+    # Connect to these (from the resolver, in order) rather than by name; () by name.
+    addresses: tuple[str, ...] = ()
 
     @property
     def enforced(self) -> bool:
@@ -86,10 +87,12 @@ class TlsPolicy:
     ) -> Plan:
         """``required``: the domain is in ``tls_required_domains``, whose verified TLS wins."""
         if required:
-            return Plan(tuple([(h, replace(REQUIRED, address=await self._any(h))) for h in hosts]))
+            return Plan(
+                tuple([(h, replace(REQUIRED, addresses=await self._any(h))) for h in hosts])
+            )
         sts = await self._mta_sts.policy(domain) if self._mta_sts is not None else None
         mx_secure = self._dane and await self._secure(domain, "MX")
-        chosen: list[tuple[str, HostTls]] = []
+        chosen = []
         skipped: list[str] = []
         for host in hosts:
             decided = await self._host(domain, host, port, sts, mx_secure)
@@ -110,21 +113,21 @@ class TlsPolicy:
         self, domain: str, host: str, port: int, sts: Policy | None, mx_secure: bool
     ) -> HostTls | str:
         try:
-            address, address_secure = await self._address(host)
+            addresses, addresses_secure = await self._addresses(host)
         except LookupFailed as exc:
             if mx_secure:
                 return f"4.4.3 {host}: {exc}"
-            address, address_secure = None, False
-        if mx_secure and address_secure and address is not None:
+            addresses, addresses_secure = (), False
+        if mx_secure and addresses_secure and addresses:
             try:
                 found = await lookup(self._resolver, dane.tlsa_name(host, port), "TLSA")
             except LookupFailed as exc:
                 self.report("dane", "tlsa_lookup_failed")
                 return f"4.7.5 {host}: TLSA lookup failed, so no delivery: {exc}"
             if found.secure and found.records:
-                return self._dane_tls(domain, host, found.records, sts, address)
+                return self._dane_tls(domain, host, found.records, sts, addresses)
         if sts is None:
-            return HostTls("opportunistic", address=address)
+            return HostTls("opportunistic", addresses=addresses)
         testing = sts.mode == "testing"
         policy = f"mta-sts-{sts.mode}"
         if not sts.allows(host):
@@ -138,11 +141,16 @@ class TlsPolicy:
             )
             if not testing:
                 return f"4.7.5 {host}: not an MX host of {domain}'s MTA-STS policy"
-            return HostTls("opportunistic", address=address)
-        return HostTls("verified", testing=testing, policy=policy, address=address)
+            return HostTls("opportunistic", addresses=addresses)
+        return HostTls("verified", testing=testing, policy=policy, addresses=addresses)
 
     def _dane_tls(
-        self, domain: str, host: str, records: tuple[object, ...], sts: Policy | None, address: str
+        self,
+        domain: str,
+        host: str,
+        records: tuple[object, ...],
+        sts: Policy | None,
+        addresses: tuple[str, ...],
     ) -> HostTls:
         tlsa = tuple(
             dane.Tlsa(r.usage, r.selector, r.mtype, r.cert)  # type: ignore[attr-defined]
@@ -153,11 +161,11 @@ class TlsPolicy:
             if (reason := dane.unusable_reason(record)) is not None:
                 log.info("event=dane_tlsa_unusable host=%s tlsa=%s reason=%s", host, record, reason)
         if usable:
-            return HostTls("dane", tlsa=usable, policy="dane", address=address)
+            return HostTls("dane", tlsa=usable, policy="dane", addresses=addresses)
         if sts is not None and sts.mode == "enforce" and sts.allows(host):
-            return HostTls("verified", policy="mta-sts-enforce", address=address)
+            return HostTls("verified", policy="mta-sts-enforce", addresses=addresses)
         log.info("event=dane_only_unusable domain=%s host=%s: TLS, unauthenticated", domain, host)
-        return HostTls("encrypted", policy="dane-unusable", address=address)
+        return HostTls("encrypted", policy="dane-unusable", addresses=addresses)
 
     async def _tls_rpt(self, domain: str) -> tuple[str, ...]:
         try:
@@ -172,18 +180,16 @@ class TlsPolicy:
         except LookupFailed:
             return False
 
-    async def _any(self, host: str) -> str | None:
+    async def _any(self, host: str) -> tuple[str, ...]:
         try:
-            return (await self._address(host))[0]
+            return (await self._addresses(host))[0]
         except LookupFailed:
-            return None  # then the system's resolver has a go at the name
+            return ()  # then the system's resolver has a go at the name
 
-    async def _address(self, host: str) -> tuple[str | None, bool]:
-        """The first address of ``host`` (IPv4 first) and whether it is validated."""
-        secure = True
-        for rdtype in ("A", "AAAA"):
-            found = await lookup(self._resolver, host, rdtype)
-            secure = secure and found.secure
-            if found.records:
-                return found.records[0].to_text(), found.secure
-        return None, secure
+    async def _addresses(self, host: str) -> tuple[tuple[str, ...], bool]:
+        """The addresses of ``host``, IPv4 first, and whether both answers are validated
+        (RFC 7672 2.2.2: DANE only for a host whose addresses are)."""
+        v4 = await lookup(self._resolver, host, "A")
+        v6 = await lookup(self._resolver, host, "AAAA")
+        found = tuple(r.to_text() for r in (*v4.records, *v6.records))
+        return found, v4.secure and v6.secure

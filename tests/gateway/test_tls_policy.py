@@ -206,6 +206,14 @@ async def test_no_policy_published_means_opportunistic_delivery(world: World) ->
     assert world.reports == []
 
 
+async def test_every_address_of_the_mx_is_tried_in_turn(world: World) -> None:
+    world.zone.records[(MX, "A")] = ["127.0.0.2", "127.0.0.1"]  # nobody on 127.0.0.2
+    world.publish_policy("enforce", MX)
+    peer = await world.mx(certificate_for(world.ca, MX)[0])
+    assert (await world.send(peer.port)).status == "delivered"
+    assert peer.connections == 1
+
+
 # -- DANE --------------------------------------------------------------------------------------
 
 
