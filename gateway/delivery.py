@@ -47,7 +47,7 @@ import dns.rdatatype
 import dns.resolver
 
 from gateway import dane
-from gateway.tls_policy import OPPORTUNISTIC, REQUIRED, HostTls, TlsPolicy
+from gateway.tls_policy import OPPORTUNISTIC, HostTls, TlsPolicy
 from keys.safeio import fsync_dir
 
 _normalize_line_ends = aiosmtplib.protocol.normalize_message_line_endings
@@ -163,7 +163,10 @@ class _Destination:
         for name, tls in self.host_tls:
             if name == host:
                 return tls
-        return REQUIRED if self.tls == "required" else OPPORTUNISTIC
+        return _VERIFIED if self.tls == "required" else OPPORTUNISTIC
+
+
+_VERIFIED = HostTls("verified")  # a required smarthost, or tls_required_domains without policy
 
 
 class _TransientConnect(Exception):
