@@ -27,6 +27,8 @@ from dataclasses import dataclass, replace
 from typing import Literal
 
 import dns.asyncresolver
+import dns.rdata
+from dns.rdtypes.ANY.TLSA import TLSA
 
 from gateway import dane, tls_rpt
 from gateway.dns_lookup import LookupFailed, lookup, txt_text
@@ -148,13 +150,12 @@ class TlsPolicy:
         self,
         domain: str,
         host: str,
-        records: tuple[object, ...],
+        records: tuple[dns.rdata.Rdata, ...],
         sts: Policy | None,
         addresses: tuple[str, ...],
     ) -> HostTls:
         tlsa = tuple(
-            dane.Tlsa(r.usage, r.selector, r.mtype, r.cert)  # type: ignore[attr-defined]
-            for r in records
+            dane.Tlsa(r.usage, r.selector, r.mtype, r.cert) for r in records if isinstance(r, TLSA)
         )
         usable = dane.usable(tlsa)
         for record in tlsa:

@@ -29,12 +29,14 @@ class Zone:
     signed: set[str] = field(default_factory=set)  # zone apexes whose answers are validated
     fail: set[str] = field(default_factory=set)  # names answered with SERVFAIL
     queries: list[tuple[str, str]] = field(default_factory=list)
+    messages: list[dns.message.Message] = field(default_factory=list)  # every query as sent
 
     def add(self, name: str, rdtype: str, *rdatas: str) -> None:
         self.records.setdefault((name.lower().rstrip("."), rdtype.upper()), []).extend(rdatas)
 
     def answer(self, wire: bytes) -> bytes:
         query = dns.message.from_wire(wire)
+        self.messages.append(query)
         response = dns.message.make_response(query)
         question = query.question[0]
         name = question.name.to_text(omit_final_dot=True).lower()
