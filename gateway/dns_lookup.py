@@ -23,6 +23,8 @@ from keys.dns import parse_resolver
 # EDNS0 with the DO bit and AD in the query (RFC 6840 5.7): a validating resolver then
 # says whether the answer is authenticated. 1232 octets avoids IP fragmentation.
 _EDNS_PAYLOAD = 1232
+# Answers (MX, addresses, TLSA, TXT) kept for their TTL; bounded, least recently used out.
+_CACHE_ENTRIES = 50_000
 
 
 class LookupFailed(Exception):
@@ -48,7 +50,7 @@ def make_resolver(address: str = "", timeout: float = 10.0) -> dns.asyncresolver
     resolver.use_edns(0, dns.flags.DO, _EDNS_PAYLOAD)
     resolver.flags = dns.flags.RD | dns.flags.AD
     resolver.lifetime = timeout
-    resolver.cache = dns.resolver.Cache()
+    resolver.cache = dns.resolver.LRUCache(_CACHE_ENTRIES)
     return resolver
 
 
