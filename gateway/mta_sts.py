@@ -309,14 +309,15 @@ class MtaSts:
             return cached
         try:
             policy = await self._fetch(domain)
-        except PolicyError as exc:
+        except Exception as exc:  # whatever a remote host breaks: the cached policy holds
             self._retry_at[domain] = now + RETRY_AFTER_FAILURE
             self._on_fetch("failed")
+            reason = str(exc) if isinstance(exc, PolicyError) else f"{type(exc).__name__}: {exc}"
             log.warning(
                 "event=mta_sts_fetch_failed domain=%s cached=%s error=%s",
                 domain,
                 cached.id if cached else "none",
-                exc,
+                reason,
             )
             return cached
         self._retry_at.pop(domain, None)

@@ -343,3 +343,21 @@ async def test_an_unreadable_cache_file_counts_as_no_cache(
     fetch = CountingFetcher(ENFORCE)
     assert await finder(port, tmp_path, fetch, Clock(), []).policy(DOMAIN) == ENFORCE
     assert fetch.calls == 1
+
+
+async def test_any_failure_of_the_fetch_leaves_the_cached_policy_in_force(
+    zone: tuple[local_dns.Zone, int], tmp_path: Path
+) -> None:
+    records, port = zone
+    clock = Clock()
+    await finder(port, tmp_path, CountingFetcher(ENFORCE), clock, []).policy(DOMAIN)
+    records.records[(f"_mta-sts.{DOMAIN}", "TXT")] = ['"v=STSv1; id=two"']
+
+    async def broken(domain: str) -> Policy:
+        raise RuntimeError("a response nobody expected")
+
+    results: list[str] = []
+    resolver = dns_lookup.make_resolver(f"127.0.0.1:{port}", timeout=2.0)
+    sts = MtaSts(resolver, PolicyCache(tmp_path), broken, on_fetch=results.append, clock=clock)
+    assert await sts.policy(DOMAIN) == ENFORCE
+    assert results == ["failed"]
