@@ -27,7 +27,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TextIO
 
-from gateway import dns_lookup, queue_cli, server
+import dns.asyncresolver
+
+from gateway import dns_lookup, queue_cli, server, tls_policy_cli
 from gateway import metrics as metrics_http
 from gateway.delivery import (
     Delivery,
@@ -86,6 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=text)
         sub.add_argument("--config", type=Path, default=argparse.SUPPRESS, help=config_help)
     commands.add_parser("hash-password", help="read a password, print its scrypt hash")
+    policy = commands.add_parser(
+        "tls-policy", help="show the TLS (DANE, MTA-STS) delivery would ask of a domain's MX"
+    )
+    policy.add_argument("--config", type=Path, default=argparse.SUPPRESS, help=config_help)
+    policy.add_argument("domain", help="recipient domain")
     queue = commands.add_parser("queue", help="list, show, retry, delete or flush queued mail")
     queue.add_argument("--config", type=Path, default=argparse.SUPPRESS, help=config_help)
     queue.add_argument("args", nargs=argparse.REMAINDER, help="list | show ID | retry ID | ...")
@@ -109,6 +116,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
     if args.command == "queue":
         return queue_cli.main(args.args, spool_paths(settings))
+    if args.command == "tls-policy":
+        return tls_policy_command(settings, args.domain)
     _configure_logging(settings.gateway.log_level)
     try:
         if args.lane is not None:
@@ -282,22 +291,11 @@ def _delivery(settings: Settings, hostname: str, metrics: Metrics) -> Delivery:
     """Delivery on its route; on the mx route with DANE and MTA-STS as configured."""
     config = settings.delivery
     route = _route(settings)
-    verify = ssl.create_default_context(cafile=config.tls_ca_file or None)
+    verify = _verify_context(settings)
     resolver = dns_lookup.make_resolver(config.resolver)
     tls_policy = None
-    if isinstance(route, DirectMX) and (config.mta_sts or config.dane):
-        finder = None
-        if config.mta_sts:
-            cache = Path(config.mta_sts_cache or Path(settings.spool.path) / "mta-sts")
-            finder = MtaSts(
-                resolver,
-                PolicyCache(cache),
-                HttpsFetcher(resolver, verify, config.mta_sts_fetch_timeout),
-                on_fetch=metrics.mta_sts_fetches.inc,
-            )
-        tls_policy = TlsPolicy(
-            resolver, mta_sts=finder, dane_enabled=config.dane, report=metrics.tls_policy.inc
-        )
+    if isinstance(route, DirectMX):
+        tls_policy = _tls_policy(settings, resolver, verify, metrics)
     return Delivery(
         route,
         tls_required_domains=frozenset(config.tls_required_domains),
@@ -306,6 +304,52 @@ def _delivery(settings: Settings, hostname: str, metrics: Metrics) -> Delivery:
         local_hostname=hostname,
         per_destination=config.concurrency_per_destination,
         tls_policy=tls_policy,
+    )
+
+
+def _verify_context(settings: Settings) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=settings.delivery.tls_ca_file or None)
+
+
+def _tls_policy(
+    settings: Settings,
+    resolver: dns.asyncresolver.Resolver,
+    verify: ssl.SSLContext,
+    metrics: Metrics,
+    *,
+    persist: bool = True,
+) -> TlsPolicy | None:
+    config = settings.delivery
+    if not (config.mta_sts or config.dane):
+        return None
+    finder = None
+    if config.mta_sts:
+        cache = Path(config.mta_sts_cache or Path(settings.spool.path) / "mta-sts")
+        finder = MtaSts(
+            resolver,
+            PolicyCache(cache, persist=persist),
+            HttpsFetcher(resolver, verify, config.mta_sts_fetch_timeout),
+            on_fetch=metrics.mta_sts_fetches.inc,
+        )
+    return TlsPolicy(
+        resolver, mta_sts=finder, dane_enabled=config.dane, report=metrics.tls_policy.inc
+    )
+
+
+def tls_policy_command(settings: Settings, domain: str) -> int:
+    """``sealpost-gateway tls-policy DOMAIN``: what delivery to DOMAIN would ask of its MX
+    hosts now; reads the MTA-STS cache of the (first) spool, never writes it."""
+    resolver = dns_lookup.make_resolver(settings.delivery.resolver)
+    policy = _tls_policy(
+        lane_settings(settings, 0) if settings.gateway.lanes > 1 else settings,
+        resolver,
+        _verify_context(settings),
+        Metrics(),
+        persist=False,
+    )
+    required = frozenset(d.lower() for d in settings.delivery.tls_required_domains)
+    return asyncio.run(
+        tls_policy_cli.show(domain, DnsMxResolver(resolver), policy, required, sys.stdout)
     )
 
 

@@ -225,8 +225,9 @@ class HttpsFetcher:
 class PolicyCache:
     """Policies by domain, in memory and as ``<directory>/<domain>.json``."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, persist: bool = True) -> None:
         self.directory = directory
+        self._persist = persist  # False: read the files, never write them (the CLI)
         self._memory: dict[str, Cached | None] = {}
 
     def get(self, domain: str) -> Cached | None:
@@ -236,6 +237,8 @@ class PolicyCache:
 
     def put(self, domain: str, cached: Cached) -> None:
         self._memory[domain] = cached
+        if not self._persist:
+            return
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             data = json.dumps(asdict(cached), sort_keys=True).encode()
