@@ -31,7 +31,7 @@ import dns.rdata
 from dns.rdtypes.ANY.TLSA import TLSA
 
 from gateway import dane, tls_rpt
-from gateway.dns_lookup import LookupFailed, lookup, txt_text
+from gateway.dns_lookup import Lookup, LookupFailed, lookup, txt_text
 from gateway.mta_sts import MtaSts, Policy
 
 log = logging.getLogger("sealpost.tls_policy")
@@ -188,9 +188,18 @@ class TlsPolicy:
             return ()  # then the system's resolver has a go at the name
 
     async def _addresses(self, host: str) -> tuple[tuple[str, ...], bool]:
-        """The addresses of ``host``, IPv4 first, and whether both answers are validated
-        (RFC 7672 2.2.2: DANE only for a host whose addresses are)."""
-        v4 = await lookup(self._resolver, host, "A")
-        v6 = await lookup(self._resolver, host, "AAAA")
-        found = tuple(r.to_text() for r in (*v4.records, *v6.records))
-        return found, v4.secure and v6.secure
+        """The addresses of ``host``, IPv4 first, and whether every answer they come from
+        is validated (RFC 7672 2.2.2: DANE only then). One family failing to answer leaves
+        the other; LookupFailed only when both fail."""
+        answers: list[Lookup] = []
+        failures: list[LookupFailed] = []
+        for rdtype in ("A", "AAAA"):
+            try:
+                answers.append(await lookup(self._resolver, host, rdtype))
+            except LookupFailed as exc:
+                failures.append(exc)
+        if not answers:
+            raise failures[0]
+        used = [a for a in answers if a.records]
+        found = tuple(r.to_text() for a in used for r in a.records)
+        return found, bool(used) and all(a.secure for a in used)

@@ -3,7 +3,7 @@
 It answers from a table of records in zone-file text and stands in for a validating
 resolver: names under a zone listed in ``signed`` get the AD bit, in answers and in
 denials alike, the way a validating resolver marks a DNSSEC-signed zone. Unknown names
-get NXDOMAIN; a name in ``fail`` gets SERVFAIL.
+get NXDOMAIN; a name (or name and type) in ``fail`` gets SERVFAIL.
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ import dns.rrset
 class Zone:
     records: dict[tuple[str, str], list[str]] = field(default_factory=dict)
     signed: set[str] = field(default_factory=set)  # zone apexes whose answers are validated
-    fail: set[str] = field(default_factory=set)  # names answered with SERVFAIL
+    # Answered with SERVFAIL: a name (every type) or a (name, type).
+    fail: set[str | tuple[str, str]] = field(default_factory=set)
     queries: list[tuple[str, str]] = field(default_factory=list)
     messages: list[dns.message.Message] = field(default_factory=list)  # every query as sent
 
@@ -42,7 +43,7 @@ class Zone:
         name = question.name.to_text(omit_final_dot=True).lower()
         rdtype = dns.rdatatype.to_text(question.rdtype)
         self.queries.append((name, rdtype))
-        if name in self.fail:
+        if name in self.fail or (name, rdtype) in self.fail:
             response.set_rcode(dns.rcode.SERVFAIL)
             return response.to_wire()
         if any(name == z or name.endswith("." + z) for z in self.signed):

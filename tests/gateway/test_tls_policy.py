@@ -214,6 +214,18 @@ async def test_every_address_of_the_mx_is_tried_in_turn(world: World) -> None:
     assert peer.connections == 1
 
 
+async def test_an_mx_whose_aaaa_lookup_fails_is_still_reached_over_ipv4_with_dane(
+    world: World,
+) -> None:
+    context, certificate = certificate_for(world.ca, MX)
+    peer = await world.mx(context)
+    world.zone.signed.add(DOMAIN)
+    world.zone.fail.add((MX, "AAAA"))
+    world.publish_tlsa(peer.port, dane.record_for(certificate, 1, 1))
+    assert (await world.send(peer.port)).status == "delivered"
+    assert world.reports == [("dane", "ok")]
+
+
 # -- DANE --------------------------------------------------------------------------------------
 
 
