@@ -218,9 +218,12 @@ class Delivery:
         if isinstance(self.route, MaildirRoute):
             return await asyncio.to_thread(write_maildir, self.route.path, sender, recipients, data)
         groups: dict[_Destination | DnsFailure, list[str]] = {}
+        by_domain: dict[str, _Destination | DnsFailure] = {}  # one lookup (and policy) each
         for rcpt in recipients:
-            key = await self._destination(rcpt)
-            groups.setdefault(key, []).append(rcpt)
+            domain = rcpt.rpartition("@")[2].lower()
+            if domain not in by_domain:
+                by_domain[domain] = await self._destination(rcpt)
+            groups.setdefault(by_domain[domain], []).append(rcpt)
         outcomes: dict[str, Outcome] = {}
         results = await asyncio.gather(
             *(self._deliver_group(key, group, sender, data) for key, group in groups.items())
