@@ -76,6 +76,8 @@ OTHER_VALUES = {
     "delivery.smarthost_tls": "opportunistic",
     "log.tsa_url": "http://127.0.0.1:1/tsa",
     "orgs.unregistered": "warn",
+    "delivery.resolver": "127.0.0.1:5353",
+    "delivery.tls_ca_file": str(README),  # validated as an existing file only
 }
 
 
