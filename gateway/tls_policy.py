@@ -12,8 +12,10 @@ Per host, in this order:
   certificate valid for the host's name ("verified"); one in ``testing`` mode asks the same
   but delivers anyway when it fails, and counts the failure.
 - Otherwise "opportunistic": STARTTLS when offered, certificate not checked.
-DANE takes precedence over MTA-STS (RFC 8461 2). The domains in ``tls_required_domains``
-never get here: their verified TLS is decided by `gateway.delivery` and wins.
+DANE takes precedence over MTA-STS (RFC 8461 2). The domains in ``tls_required_domains``,
+and those of registered insurers' mailboxes (`gateway.insurers`), never get here: their
+verified TLS is decided by `gateway.delivery` and wins, as an explicit per-destination
+policy does over DANE in Postfix (``required=True``).
 
 Host addresses come from the same resolver (the validating one DANE trusts), so the
 connection goes to the address whose security was judged.

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +23,7 @@ from gateway.settings import DeliverySettings, Settings
 from gateway.tls_policy import TlsPolicy
 from tests.gateway import local_dns, policy_host
 from tests.gateway.conftest import Peer, start_peer
+from tests.support import free_port
 
 DOMAIN = "insurer.test"
 MX = "mx.insurer.test"
@@ -69,7 +70,13 @@ class World:
         self.stack.callback(server.close)
         return peer
 
-    def delivery(self, port: int, *, tls_required: frozenset[str] = frozenset()) -> Delivery:
+    def delivery(
+        self,
+        port: int,
+        *,
+        tls_required: frozenset[str] = frozenset(),
+        registered: Callable[[str], bool] | None = None,
+    ) -> Delivery:
         """A gateway as __main__ wires it, trusting only the test CA; a new one is a restart."""
         trusting = ssl.create_default_context()
         self.ca.configure_trust(trusting)
@@ -85,6 +92,7 @@ class World:
         made = Delivery(
             DirectMX(port=port),
             tls_required_domains=tls_required,
+            tls_required=registered,
             verify_context=trusting,
             resolver=DnsMxResolver(resolver),
             local_hostname="gw.test",
@@ -335,6 +343,79 @@ async def test_tls_required_domains_win_over_dane(world: World) -> None:
     (outcome,) = await delivery.deliver("s@caisses.example", ["a@insurer.test"], MESSAGE)
     assert (outcome.status, outcome.reply[:5]) == ("transient", "4.7.5")
     assert peer.transactions == 0
+
+
+async def test_a_registered_insurers_domain_gets_verified_tls_as_tls_required_domains(
+    world: World,
+) -> None:
+    context, certificate = certificate_for(trustme.CA(), MX)  # a CA the gateway does not trust
+    peer = await world.mx(context)
+    world.zone.signed.add(DOMAIN)
+    world.publish_tlsa(peer.port, dane.record_for(certificate, 1, 1))
+    delivery = world.delivery(peer.port, registered=lambda domain: domain == DOMAIN)
+    (outcome,) = await delivery.deliver("s@caisses.example", ["a@insurer.test"], MESSAGE)
+    assert (outcome.status, outcome.reply[:5]) == ("transient", "4.7.5")
+    assert outcome.destination == f"{MX}:{peer.port}+tls"
+    assert peer.transactions == 0
+
+
+# -- with the dead-destination cache and the idle pool ---------------------------------------
+
+OTHER = "other.test"  # an unsigned domain without policy, sharing insurer.test's MX
+
+
+async def test_a_dane_mismatch_defers_its_domain_but_holds_no_mail_for_the_shared_mx(
+    world: World,
+) -> None:
+    context, _ = certificate_for(world.ca, MX)
+    peer = await world.mx(context)
+    _, someone_else = certificate_for(world.ca, MX)
+    world.zone.signed.add(DOMAIN)
+    world.publish_tlsa(peer.port, dane.record_for(someone_else, 1, 1))
+    world.zone.add(OTHER, "MX", f"10 {MX}.")
+    delivery = world.delivery(peer.port)
+    # The domain without policy first: its session, parked in the pool, must not be the
+    # one the DANE domain's message then goes through unchecked.
+    (plain,) = await delivery.deliver("s@caisses.example", [f"b@{OTHER}"], MESSAGE)
+    (dane_domain,) = await delivery.deliver("s@caisses.example", ["a@insurer.test"], MESSAGE)
+    assert plain.status == "delivered"
+    assert plain.destination == f"{MX}:{peer.port}"
+    assert (dane_domain.status, dane_domain.reply[:5]) == ("transient", "4.7.5")
+    assert dane_domain.destination == f"{MX}:{peer.port}+dane"
+    assert dane_domain.hold is None  # the host answered: not a dead destination
+    assert peer.transactions == 1
+    assert [v.state for v in delivery.destinations.views()] == []  # nothing failing
+    (again,) = await delivery.deliver("s@caisses.example", [f"b@{OTHER}"], MESSAGE)
+    assert again.status == "delivered"
+
+
+async def test_an_mta_sts_certificate_mismatch_is_not_a_dead_destination(world: World) -> None:
+    world.publish_policy("enforce", MX)
+    peer = await world.mx(certificate_for(world.ca, "not-the-mx.test")[0])
+    delivery = world.delivery(peer.port)
+    for _ in range(2):  # tried again at once: nothing held back
+        (outcome,) = await delivery.deliver("s@caisses.example", ["a@insurer.test"], MESSAGE)
+        assert (outcome.status, outcome.reply[:5], outcome.hold) == ("transient", "4.7.5", None)
+        assert outcome.destination == f"{MX}:{peer.port}+mta-sts-enforce"
+    assert world.reports == [("mta-sts-enforce", "failed")] * 2
+    assert peer.transactions == 0
+
+
+async def test_a_dead_mx_under_dane_is_failing_for_that_requirement_only(world: World) -> None:
+    port = free_port()  # the MX is down: connections refused
+    world.zone.signed.add(DOMAIN)
+    world.publish_tlsa(port, dane.record_for(certificate_for(world.ca, MX)[1], 1, 1))
+    world.zone.add(OTHER, "MX", f"10 {MX}.")
+    delivery = world.delivery(port)
+    (outcome,) = await delivery.deliver("s@caisses.example", ["a@insurer.test"], MESSAGE)
+    assert outcome.status == "transient"
+    assert outcome.hold is not None
+    assert outcome.hold.attempted
+    views = {v.destination: v.state for v in delivery.destinations.views()}
+    assert views == {f"{MX}:{port}+dane": "failing"}
+    (other,) = await delivery.deliver("s@caisses.example", [f"b@{OTHER}"], MESSAGE)
+    assert other.reply.startswith("4.4.1")  # tried, not held by the +dane hop's state
+    assert other.destination == f"{MX}:{port}"
 
 
 # -- as the gateway wires it ----------------------------------------------------------------
