@@ -27,15 +27,25 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TextIO
 
+import dns.asyncresolver
+
+from gateway import dns_lookup, queue_cli, server, tls_policy_cli
 from gateway import metrics as metrics_http
-from gateway import queue_cli, server
-from gateway.delivery import Delivery, DirectMX, MaildirRoute, Route, Smarthost
+from gateway.delivery import (
+    Delivery,
+    DirectMX,
+    DnsMxResolver,
+    MaildirRoute,
+    Route,
+    Smarthost,
+)
 from gateway.destinations import Destinations
 from gateway.insurers import Insurers, Mode
 from gateway.lanes import lane_settings, spool_paths, supervise
 from gateway.log_process import LogProcess, LogProcessConfig
 from gateway.log_writer import LogConfig, LogError
 from gateway.metrics import Metrics
+from gateway.mta_sts import HttpsFetcher, MtaSts, PolicyCache
 from gateway.scheduler import RetryPolicy, Scheduler
 from gateway.seal import DocumentRules, Sealed
 from gateway.sealer import Sealer
@@ -51,6 +61,7 @@ from gateway.settings import (
 from gateway.signing_watch import SigningWatch
 from gateway.smtp_handler import AuthGuard, Handler, SessionLimits, Sessions
 from gateway.spool import Envelope, Spool, SpoolError
+from gateway.tls_policy import TlsPolicy
 from keys import dns as key_dns
 from keys import store as key_store
 from keys.lifecycle import Refused
@@ -81,6 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=text)
         sub.add_argument("--config", type=Path, default=argparse.SUPPRESS, help=config_help)
     commands.add_parser("hash-password", help="read a password, print its scrypt hash")
+    policy = commands.add_parser(
+        "tls-policy", help="show the TLS (DANE, MTA-STS) delivery would ask of a domain's MX"
+    )
+    policy.add_argument("--config", type=Path, default=argparse.SUPPRESS, help=config_help)
+    policy.add_argument("domain", help="recipient domain")
     queue = commands.add_parser("queue", help="list, show, retry, delete or flush queued mail")
     queue.add_argument("--config", type=Path, default=argparse.SUPPRESS, help=config_help)
     queue.add_argument("args", nargs=argparse.REMAINDER, help="list | show ID | retry ID | ...")
@@ -105,6 +121,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "queue":
         registry = Path(settings.orgs.registry) if settings.orgs.registry else None
         return queue_cli.main(args.args, spool_paths(settings), registry=registry)
+    if args.command == "tls-policy":
+        return tls_policy_command(settings, args.domain)
     _configure_logging(settings.gateway.log_level)
     try:
         if args.lane is not None:
@@ -282,6 +300,78 @@ def _route(settings: Settings) -> Route:
     return MaildirRoute(Path(delivery.maildir))
 
 
+def _delivery(
+    settings: Settings, hostname: str, metrics: Metrics, insurers: Insurers | None = None
+) -> Delivery:
+    """Delivery on its route; on the mx route with DANE and MTA-STS as configured; verified
+    TLS to the domains of ``tls_required_domains`` and of registered insurers' mailboxes."""
+    config = settings.delivery
+    route = _route(settings)
+    verify = _verify_context(settings)
+    resolver = dns_lookup.make_resolver(config.resolver)
+    tls_policy = None
+    if isinstance(route, DirectMX):
+        tls_policy = _tls_policy(settings, resolver, verify, metrics)
+    return Delivery(
+        route,
+        tls_required_domains=frozenset(config.tls_required_domains),
+        tls_required=insurers.tls_required if insurers is not None else None,
+        verify_context=verify,
+        resolver=DnsMxResolver(resolver),
+        local_hostname=hostname,
+        per_destination=config.concurrency_per_destination,
+        idle_timeout=config.idle_timeout,
+        destinations=Destinations(probe_interval=config.probe_interval),
+        tls_policy=tls_policy,
+    )
+
+
+def _verify_context(settings: Settings) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=settings.delivery.tls_ca_file or None)
+
+
+def _tls_policy(
+    settings: Settings,
+    resolver: dns.asyncresolver.Resolver,
+    verify: ssl.SSLContext,
+    metrics: Metrics,
+    *,
+    persist: bool = True,
+) -> TlsPolicy | None:
+    config = settings.delivery
+    if not (config.mta_sts or config.dane):
+        return None
+    finder = None
+    if config.mta_sts:
+        cache = Path(config.mta_sts_cache or Path(settings.spool.path) / "mta-sts")
+        finder = MtaSts(
+            resolver,
+            PolicyCache(cache, persist=persist),
+            HttpsFetcher(resolver, verify, config.mta_sts_fetch_timeout),
+            on_fetch=metrics.mta_sts_fetches.inc,
+        )
+    return TlsPolicy(
+        resolver, mta_sts=finder, dane_enabled=config.dane, report=metrics.tls_policy.inc
+    )
+
+
+def tls_policy_command(settings: Settings, domain: str) -> int:
+    """``sealpost-gateway tls-policy DOMAIN``: what delivery to DOMAIN would ask of its MX
+    hosts now; reads the MTA-STS cache of the (first) spool, never writes it."""
+    resolver = dns_lookup.make_resolver(settings.delivery.resolver)
+    policy = _tls_policy(
+        lane_settings(settings, 0) if settings.gateway.lanes > 1 else settings,
+        resolver,
+        _verify_context(settings),
+        Metrics(),
+        persist=False,
+    )
+    required = frozenset(d.lower() for d in settings.delivery.tls_required_domains)
+    return asyncio.run(
+        tls_policy_cli.show(domain, DnsMxResolver(resolver), policy, required, sys.stdout)
+    )
+
+
 def _listeners(settings: Settings) -> list[server.ListenerSpec]:
     configured: tuple[tuple[server.Mode, ListenerSettings], ...] = (
         ("relay", settings.relay),
@@ -407,15 +497,7 @@ async def run(settings: Settings, lane: int | None = None, parent: int | None = 
             insurers = _insurers(settings)
             if insurers is not None:
                 stack.callback(insurers.registry.close)
-            delivery = Delivery(
-                _route(settings),
-                tls_required_domains=frozenset(settings.delivery.tls_required_domains),
-                tls_required=insurers.tls_required if insurers is not None else None,
-                local_hostname=hostname,
-                per_destination=settings.delivery.concurrency_per_destination,
-                idle_timeout=settings.delivery.idle_timeout,
-                destinations=Destinations(probe_interval=settings.delivery.probe_interval),
-            )
+            delivery = _delivery(settings, hostname, metrics, insurers)
             stack.push_async_callback(delivery.close)
             logging_config = log_config(settings, hostname, lane)
             scheduler = _scheduler(

@@ -11,16 +11,23 @@ in clear text, as any MTA does). For destinations that require TLS (a smarthost 
 ``required``, a recipient domain listed in ``tls_required_domains``, or one for which the
 ``tls_required`` callable, the registry of insurers, says so at each attempt) STARTTLS is
 mandatory and the certificate is verified against the host name; any failure there is a
-transient outcome, never a clear-text delivery.
+transient outcome, never a clear-text delivery. On the ``mx`` route, `gateway.tls_policy`
+(DANE, MTA-STS) may ask the same of an MX host, or a certificate matching its TLSA records,
+or TLS without authentication; it may also leave hosts out.
 
-Connections are pooled per destination (host, port, TLS mode), checked with RSET before
-each reuse and closed with QUIT once idle for ``idle_timeout`` (gateway.connection_pool);
-the number of simultaneous transactions per destination is bounded. Credentials for a
+Connections are pooled per host, port and the TLS asked of that host (``HostTls``: two
+domains' policies asking different things of one MX host never share a session), checked
+with RSET before each reuse and closed with QUIT once idle for ``idle_timeout``
+(gateway.connection_pool); the number of simultaneous transactions per destination is
+bounded. Credentials for a
 smarthost are only ever sent over TLS.
 
 A next hop that fails at the connection level is remembered (gateway.destinations): while
 it is failing only one probe at a time connects, and the other recipients for it get a
 transient outcome at once, held until after the next probe, without a connection attempt.
+The hop's key names the TLS enforced on it (``+tls``, ``+dane``, ``+mta-sts-enforce``), and
+a certificate that fails a domain's DANE or MTA-STS policy is a transient outcome for that
+attempt, not a dead destination: the host answered.
 
 Maildir (the embedded default): one file per recipient, with ``Return-Path`` and
 ``Delivered-To`` prepended (above the DKIM signatures, which they do not disturb),
@@ -50,9 +57,11 @@ import dns.name
 import dns.rdatatype
 import dns.resolver
 
+from gateway import dane
 from gateway.connection_pool import IdlePool
 from gateway.destinations import Destinations, Hold, Refusal, Ticket, next_hop
 from gateway.mail_params import NO_PARAMS, MailParams, Unsendable, options_for
+from gateway.tls_policy import OPPORTUNISTIC, HostTls, TlsPolicy
 from keys.safeio import fsync_dir
 
 _normalize_line_ends = aiosmtplib.protocol.normalize_message_line_endings
@@ -163,6 +172,17 @@ class _Destination:
     hosts: tuple[str, ...]
     port: int
     tls: TlsMode
+    # Per host, what `gateway.tls_policy` asks; a host not listed gets `tls`.
+    host_tls: tuple[tuple[str, HostTls], ...] = ()
+
+    def tls_for(self, host: str) -> HostTls:
+        for name, tls in self.host_tls:
+            if name == host:
+                return tls
+        return _VERIFIED if self.tls == "required" else OPPORTUNISTIC
+
+
+_VERIFIED = HostTls("verified")  # a required smarthost, or tls_required_domains without policy
 
 
 class _TransientConnect(Exception):
@@ -174,6 +194,16 @@ class _LostMidTransaction(_TransientConnect):
     nothing about the destination (the message may be what it chokes on)."""
 
 
+class _PolicyUnmet(_TransientConnect):
+    """The host answered but its certificate is not the one a domain's DANE or MTA-STS
+    policy asks for: a failure of that host for that policy, not a dead destination (the
+    same host may be right for another domain, or once its certificate is fixed)."""
+
+
+class _Unauthenticated(Exception):
+    """TLS was established but the peer's certificate is not the one the policy asks for."""
+
+
 class _Held(Exception):
     """The destination went down while this attempt waited for a free session."""
 
@@ -183,6 +213,8 @@ class _Held(Exception):
 
 
 _RSET_TIMEOUT: Final = 20.0  # Postfix's smtp_rset_timeout
+# Requirements a recipient domain publishes (gateway.tls_policy) rather than ours.
+_DOMAIN_POLICIES: Final = frozenset({"dane", "dane-unusable", "mta-sts-enforce"})
 
 
 class Delivery:
@@ -199,6 +231,7 @@ class Delivery:
         timeout: float = 60.0,
         idle_timeout: float = 30.0,
         destinations: Destinations | None = None,
+        tls_policy: TlsPolicy | None = None,
     ) -> None:
         self.route = route
         self._tls_required = frozenset(d.lower() for d in tls_required_domains)
@@ -211,11 +244,12 @@ class Delivery:
         self._local_hostname = local_hostname or socket.getfqdn()
         self._per_destination = per_destination
         self._timeout = timeout
-        self._pool: IdlePool[tuple[str, int, TlsMode], aiosmtplib.SMTP] = IdlePool(
+        self._tls_policy = tls_policy
+        self._pool: IdlePool[tuple[str, int, HostTls], aiosmtplib.SMTP] = IdlePool(
             idle_timeout, _quit
         )
         self.destinations = destinations or Destinations()
-        self._limits: dict[tuple[str, int, TlsMode], asyncio.Semaphore] = {}
+        self._limits: dict[tuple[str, int, HostTls], asyncio.Semaphore] = {}
         self.connections_opened = 0
 
     async def deliver(
@@ -230,9 +264,12 @@ class Delivery:
         if isinstance(self.route, MaildirRoute):
             return await asyncio.to_thread(write_maildir, self.route.path, sender, recipients, data)
         groups: dict[_Destination | DnsFailure, list[str]] = {}
+        by_domain: dict[str, _Destination | DnsFailure] = {}  # one lookup (and policy) each
         for rcpt in recipients:
-            key = await self._destination(rcpt)
-            groups.setdefault(key, []).append(rcpt)
+            domain = rcpt.rpartition("@")[2].lower()
+            if domain not in by_domain:
+                by_domain[domain] = await self._destination(rcpt)
+            groups.setdefault(by_domain[domain], []).append(rcpt)
         outcomes: dict[str, Outcome] = {}
         results = await asyncio.gather(
             *(
@@ -265,8 +302,15 @@ class Delivery:
             hosts = await self._resolver.mx_hosts(domain)
         except DnsFailure as failure:
             return failure
+        if self._tls_policy is None:
+            return _Destination(
+                tuple(hosts), self.route.port, "required" if required else "opportunistic"
+            )
+        plan = await self._tls_policy.plan(domain, hosts, self.route.port, required=required)
+        if not plan.hosts:  # every host left out by policy: a deferral like a DNS one
+            return DnsFailure(plan.refusal(), permanent=False)
         return _Destination(
-            tuple(hosts), self.route.port, "required" if required else "opportunistic"
+            tuple(h for h, _ in plan.hosts), self.route.port, "opportunistic", plan.hosts
         )
 
     async def _deliver_group(
@@ -298,7 +342,7 @@ class Delivery:
                     return [Outcome(r, "transient", held.refusal.reason, hop, hold) for r in rcpts]
                 except _TransientConnect as exc:
                     reasons.append(str(exc))
-                    answered = answered or isinstance(exc, _LostMidTransaction)
+                    answered = answered or isinstance(exc, _LostMidTransaction | _PolicyUnmet)
                     continue
                 self.destinations.succeeded(admitted)
                 return [replace(o, destination=hop) for o in outcomes]
@@ -313,9 +357,21 @@ class Delivery:
         return [Outcome(r, "transient", reason, hop, hold) for r in rcpts]
 
     def _next_hop(self, dest: _Destination) -> str:
+        """The hop named by its hosts, port and what TLS is enforced on them beyond the
+        route: ``+tls`` for ours (tls_required_domains, the registry), the policy's name
+        for a domain's own (``+dane``, ``+mta-sts-enforce``), so that a hop failing under
+        one requirement holds back no mail for the same MX hosts without it."""
         route_tls = self.route.tls if isinstance(self.route, Smarthost) else "opportunistic"
-        beyond = dest.tls == "required" and route_tls != "required"
-        return next_hop(dest.hosts, dest.port, tls_beyond_route=beyond)
+        policies: set[str] = set()
+        for host in dest.hosts:
+            tls = dest.tls_for(host)
+            if not tls.enforced:
+                continue
+            if tls.policy in _DOMAIN_POLICIES:
+                policies.add(tls.policy)
+            elif route_tls != "required":
+                policies.add("tls")
+        return next_hop(dest.hosts, dest.port, requirements=policies)
 
     # -- one host ------------------------------------------------------------------
 
@@ -329,7 +385,7 @@ class Delivery:
         params: MailParams,
         ticket: Ticket,
     ) -> list[Outcome]:
-        pool_key = (host, dest.port, dest.tls)
+        pool_key = (host, dest.port, dest.tls_for(host))
         limit = self._limits.setdefault(pool_key, asyncio.Semaphore(self._per_destination))
         async with limit:
             # Those queued behind the first failures do not each try again (a cohort of
@@ -367,7 +423,7 @@ class Delivery:
             return outcomes
 
     async def _checkout(
-        self, key: tuple[str, int, TlsMode], *, fresh: bool = False
+        self, key: tuple[str, int, HostTls], *, fresh: bool = False
     ) -> tuple[aiosmtplib.SMTP, bool]:
         while not fresh and (client := self._pool.take(key)) is not None:
             # RSET first: a clean envelope, and proof the session still lives (RFC 5321
@@ -380,41 +436,78 @@ class Delivery:
             return client, True
         return await self._connect(*key), False
 
-    async def _connect(self, host: str, port: int, tls: TlsMode) -> aiosmtplib.SMTP:
+    async def _connect(self, host: str, port: int, tls: HostTls) -> aiosmtplib.SMTP:
         try:
-            return await self._open(host, port, tls, plain=False)
+            client = await self._open(host, port, tls, plain=False)
         except _TransientConnect:
             raise
-        except (ssl.SSLError, aiosmtplib.SMTPException, OSError) as exc:
-            if tls == "required":
-                raise _TransientConnect(
-                    f"4.7.5 {host}: TLS required but not established: {_describe(exc)}"
-                ) from exc
-            log.info("event=tls_fallback host=%s reason=%s", host, _describe(exc))
+        except (ssl.SSLError, aiosmtplib.SMTPException, OSError, _Unauthenticated) as exc:
+            self._tls_result(host, tls, exc)
+            if tls.enforced:
+                by = f" by {tls.policy}" if tls.policy else ""
+                reason = f"4.7.5 {host}: TLS required{by} but not established: {_describe(exc)}"
+                mismatch = isinstance(exc, _Unauthenticated | ssl.SSLCertVerificationError)
+                if mismatch and tls.policy in _DOMAIN_POLICIES:
+                    raise _PolicyUnmet(reason) from exc
+                raise _TransientConnect(reason) from exc
+            if not tls.testing:
+                log.info("event=tls_fallback host=%s reason=%s", host, _describe(exc))
+        else:
+            self._tls_result(host, tls, None)
+            return client
+        if tls.testing:  # MTA-STS testing: reported above; now deliver as without a policy
+            tls = replace(tls, mode="opportunistic", testing=False)
+            try:
+                return await self._open(host, port, tls, plain=False)
+            except _TransientConnect:
+                raise
+            except (ssl.SSLError, aiosmtplib.SMTPException, OSError) as exc:
+                log.info("event=tls_fallback host=%s reason=%s", host, _describe(exc))
         try:
             return await self._open(host, port, tls, plain=True)
         except (aiosmtplib.SMTPException, OSError) as exc:
             raise _TransientConnect(f"4.4.1 {host}: {_describe(exc)}") from exc
 
-    async def _open(self, host: str, port: int, tls: TlsMode, *, plain: bool) -> aiosmtplib.SMTP:
+    def _tls_result(self, host: str, tls: HostTls, error: BaseException | None) -> None:
+        if not tls.policy or self._tls_policy is None:
+            return
+        self._tls_policy.report(tls.policy, "failed" if error else "ok")
+        if error is not None:
+            log.warning(
+                "event=tls_policy_failure host=%s policy=%s enforced=%s reason=%s",
+                host,
+                tls.policy,
+                tls.enforced,
+                _describe(error),
+            )
+
+    async def _open(self, host: str, port: int, tls: HostTls, *, plain: bool) -> aiosmtplib.SMTP:
         smarthost = self.route if isinstance(self.route, Smarthost) else None
-        client = aiosmtplib.SMTP(
-            hostname=host,
-            port=port,
-            local_hostname=self._local_hostname,
-            timeout=self._timeout,
-            start_tls=False,
-            tls_context=self._verify if tls == "required" else self._relaxed,
-        )
-        try:
-            await client.connect()
-        except (aiosmtplib.SMTPException, OSError) as exc:
-            raise _TransientConnect(f"4.4.1 {host}: {_describe(exc)}") from exc
+        addresses = tls.addresses or (host,)
+        for i, address in enumerate(addresses):
+            client = aiosmtplib.SMTP(
+                hostname=address,
+                port=port,
+                local_hostname=self._local_hostname,
+                timeout=self._timeout,
+                start_tls=False,
+                tls_context=self._verify if tls.mode == "verified" else self._relaxed,
+            )
+            try:
+                await client.connect()
+                break
+            except (aiosmtplib.SMTPException, OSError) as exc:
+                if i == len(addresses) - 1:
+                    raise _TransientConnect(f"4.4.1 {host}: {_describe(exc)}") from exc
         self.connections_opened += 1
         try:
             await client.ehlo()
-            if tls == "required" or (not plain and client.supports_extension("starttls")):
-                await client.starttls()
+            mandatory = tls.mode != "opportunistic"
+            if mandatory or (not plain and client.supports_extension("starttls")):
+                # The name, not the address, for SNI and the certificate check.
+                await client.starttls(server_hostname=host)
+            if tls.mode == "dane":
+                _check_dane(client, host, tls.tlsa)
             if smarthost is not None and smarthost.username is not None:
                 if client.get_transport_info("sslcontext") is None:
                     raise _TransientConnect(f"4.7.0 {host}: no TLS, so no AUTH (never in clear)")
@@ -479,6 +572,13 @@ class Delivery:
             else:
                 outcomes.append(Outcome(r, "delivered", f"250 {_one_line(reply)}"))
         return outcomes, True
+
+
+def _check_dane(client: aiosmtplib.SMTP, host: str, tlsa: tuple[dane.Tlsa, ...]) -> None:
+    ssl_object = client.get_transport_info("ssl_object")
+    chain = dane.peer_chain(ssl_object) if ssl_object else []
+    if dane.verify(tlsa, chain, host) is None:
+        raise _Unauthenticated(f"certificate matches none of its {len(tlsa)} TLSA records")
 
 
 def _classify(code: int, message: str, rcpt: str) -> Outcome:

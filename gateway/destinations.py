@@ -13,7 +13,10 @@ message, says nothing about the destination and changes nothing here.
 A destination is a next hop: the smarthost's ``host:port``, or a recipient domain's MX
 set and port on the ``mx`` route (domains sharing their MX hosts share one state), with
 ``+tls`` when the hop is asked for verified TLS although the route does not require it
-(a certificate failure must not hold back the mail that may go without).
+(a certificate failure must not hold back the mail that may go without), and the name of
+a recipient domain's own TLS policy enforced on it (``+dane``, ``+mta-sts-enforce``: see
+gateway.tls_policy), for the same reason. A certificate that does not match such a policy
+is a failure of that host for that policy, not of the destination: it is not counted here.
 
 The cache also knows, for the metrics, which queued messages are deferred for each
 destination (their count and the oldest one's age); a destination that is up with
@@ -92,11 +95,19 @@ class _Destination:
     held: set[str] = field(default_factory=set)  # queue ids waiting for the destination
 
 
-def next_hop(hosts: Iterable[str], port: int, *, tls_beyond_route: bool = False) -> str:
+def next_hop(
+    hosts: Iterable[str],
+    port: int,
+    *,
+    tls_beyond_route: bool = False,
+    requirements: Iterable[str] = (),
+) -> str:
     """The destination key: the set of hosts, their port, and ``+tls`` when verified TLS
-    is asked for beyond what the route itself requires."""
+    is asked for beyond what the route itself requires; ``requirements`` add the names of
+    other TLS requirements enforced on the hop (a domain's ``dane``, ``mta-sts-enforce``)."""
     hop = f"{','.join(sorted({h.lower() for h in hosts}))}:{port}"
-    return f"{hop}+tls" if tls_beyond_route else hop
+    tags = set(requirements) | ({"tls"} if tls_beyond_route else set())
+    return hop + "".join(f"+{t}" for t in sorted(tags))
 
 
 class Destinations:

@@ -73,6 +73,33 @@ class Histogram:
         yield f"{self.name}_count {self.count}"
 
 
+class LabelledCounter:
+    """A counter with several labels, e.g. ``{policy="dane",result="ok"}``."""
+
+    def __init__(self, name: str, help_text: str, labels: tuple[str, ...]) -> None:
+        self.name = name
+        self.help_text = help_text
+        self.labels = labels
+        self._values: dict[tuple[str, ...], int] = {}
+
+    def inc(self, *label_values: str) -> None:
+        assert len(label_values) == len(self.labels)
+        self._values[label_values] = self._values.get(label_values, 0) + 1
+
+    def value(self, *label_values: str) -> int:
+        return self._values.get(label_values, 0)
+
+    def lines(self) -> Iterable[str]:
+        yield f"# HELP {self.name} {self.help_text}"
+        yield f"# TYPE {self.name} counter"
+        for values, count in sorted(self._values.items()):
+            pairs = ",".join(
+                _labels(label, value)[1:-1]
+                for label, value in zip(self.labels, values, strict=True)
+            )
+            yield f"{self.name}{{{pairs}}} {count}"
+
+
 class Metrics:
     def __init__(self) -> None:
         self.received = Counter(
@@ -120,6 +147,14 @@ class Metrics:
         self.signing_seconds = Histogram(
             "sealpost_signing_seconds", "Time to seal one message.", SIGNING_BUCKETS
         )
+        self.mta_sts_fetches = Counter(
+            "sealpost_mta_sts_fetches_total", "MTA-STS policy fetches, by result.", "result"
+        )
+        self.tls_policy = LabelledCounter(
+            "sealpost_tls_policy_total",
+            "Outcomes of MX hosts' DANE and MTA-STS requirements, by policy and result.",
+            ("policy", "result"),
+        )
         # Set by the wiring once the spool is open.
         self.queue_depth: Callable[[], Awaitable[int]] | None = None
         # Set by the wiring: (domain, generation, certificate expiry in POSIX seconds) of
@@ -142,6 +177,8 @@ class Metrics:
             self.org_bounced,
             self.org_warnings,
             self.signing_seconds,
+            self.mta_sts_fetches,
+            self.tls_policy,
         ):
             lines.extend(metric.lines())
         if self.queue_depth is not None:

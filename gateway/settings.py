@@ -33,6 +33,8 @@ from dataclasses import MISSING, Field, dataclass, field, fields, is_dataclass, 
 from pathlib import Path
 from typing import Any, TypeVar, get_args, get_origin, get_type_hints
 
+from keys.dns import parse_resolver
+
 ENV_PREFIX = "SEALPOST_GATEWAY_"
 DEFAULT_DOMAIN = "caisses.example"
 MAX_LINE_LENGTH = 998  # RFC 5322 2.1.1, without the CRLF
@@ -147,6 +149,18 @@ class DeliverySettings:
     probe_interval: float = 60.0
     # A pooled SMTP session idle this long is closed with QUIT.
     idle_timeout: float = 30.0
+    # On the mx route: MTA-STS (RFC 8461) and DANE (RFC 7672) policies (gateway/tls_policy.py).
+    mta_sts: bool = True
+    dane: bool = True
+    # Where fetched MTA-STS policies are kept across restarts; "" means <spool.path>/mta-sts.
+    mta_sts_cache: str = ""
+    mta_sts_fetch_timeout: float = 10.0
+    # CA certificates (PEM) for every verified TLS: MTA-STS fetches, MX hosts under an MTA-STS
+    # policy, tls_required_domains, a required smarthost; "" means the system's.
+    tls_ca_file: str = ""
+    # DNS resolver for MX, address, TLSA and MTA-STS lookups, "IP[:port]"; "" means the
+    # system's. DANE trusts its AD bit: make it a validating resolver on this host.
+    resolver: str = ""
 
 
 @dataclass(frozen=True)
@@ -462,6 +476,12 @@ def validate(settings: Settings) -> list[str]:
         errors.append(f"orgs.unregistered: one of {', '.join(ORGS_UNREGISTERED)}")
     if s.delivery.concurrency_per_destination < 1:
         errors.append("delivery.concurrency_per_destination: must be 1 or more")
+    if s.delivery.mta_sts_fetch_timeout <= 0:
+        errors.append("delivery.mta_sts_fetch_timeout: must be more than 0 seconds")
+    if s.delivery.resolver:
+        _check(errors, "delivery.resolver", parse_resolver, s.delivery.resolver)
+    if s.delivery.tls_ca_file and not Path(s.delivery.tls_ca_file).is_file():
+        errors.append(f"delivery.tls_ca_file: no file {s.delivery.tls_ca_file!r}")
     errors.extend(_validate_clients(s.clients))
     return errors
 

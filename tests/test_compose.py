@@ -42,7 +42,9 @@ from gateway import settings as gateway_settings
 from gateway.metrics import Metrics
 from keys import store as key_store
 from tests.support import free_port
+from verifier import metrics as verifier_metrics
 from verifier import settings as verifier_settings
+from verifier.shared import SharedState
 
 REPO = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = REPO / "docker-compose.yml"
@@ -309,17 +311,21 @@ def test_the_gateway_starts_after_keys_init_has_completed(compose: dict[str, Any
         assert depends["keys-init"] == {"condition": "service_completed_successfully"}
 
 
-def test_the_verifier_sees_only_the_public_archive_and_the_log_read_only(
+def test_the_verifier_sees_only_the_public_archive_the_log_and_the_registry(
     compose: dict[str, Any],
 ) -> None:
     service = _service(compose, "verifier")
     archive = service["environment"]["SEALPOST_VERIFIER_ARCHIVE_DIR"]
     log_dir = f"{archive}/log"
-    # The statement log at the place the gateway writes it, inside the archive it reads.
+    registry = Path(service["environment"]["SEALPOST_VERIFIER_ORGS_REGISTRY"])
+    # The statement log at the place the gateway writes it, inside the archive it reads;
+    # the registry where the orgs service keeps it (an SQLite WAL reader needs write access).
     assert _mounts(service) == {
         archive: Mount("public", archive, "ro"),
         log_dir: Mount("statement-log", log_dir, "ro"),
+        str(registry.parent): Mount("orgs", str(registry.parent), "rw"),
     }
+    assert _mounts(_service(compose, "orgs"))[str(registry.parent)].source == "orgs"
     assert _mounts(_service(compose, "gateway"))[log_dir].source == "statement-log"
     assert "secrets" not in service
     assert not any("KEYS" in name for name in service["environment"])
@@ -814,6 +820,8 @@ async def test_docs_metrics_names_every_gateway_metric_and_rejection_reason() ->
     metrics.destinations = list  # no destination listed: the families still render
     rendered = await metrics.render()
     names = {line.split()[2] for line in rendered.splitlines() if line.startswith("# TYPE ")}
+    verifier_text = verifier_metrics.render(SharedState.in_memory())
+    names |= {line.split()[2] for line in verifier_text.splitlines() if line.startswith("# TYPE ")}
     text = METRICS_DOC.read_text(encoding="utf-8")
     documented = set(re.findall(r"`(sealpost_[a-z_]+)`", text))
     assert documented == names

@@ -12,9 +12,13 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from verifier import endpoints
+from verifier import api, endpoints
+from verifier.auth import RegistryTokens
+from verifier.clientaddr import ClientAddress
+from verifier.metrics import Metrics
 from verifier.ratelimit import RateLimiter
 from verifier.settings import Settings, from_env
+from verifier.shared import DATABASE, SharedState
 from verifier.trust import TrustSource
 
 HERE = Path(__file__).parent
@@ -72,21 +76,35 @@ def create_app(settings: Settings) -> Starlette:
         Route("/verify", endpoints.verify_again, methods=["GET"]),
         Route("/openssl", endpoints.openssl_page, methods=["GET"]),
         Route("/root.pem", endpoints.root_pem, methods=["GET"]),
-        Route("/api/v1/verify", endpoints.api_verify, methods=["POST"]),
-        Route("/api/v1/openapi.json", endpoints.api_openapi, methods=["GET"]),
+        Route("/api/v1/verify", api.api_verify, methods=["POST"]),
+        Route("/api/v1/verify-batch", api.api_verify_batch, methods=["POST"]),
+        Route("/api/v1/openapi.json", api.api_openapi, methods=["GET"]),
         Route("/healthz", endpoints.healthz, methods=["GET"]),
         Route("/log/{path:path}", endpoints.log_file, methods=["GET"]),
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
     ]
     app = Starlette(routes=routes, exception_handlers={HTTPException: endpoints.http_error})
+    state = shared_state(settings)
     app.state.services = endpoints.Services(
         settings=settings,
         trust=TrustSource(settings.archive_dir),
-        limiter=RateLimiter(settings.rate_limit_per_minute),
+        anonymous=RateLimiter(state, settings.rate_limit_per_minute),
+        organisations=RateLimiter(state, settings.org_rate_limit_per_minute),
+        clients=ClientAddress(settings.trusted_proxies, settings.proxy_header),
+        owners=RegistryTokens(settings.orgs_registry),
+        metrics=Metrics(state),
         templates=templates(),
     )
     app.add_middleware(SecurityHeaders)
     return app
+
+
+def shared_state(settings: Settings) -> SharedState:
+    """The state this host's workers share; the launcher prepared it in the runtime
+    directory. Without one (an app embedded in one process), this process's own."""
+    if not settings.runtime_dir:
+        return SharedState.in_memory()
+    return SharedState(Path(settings.runtime_dir) / DATABASE)
 
 
 def app_from_env() -> Starlette:

@@ -8,6 +8,7 @@ import email.utils
 import hashlib
 import logging
 import re
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -24,11 +25,13 @@ from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Respon
 from keys.archive import ArchiveError
 from verifier import i18n
 from verifier import upload as uploads
+from verifier.auth import TokenOwners
+from verifier.clientaddr import ClientAddress, rate_bucket
 from verifier.formdata import FormError, FormPart, parse_form
 from verifier.log_check import LogUnavailable
+from verifier.metrics import Metrics
 from verifier.ratelimit import RateLimiter
 from verifier.report import Report, Verdict
-from verifier.serialize import openapi, report_json
 from verifier.settings import FORM_OVERHEAD, Settings
 from verifier.trust import Trust, TrustSource
 from verifier.verify import not_email, verify_email, verify_pair
@@ -57,12 +60,35 @@ class HttpError(Exception):
         self.params = params
         self.headers: dict[str, str] = {}
 
+    @property
+    def code(self) -> str:
+        """The stable code of the API's JSON error, and the metrics' rejection reason."""
+        if self.key == "error_log_unavailable":
+            return "log_unavailable"
+        if self.key in ("error_too_many_emails", "error_batch_over_quota"):
+            return self.key.removeprefix("error_")
+        if self.params.get("detail") == "disconnected":
+            return "disconnected"
+        codes = {
+            400: "bad_request",
+            408: "timeout",
+            413: "too_large",
+            415: "unsupported_media_type",
+            429: "rate_limited",
+            503: "busy",
+        }
+        return codes.get(self.status, "error")
+
 
 @dataclass
 class Services:
     settings: Settings
     trust: TrustSource
-    limiter: RateLimiter
+    anonymous: RateLimiter  # per client address (per /64 for IPv6)
+    organisations: RateLimiter  # per organisation, for its API tokens
+    clients: ClientAddress
+    owners: TokenOwners
+    metrics: Metrics
     templates: jinja2.Environment
     # Verifications running at once in this process: bounds the memory that parsed uploads
     # take under a burst; the rest wait their turn. Made on first use, inside the loop.
@@ -89,7 +115,7 @@ def language(request: Request) -> str:
     return i18n.pick(request.query_params.get("lang"), request.headers.get("accept-language"))
 
 
-def _human_size(size: int) -> str:
+def human_size(size: int) -> str:
     return f"{size // (1024 * 1024)} MB" if size >= 1024 * 1024 else f"{size // 1024} KB"
 
 
@@ -112,7 +138,7 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 
 @contextmanager
-def _reserve(request: Request) -> Iterator[None]:
+def reserve(request: Request) -> Iterator[None]:
     """Holds this upload's share of the memory budget until the request is answered."""
     limit = services(request).settings.limits.max_upload_bytes + _FORM_OVERHEAD
     size = uploads.reservation(request.headers.get("content-length", ""), limit)
@@ -121,19 +147,44 @@ def _reserve(request: Request) -> Iterator[None]:
         error = HttpError(503, "error_busy", seconds=BUSY_RETRY_AFTER)
         error.headers["Retry-After"] = str(BUSY_RETRY_AFTER)
         raise error
+    metrics = services(request).metrics
+    metrics.upload(+1)
     try:
         yield
     finally:  # exceptions, cancellation and disconnects included
         budget.give_back(size)
+        metrics.upload(-1)
 
 
-def _rate_limit(request: Request) -> None:
-    client = request.client.host if request.client else "unknown"
-    wait = services(request).limiter.check(client)
+def client_address(request: Request) -> str:
+    """The client's address, taken from a forwarding header only when the peer is one of
+    the configured proxies."""
+    peer = request.client.host if request.client else "unknown"
+    return services(request).clients.of(peer, request.scope["headers"])
+
+
+def limiter_and_bucket(request: Request, org: str | None) -> tuple[RateLimiter, str]:
+    if org is not None:
+        return services(request).organisations, f"org:{org}"
+    return services(request).anonymous, rate_bucket(client_address(request))
+
+
+def rate_limited(request: Request, org: str | None, seconds: int) -> HttpError:
+    if org is None:
+        error = HttpError(429, "error_rate_limited", seconds=seconds)
+    else:
+        limit = services(request).organisations.per_minute
+        error = HttpError(429, "error_org_rate_limited", seconds=seconds, limit=limit)
+    error.headers["Retry-After"] = str(seconds)
+    return error
+
+
+def admit(request: Request, org: str | None = None, count: int = 1) -> None:
+    """Counts `count` verifications against the caller's quota, or raises 429."""
+    limiter, bucket = limiter_and_bucket(request, org)
+    wait = limiter.take(bucket, count)
     if wait:
-        error = HttpError(429, "error_rate_limited", seconds=wait)
-        error.headers["Retry-After"] = str(wait)
-        raise error
+        raise rate_limited(request, org, wait)
 
 
 def _trust(request: Request) -> Trust:
@@ -186,7 +237,15 @@ def _pair_name(document: FormPart, signature: FormPart) -> str:
     return "document"
 
 
-async def run_checks(request: Request, upload: Upload) -> Report:
+async def run_checks(request: Request, upload: Upload, org: str | None = None) -> Report:
+    """The report on one upload; counted in the metrics by verdict and organisation."""
+    started = time.monotonic()
+    report = await _checks(request, upload)
+    services(request).metrics.verification(report.verdict.value, org, time.monotonic() - started)
+    return report
+
+
+async def _checks(request: Request, upload: Upload) -> Report:
     trust = _trust(request)
     limits = services(request).settings.limits
 
@@ -216,7 +275,7 @@ async def run_checks(request: Request, upload: Upload) -> Report:
         return not_email("unreadable")
 
 
-def _status(report: Report) -> int:
+def status_of(report: Report) -> int:
     return 422 if report.verdict is Verdict.NOT_EMAIL else 200
 
 
@@ -264,25 +323,29 @@ async def verify_again(request: Request) -> Response:
 
 async def verify_form(request: Request) -> Response:
     limit = services(request).settings.limits.max_upload_bytes
+    metrics = services(request).metrics
     try:
-        _rate_limit(request)
-        with _reserve(request):
+        admit(request)  # the page is anonymous, whatever Authorization it carries
+        with reserve(request):
             upload = await read_upload(request, api=False)
             report = await run_checks(request, upload)
     except TooLarge:
+        metrics.rejection("too_large")
         return render(
-            request, "error.html", 413, key="error_too_large", params={"limit": _human_size(limit)}
+            request, "error.html", 413, key="error_too_large", params={"limit": human_size(limit)}
         )
     except HttpError as exc:
+        metrics.rejection(exc.code)
         response = render(request, "error.html", exc.status, key=exc.key, params=exc.params)
         response.headers.update(exc.headers)
         return response
     except Unavailable:
+        metrics.rejection("unavailable")
         return render(request, "error.html", 503, key="error_unavailable", params={})
     return render(
         request,
         "result.html",
-        _status(report),
+        status_of(report),
         report=report,
         # A document and its .p7s: a document's result, with no message to speak of.
         pair=upload.email is None,
@@ -344,43 +407,6 @@ async def http_error(request: Request, exc: Exception) -> Response:
         return JSONResponse({"error": "http_error", "message": str(status)}, status_code=status)
     key = "error_not_found" if status == 404 else "error_bad_request"
     return render(request, "error.html", status, key=key, params={"detail": str(status)})
-
-
-# --- API -------------------------------------------------------------------------------
-
-
-def _api_error(request: Request, status: int, code: str, key: str, **params: object) -> Response:
-    t = i18n.translator(language(request))
-    return JSONResponse({"error": code, "message": t(key, **params)}, status_code=status)
-
-
-async def api_verify(request: Request) -> Response:
-    limit = services(request).settings.limits.max_upload_bytes
-    try:
-        _rate_limit(request)
-        with _reserve(request):
-            upload = await read_upload(request, api=True)
-            report = await run_checks(request, upload)
-    except TooLarge:
-        return _api_error(request, 413, "too_large", "error_too_large", limit=_human_size(limit))
-    except HttpError as exc:
-        code = {429: "rate_limited", 400: "bad_request", 408: "timeout", 503: "busy"}.get(
-            exc.status, "error"
-        )
-        if exc.key == "error_log_unavailable":
-            code = "log_unavailable"
-        response = _api_error(request, exc.status, code, exc.key, **exc.params)
-        response.headers.update(exc.headers)
-        return response
-    except Unavailable:
-        return _api_error(request, 503, "unavailable", "error_unavailable")
-    lang = language(request)
-    body = report_json(report, i18n.translator(lang), lang)
-    return JSONResponse(body, status_code=_status(report))
-
-
-async def api_openapi(request: Request) -> Response:
-    return JSONResponse(openapi())
 
 
 async def healthz(request: Request) -> Response:

@@ -19,6 +19,10 @@ class FormError(ValueError):
     """The body is not a well-formed form of the expected shape."""
 
 
+class TooManyParts(FormError):
+    """More parts than the form may have: refused as soon as the one too many begins."""
+
+
 @dataclass
 class FormPart:
     name: str
@@ -39,6 +43,14 @@ def boundary_of(content_type: str) -> bytes:
 
 def parse_form(body: bytes, content_type: str) -> dict[str, FormPart]:
     """The form's parts by field name (the first part of each name wins)."""
+    found: dict[str, FormPart] = {}
+    for part in parse_parts(body, content_type):
+        found.setdefault(part.name, part)
+    return found
+
+
+def parse_parts(body: bytes, content_type: str, max_parts: int = MAX_PARTS) -> list[FormPart]:
+    """The form's parts in the order sent."""
     boundary = boundary_of(content_type)
     parts: list[FormPart] = []
     headers: dict[bytes, bytes] = {}
@@ -46,8 +58,8 @@ def parse_form(body: bytes, content_type: str) -> dict[str, FormPart]:
     field_value = bytearray()
 
     def on_part_begin() -> None:
-        if len(parts) >= MAX_PARTS:
-            raise FormError("too many parts")
+        if len(parts) >= max_parts:
+            raise TooManyParts(f"more than {max_parts} parts")
         headers.clear()
 
     def on_header_field(data: bytes, start: int, end: int) -> None:
@@ -90,7 +102,4 @@ def parse_form(body: bytes, content_type: str) -> dict[str, FormPart]:
         parser.finalize()
     except MultipartParseError as exc:
         raise FormError("malformed multipart body") from exc
-    found: dict[str, FormPart] = {}
-    for part in parts:
-        found.setdefault(part.name, part)
-    return found
+    return parts

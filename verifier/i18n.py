@@ -656,6 +656,36 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "Trop de vérifications depuis votre adresse. Réessayez dans {seconds} secondes.",
         "Too many checks from your address. Try again in {seconds} seconds.",
     ),
+    "error_org_rate_limited": (
+        "Le quota de votre organisation ({limit} vérifications par minute) est atteint. "
+        "Réessayez dans {seconds} secondes.",
+        "Your organisation's quota ({limit} checks a minute) is used up. Try again in "
+        "{seconds} seconds.",
+    ),
+    "error_batch_over_quota": (
+        "Un lot de {count} e-mails dépasse le quota de {limit} vérifications par minute : "
+        "envoyez des lots plus petits.",
+        "A batch of {count} emails is more than the quota of {limit} checks a minute: send "
+        "smaller batches.",
+    ),
+    "error_too_many_emails": (
+        "Un lot compte au plus {limit} e-mails.",
+        "A batch holds at most {limit} emails.",
+    ),
+    "error_batch_field": (
+        "Champ inattendu « {name} » : chaque e-mail d'un lot va dans un champ « file ».",
+        'Unexpected field "{name}": each email of a batch goes in a "file" field.',
+    ),
+    "error_token_malformed": (
+        "En-tête Authorization mal formé : attendu « Bearer » suivi du jeton.",
+        'Malformed Authorization header: expected "Bearer" followed by the token.',
+    ),
+    "error_token_refused": (
+        "Jeton refusé : inconnu, révoqué, ou organisation sortie de la convention. "
+        "Demandez un nouveau jeton à la Caisse.",
+        "Token refused: unknown, revoked, or the organisation has left the convention. "
+        "Ask the fund for a new token.",
+    ),
     "error_body_timeout": (
         "Le fichier est arrivé trop lentement (moins de {rate} octets par seconde) : "
         "l'envoi a été interrompu. Vérifiez votre connexion et réessayez.",

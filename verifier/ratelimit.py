@@ -1,50 +1,73 @@
-"""Per-client rate limit on verifications: a sliding window of request times per address.
+"""Rate limits on verifications: a sliding window of request times per bucket (a client
+address, or an organisation), kept in the state all worker processes of the host share,
+so that N workers let a client through as often as one would.
 
-The state lives in the process; with several uvicorn workers each enforces the limit on its
-own share of the connections, which is why the default is per worker and conservative.
+Times come from the monotonic clock, which every process of the host reads alike; the
+shared state starts empty with the verifier, so a reboot cannot mix two clocks' times.
 """
 
 from __future__ import annotations
 
 import math
-import threading
+import sqlite3
 import time
-from collections import deque
 from collections.abc import Callable
 
+from verifier.shared import SharedState
+
 WINDOW = 60.0
-# Bounds the memory a flood of distinct addresses can take; idle entries go first.
-MAX_CLIENTS = 10_000
 
 
 class RateLimiter:
-    def __init__(self, per_minute: int, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, state: SharedState, per_minute: int, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.per_minute = per_minute
+        self._state = state
         self._clock = clock
-        self._seen: dict[str, deque[float]] = {}
-        self._lock = threading.Lock()
+        self._purged = clock()
 
-    def check(self, client: str) -> int:
-        """0 when `client` may go ahead (and counts it), else seconds until it may retry."""
+    def take(self, bucket: str, count: int = 1) -> int:
+        """0 when `count` verifications of `bucket` may go ahead (and counts them all),
+        else the seconds until they may (nothing is counted then). `count` must not
+        exceed the limit."""
         if self.per_minute <= 0:
             return 0
         now = self._clock()
-        with self._lock:
-            times = self._seen.get(client)
-            if times is None:
-                if len(self._seen) >= MAX_CLIENTS:
-                    self._forget_idle(now)
-                times = self._seen[client] = deque()
-            while times and times[0] <= now - WINDOW:
-                times.popleft()
-            if len(times) >= self.per_minute:
-                return max(1, math.ceil(times[0] + WINDOW - now))
-            times.append(now)
-            return 0
+        with self._state.transaction() as db:
+            self._forget(db, bucket, now)
+            (used,) = db.execute("SELECT count(*) FROM hits WHERE bucket = ?", (bucket,)).fetchone()
+            excess = used + count - self.per_minute
+            if excess > 0:
+                # The request fits once the `excess` oldest times have left the window.
+                (oldest,) = db.execute(
+                    "SELECT at FROM hits WHERE bucket = ? ORDER BY at LIMIT 1 OFFSET ?",
+                    (bucket, min(excess, used) - 1),
+                ).fetchone()
+                return max(1, math.ceil(float(oldest) + WINDOW - now))
+            db.executemany("INSERT INTO hits (bucket, at) VALUES (?, ?)", [(bucket, now)] * count)
+        return 0
 
-    def _forget_idle(self, now: float) -> None:
-        idle = [c for c, t in self._seen.items() if not t or t[-1] <= now - WINDOW]
-        for client in idle:
-            del self._seen[client]
-        if len(self._seen) >= MAX_CLIENTS:
-            self._seen.clear()  # under a flood, forgetting beats growing without bound
+    def wait(self, bucket: str) -> int:
+        """0 when one more verification of `bucket` would go ahead, else the seconds until
+        it would; counts nothing (a batch looks before it reads its body)."""
+        if self.per_minute <= 0:
+            return 0
+        now = self._clock()
+        rows = self._state.read(
+            "SELECT at FROM hits WHERE bucket = ? AND at > ? ORDER BY at",
+            (bucket, now - WINDOW),
+        )
+        if len(rows) < self.per_minute:
+            return 0
+        at = rows[len(rows) - self.per_minute][0]
+        assert isinstance(at, float)
+        oldest = at
+        return max(1, math.ceil(oldest + WINDOW - now))
+
+    def _forget(self, db: sqlite3.Connection, bucket: str, now: float) -> None:
+        db.execute("DELETE FROM hits WHERE bucket = ? AND at <= ?", (bucket, now - WINDOW))
+        # Buckets that never come back (a flood of distinct addresses) go once a window.
+        if now - self._purged > WINDOW:
+            db.execute("DELETE FROM hits WHERE at <= ?", (now - WINDOW,))
+            self._purged = now

@@ -139,6 +139,39 @@ def openapi() -> dict[str, Any]:
         },
     }
     report_ref = {"$ref": "#/components/schemas/Report"}
+    retry_after = {
+        "Retry-After": {
+            "description": "Seconds until the request would be accepted",
+            "schema": {"type": "integer"},
+        }
+    }
+    refusals = {
+        "400": error,
+        "401": {
+            **error,
+            "description": (
+                "A token was sent and is not accepted (malformed, unknown, revoked, or its "
+                "organisation has ended): error `invalid_token`, with a "
+                '`WWW-Authenticate: Bearer error="invalid_token"` challenge (RFC 6750). '
+                "Never answered as an anonymous request instead."
+            ),
+            "headers": {"WWW-Authenticate": {"schema": {"type": "string"}}},
+        },
+        "408": error,
+        "413": error,
+        "429": {
+            **error,
+            "description": (
+                "Over the quota: per organisation with a token (default 600 a minute), per "
+                "client address without (default 30 a minute)"
+            ),
+            "headers": retry_after,
+        },
+        "503": {**error, "headers": retry_after},
+    }
+    lang = {"name": "lang", "in": "query", "required": False, "schema": {"enum": ["fr", "en"]}}
+    # Anonymous use is allowed; a token puts the request on its organisation's quota.
+    security: list[dict[str, list[str]]] = [{}, {"bearer": []}]
     key = {
         "type": ["object", "null"],
         "properties": {
@@ -159,21 +192,18 @@ def openapi() -> dict[str, Any]:
                 "from the fund and was not changed. `verdict` is a stable code: authentic, "
                 "altered (documents authentic, message altered), tampered, unsigned, "
                 "not_email. Uploads are processed in memory and never stored. Texts follow "
-                "Accept-Language or ?lang=fr|en."
+                "Accept-Language or ?lang=fr|en. An insurer's intake system sends "
+                "`Authorization: Bearer <token>` (from `sealpost-orgs token create`) and "
+                "is counted against its organisation's quota; without a token, requests are "
+                "counted per client address."
             ),
         },
         "paths": {
             "/api/v1/verify": {
                 "post": {
                     "summary": "Verify a received statement email",
-                    "parameters": [
-                        {
-                            "name": "lang",
-                            "in": "query",
-                            "required": False,
-                            "schema": {"enum": ["fr", "en"]},
-                        }
-                    ],
+                    "security": security,
+                    "parameters": [lang],
                     "requestBody": {
                         "required": True,
                         "content": {
@@ -203,16 +233,91 @@ def openapi() -> dict[str, Any]:
                             "description": "Not an email: the report with verdict not_email",
                             "content": {"application/json": {"schema": report_ref}},
                         },
-                        "400": error,
-                        "413": error,
-                        "429": error,
-                        "503": error,
+                        **refusals,
                     },
                 }
             },
-            "/healthz": {"get": {"summary": "Liveness", "responses": {"200": {}, "503": {}}}},
+            "/api/v1/verify-batch": {
+                "post": {
+                    "summary": "Verify up to 50 statement emails in one request",
+                    "description": (
+                        "One `file` part per email (up to 50), the whole request no larger "
+                        "than one upload may be. One report per email, in the order sent "
+                        "(an unreadable one has verdict not_email). Each email counts "
+                        "against the quota, all of them or none: a batch that does not fit "
+                        "gets 429 with Retry-After, one larger than the whole quota gets "
+                        "429 `batch_over_quota` (send smaller batches)."
+                    ),
+                    "security": security,
+                    "parameters": [lang],
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "multipart/form-data": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["file"],
+                                    "properties": {
+                                        "file": {
+                                            "type": "array",
+                                            "minItems": 1,
+                                            "maxItems": 50,
+                                            "items": {"type": "string", "format": "binary"},
+                                        }
+                                    },
+                                }
+                            }
+                        },
+                    },
+                    "responses": {
+                        "200": {
+                            "description": "One report per email, in order",
+                            "content": {
+                                "application/json": {
+                                    "schema": {
+                                        "type": "object",
+                                        "required": ["count", "reports"],
+                                        "properties": {
+                                            "api_version": {"type": "string"},
+                                            "count": {"type": "integer"},
+                                            "reports": {"type": "array", "items": report_ref},
+                                        },
+                                    }
+                                }
+                            },
+                        },
+                        **refusals,
+                        "413": {
+                            **error,
+                            "description": (
+                                "More than 50 emails (`too_many_emails`), or larger than "
+                                "one upload may be (`too_large`)"
+                            ),
+                        },
+                        "415": {**error, "description": "Not multipart/form-data"},
+                    },
+                }
+            },
+            "/healthz": {
+                "get": {
+                    "summary": "Liveness",
+                    "responses": {
+                        "200": {"description": "Serving, with a readable public archive"},
+                        "503": {"description": "No readable public archive"},
+                    },
+                }
+            },
         },
         "components": {
+            "securitySchemes": {
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": (
+                        "An organisation's API token (`sealpost-orgs token create CODE`); optional"
+                    ),
+                }
+            },
             "schemas": {
                 "Report": {
                     "type": "object",
@@ -317,6 +422,6 @@ def openapi() -> dict[str, Any]:
                         },
                     },
                 }
-            }
+            },
         },
     }

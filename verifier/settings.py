@@ -5,6 +5,7 @@ Components receive plain values (a `Limits`, a directory), never the environment
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -45,6 +46,16 @@ class Settings:
     port: int = 8080
     workers: int = 1
     rate_limit_per_minute: int = 30  # 0 turns the limit off (benchmarks, trusted networks)
+    # An organisation's API clients (Bearer token) share this quota instead.
+    org_rate_limit_per_minute: int = 600
+    orgs_registry: Path = Path("var/orgs/registry.sqlite")
+    # Peers whose X-Forwarded-For / Forwarded header names the client (networks, CIDR).
+    trusted_proxies: tuple[str, ...] = ()
+    proxy_header: str = "x-forwarded-for"
+    # Where the worker processes share their rate-limit windows and metrics; "" is a
+    # private directory the launcher makes and removes.
+    runtime_dir: str = ""
+    metrics_listen: str = "127.0.0.1:9190"
     limits: Limits = field(default_factory=Limits)
 
 
@@ -61,6 +72,45 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int) -> int:
     return value
 
 
+PROXY_HEADERS = ("x-forwarded-for", "forwarded")
+
+
+def networks(text: str, name: str = "TRUSTED_PROXIES") -> tuple[str, ...]:
+    """Comma-separated addresses or networks, each as its network in CIDR form."""
+    found = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        try:
+            found.append(str(ipaddress.ip_network(item, strict=False)))
+        except ValueError as exc:
+            problem = f"{ENV_PREFIX}{name}: {item!r} is not an address or network"
+            raise SettingsError(problem) from exc
+    return tuple(found)
+
+
+def proxy_header(text: str) -> str:
+    value = text.strip().lower()
+    if value not in PROXY_HEADERS:
+        raise SettingsError(f"{ENV_PREFIX}PROXY_HEADER must be one of {', '.join(PROXY_HEADERS)}")
+    return value
+
+
+def listen_address(text: str) -> str:
+    """`host:port` (`[v6]:port`), or "" for off."""
+    if text == "":
+        return text
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise SettingsError(f"{ENV_PREFIX}METRICS_LISTEN={text!r} is not host:port (or empty)")
+    return text
+
+
+def split_listen(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
 def from_env(env: Mapping[str, str] | None = None) -> Settings:
     """Settings from SEALPOST_VERIFIER_* variables, each falling back to its default."""
     env = os.environ if env is None else env
@@ -72,6 +122,12 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         port=_int(env, "PORT", base.port, 0),
         workers=_int(env, "WORKERS", base.workers, 1),
         rate_limit_per_minute=_int(env, "RATE_LIMIT", base.rate_limit_per_minute, 0),
+        org_rate_limit_per_minute=_int(env, "ORG_RATE_LIMIT", base.org_rate_limit_per_minute, 0),
+        orgs_registry=Path(env.get(ENV_PREFIX + "ORGS_REGISTRY") or base.orgs_registry),
+        trusted_proxies=networks(env.get(ENV_PREFIX + "TRUSTED_PROXIES", "")),
+        proxy_header=proxy_header(env.get(ENV_PREFIX + "PROXY_HEADER") or base.proxy_header),
+        runtime_dir=env.get(ENV_PREFIX + "RUNTIME_DIR", base.runtime_dir),
+        metrics_listen=listen_address(env.get(ENV_PREFIX + "METRICS_LISTEN", base.metrics_listen)),
         limits=Limits(
             max_upload_bytes=_int(env, "MAX_UPLOAD_BYTES", lim.max_upload_bytes, 1024),
             max_mime_depth=_int(env, "MAX_MIME_DEPTH", lim.max_mime_depth, 1),
@@ -107,6 +163,12 @@ def to_env(settings: Settings) -> dict[str, str]:
         "PORT": str(settings.port),
         "WORKERS": str(settings.workers),
         "RATE_LIMIT": str(settings.rate_limit_per_minute),
+        "ORG_RATE_LIMIT": str(settings.org_rate_limit_per_minute),
+        "ORGS_REGISTRY": str(settings.orgs_registry),
+        "TRUSTED_PROXIES": ",".join(settings.trusted_proxies),
+        "PROXY_HEADER": settings.proxy_header,
+        "RUNTIME_DIR": settings.runtime_dir,
+        "METRICS_LISTEN": settings.metrics_listen,
         "MAX_UPLOAD_BYTES": str(lim.max_upload_bytes),
         "MAX_MIME_DEPTH": str(lim.max_mime_depth),
         "MAX_MIME_PARTS": str(lim.max_mime_parts),

@@ -270,6 +270,18 @@ async def test_direct_mx_requires_tls_only_for_listed_domains(
     assert [m.recipients for m in peer.messages] == [["m@member.example"]]
 
 
+async def test_direct_mx_looks_each_domain_up_once_per_attempt(
+    peer: Peer, make_delivery: Callable[..., Delivery]
+) -> None:
+    resolver = FakeMx({"insurer.example": [peer.host]})
+    delivery = make_delivery(DirectMX(port=peer.port), resolver=resolver)
+    rcpts = [f"r{i}@insurer.example" for i in range(5)]
+    outcomes = await delivery.deliver("s@c.example", rcpts, MESSAGE)
+    assert [o.status for o in outcomes] == ["delivered"] * 5
+    assert resolver.asked == ["insurer.example"]
+    assert [m.recipients for m in peer.messages] == [rcpts]
+
+
 async def test_direct_mx_tries_the_next_host_when_one_is_down(
     peer: Peer, make_delivery: Callable[..., Delivery]
 ) -> None:

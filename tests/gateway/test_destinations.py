@@ -426,6 +426,12 @@ def test_next_hop_names_the_host_set_and_tls_beyond_the_route() -> None:
         "mx1.example,mx2.example:25"
     )
     assert next_hop(["relay"], 587, tls_beyond_route=True) == "relay:587+tls"
+    assert next_hop(["mx.example"], 25, requirements={"mta-sts-enforce", "dane"}) == (
+        "mx.example:25+dane+mta-sts-enforce"
+    )
+    assert next_hop(["mx.example"], 25, tls_beyond_route=True, requirements={"dane"}) == (
+        "mx.example:25+dane+tls"
+    )
     assert suspended("weird") == "4.4.1 delivery temporarily suspended: weird"
     assert suspended("4.7.5 h: TLS required") == (
         "4.7.5 delivery temporarily suspended: h: TLS required"

@@ -159,6 +159,27 @@ def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
     assert "clients[0] (batch).sender_domains: at least one domain" in text
 
 
+def test_tls_policy_settings_are_checked(tmp_path: Path) -> None:
+    errors = errors_of(
+        tmp_path,
+        """
+        [delivery]
+        route = "mx"
+        resolver = "dns.example"
+        tls_ca_file = "/nonexistent/ca.pem"
+        mta_sts_fetch_timeout = 0
+        """,
+    )
+    assert errors == [
+        "delivery.mta_sts_fetch_timeout: must be more than 0 seconds",
+        "delivery.resolver: resolver 'dns.example' is not an IP address[:port]",
+        "delivery.tls_ca_file: no file '/nonexistent/ca.pem'",
+    ]
+    loaded = load(None, {"SEALPOST_GATEWAY_DELIVERY_RESOLVER": "[::1]:5353"})
+    assert loaded.delivery.resolver == "[::1]:5353"
+    assert (loaded.delivery.mta_sts, loaded.delivery.dane) == (True, True)
+
+
 def test_bad_toml_is_one_readable_error(tmp_path: Path) -> None:
     [error] = errors_of(tmp_path, "[limits\nmax = 1\n")
     assert error.startswith(f"{tmp_path / 'gateway.toml'}: not valid TOML")

@@ -123,6 +123,19 @@ def test_openapi_and_health(client: httpx.Client) -> None:
     assert spec["openapi"].startswith("3.")
     verdicts = spec["components"]["schemas"]["Report"]["properties"]["verdict"]["enum"]
     assert verdicts == ["authentic", "altered", "tampered", "unsigned", "not_email"]
+    assert spec["components"]["securitySchemes"]["bearer"] == {
+        **spec["components"]["securitySchemes"]["bearer"],
+        "type": "http",
+        "scheme": "bearer",
+    }
+    for path in ("/api/v1/verify", "/api/v1/verify-batch"):
+        operation = spec["paths"][path]["post"]
+        assert operation["security"] == [{}, {"bearer": []}]  # a token is optional
+        assert {"401", "413", "429"} <= set(operation["responses"])
+        assert "Retry-After" in operation["responses"]["429"]["headers"]
+    batch = spec["paths"]["/api/v1/verify-batch"]["post"]
+    files = batch["requestBody"]["content"]["multipart/form-data"]["schema"]["properties"]["file"]
+    assert files["maxItems"] == 50
     health = client.get("/healthz")
     assert health.status_code == 200
     assert health.json()["status"] == "ok"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from verifier.formdata import MAX_PARTS, FormError, parse_form
+from verifier.formdata import MAX_PARTS, FormError, TooManyParts, parse_form, parse_parts
 
 CT = "multipart/form-data; boundary=XyZ"
 
@@ -40,6 +40,18 @@ def test_a_wrong_content_type_is_refused(content_type: str) -> None:
 def test_too_many_parts_are_refused() -> None:
     with pytest.raises(FormError):
         parse_form(body(*[(f"f{i}", None, b"x") for i in range(MAX_PARTS + 1)]), CT)
+
+
+def test_parts_come_back_in_order_with_repeated_names() -> None:
+    sent = [("file", f"{i}.eml", f"email {i}".encode()) for i in range(50)]
+    parts = parse_parts(body(*sent), CT, max_parts=50)
+    assert [(p.name, p.filename, bytes(p.data)) for p in parts] == sent
+
+
+def test_one_part_too_many_is_refused_as_such() -> None:
+    sent = [("file", f"{i}.eml", b"x") for i in range(51)]
+    with pytest.raises(TooManyParts, match="more than 50 parts"):
+        parse_parts(body(*sent), CT, max_parts=50)
 
 
 def test_garbage_is_a_form_error_or_empty() -> None:
