@@ -90,7 +90,7 @@ def _verify(
     documents = _documents(upload, trust, limits, now)
     defects = tuple(dict.fromkeys((*upload.defects, *upload.header.defects)))
     dkim = (
-        check_dkim(upload.raw, upload.dkim_signatures, trust, defects)
+        check_dkim(upload.raw, upload.dkim_signatures, trust, defects, upload.header)
         if upload.dkim_signatures
         else ()
     )
