@@ -41,10 +41,21 @@ _LINE_END = re.compile(b"\r?\n")
 
 def compress_whitespace(content: bytes) -> bytes:
     """Each run of spaces and tabs as one space (dkimpy: re.sub(b"[\\t ]+", b" "))."""
-    text = content.replace(b"\t", b" ")
+    firsts = [i for i in (content.find(b"  "), content.find(b"\t")) if i >= 0]
+    if not firsts:
+        return content
+    # Only the stretch from the first tab or double space to the last is rewritten: in a
+    # statement, a few lines of text, not the documents' base64 after them.
+    start = min(firsts)
+    if content[start - 1 : start] == b" ":  # a single space may open the first run
+        start -= 1
+    end = max(content.rfind(b"  ") + 2, content.rfind(b"\t") + 1)
+    if content[end : end + 1] == b" ":  # and a single space close the last one
+        end += 1
+    text = content[start:end].replace(b"\t", b" ")
     while b"  " in text:  # halves every run: a pass per doubling of the longest run
         text = text.replace(b"  ", b" ")
-    return text
+    return content[:start] + text + content[end:]
 
 
 def strip_trailing_whitespace(content: bytes) -> bytes:

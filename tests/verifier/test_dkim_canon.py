@@ -52,7 +52,7 @@ def outcome(function: Callable[[bytes], Any], data: bytes) -> Any:
         return type(exc).__name__, str(exc)
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=1000, deadline=None)
 @given(data=wire_bytes)
 def test_each_function_gives_dkimpy_s_bytes_for_any_input(data: bytes) -> None:
     ours = (
@@ -77,6 +77,15 @@ def test_the_message_split_gives_dkimpy_s_fields_body_and_errors(message: bytes)
     ours = outcome(dkim_canon.rfc822_parse, message)
     theirs = outcome(dkim_canon.DKIMPY["rfc822_parse"], message)
     assert ours == theirs
+
+
+@pytest.mark.parametrize(
+    "data", [b"a \tb", b"\t a", b" \t", b"a\t b  c \t", b"  ", b"x \t\r\n \r\n\t", b"a b\tc d"]
+)
+def test_runs_at_the_edges_of_the_rewritten_stretch(data: bytes) -> None:
+    with dkimpy_as_shipped():
+        theirs = canon.compress_whitespace(data), canon.Relaxed.canonicalize_body(data)
+    assert (dkim_canon.compress_whitespace(data), dkim_canon.relaxed_body(data)) == theirs
 
 
 def test_long_runs_of_white_space_compress_in_a_few_passes() -> None:
