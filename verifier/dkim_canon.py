@@ -29,6 +29,7 @@ from verifier import headers
 DKIMPY: dict[str, Any] = {
     "rfc822_parse": dkim.rfc822_parse,
     "HashThrough": dkim.HashThrough,
+    "select_headers": dkim.select_headers,
     "compress_whitespace": canon.compress_whitespace,
     "strip_trailing_whitespace": canon.strip_trailing_whitespace,
     "unfold_header_value": canon.unfold_header_value,
@@ -86,6 +87,25 @@ def rfc822_parse(message: bytes) -> tuple[list[list[bytes]], bytes]:
     if body.count(b"\n") != body.count(b"\r\n"):
         body = b"\r\n".join(_LINE_END.split(body))
     return fields, body
+
+
+def select_headers(
+    fields: list[tuple[bytes, bytes]], include: list[bytes]
+) -> list[tuple[bytes, bytes]]:
+    """The fields an h= list signs, each name taking its next instance from the bottom
+    (RFC 6376 5.4.2). dkimpy scans the header from the bottom for every name; here each
+    name's instances are listed once."""
+    instances: dict[bytes, list[int]] = {}
+    for index, field in enumerate(fields):
+        instances.setdefault(field[0].lower(), []).append(index)
+    selected = []
+    for name in include:
+        if name != name.lower():
+            raise AssertionError  # as dkimpy's own assert
+        found = instances.get(name)
+        if found:
+            selected.append(fields[found.pop()])
+    return selected
 
 
 # The fund signs twice over the same relaxed body: the canonical form of the last body
@@ -149,6 +169,7 @@ class HashThrough(dkim.HashThrough):  # type: ignore[misc]
 _REPLACED: tuple[tuple[Any, str, Callable[..., Any] | type], ...] = (
     (dkim, "rfc822_parse", rfc822_parse),
     (dkim, "HashThrough", HashThrough),
+    (dkim, "select_headers", select_headers),
     (canon, "compress_whitespace", compress_whitespace),
     (canon, "strip_trailing_whitespace", strip_trailing_whitespace),
     (canon, "unfold_header_value", unfold_header_value),

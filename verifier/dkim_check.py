@@ -122,9 +122,10 @@ def check_dkim(
         return _unchecked(signatures, "unparseable_message", type(exc).__name__)
     found = [v for k, v in verifier.headers if k.lower() == b"dkim-signature"]
     try:
+        tagged = [_tags(value) for value in found[:MAX_SIGNATURES]]
         checked = tuple(
-            _vouches(_check_one(verifier, idx, value, trust), value, block, defects)
-            for idx, value in enumerate(found[:MAX_SIGNATURES])
+            _vouches(_check_one(verifier, idx, tags, trust), tags, block, defects)
+            for idx, tags in enumerate(tagged)
         )
     finally:
         dkim_canon.forget()
@@ -138,7 +139,7 @@ def covered_fields(signature: bytes, block: headers.HeaderBlock) -> set[int]:
 
 
 def _vouches(
-    check: DkimCheck, value: bytes, block: headers.HeaderBlock, defects: tuple[str, ...]
+    check: DkimCheck, tags: dict[bytes, bytes], block: headers.HeaderBlock, defects: tuple[str, ...]
 ) -> DkimCheck:
     """A passing signature vouches for the message only if every reader reads the same
     headers, and every From, Subject, Reply-To... present is one it covers."""
@@ -149,7 +150,7 @@ def _vouches(
         return _with(
             check, status=DkimStatus.FAIL, reason="headers_malformed", detail=", ".join(defects)
         )
-    names = _tags(value).get(b"h", b"").split(b":")
+    names = tags.get(b"h", b"").split(b":")
     unsigned = headers.unsigned_shown(block.fields, names)
     if unsigned:
         return _with(
@@ -181,8 +182,7 @@ def _key_info(key: PublicDkimKey) -> KeyInfo:
     )
 
 
-def _check_one(verifier: Any, idx: int, value: bytes, trust: Trust) -> DkimCheck:
-    tags = _tags(value)
+def _check_one(verifier: Any, idx: int, tags: dict[bytes, bytes], trust: Trust) -> DkimCheck:
     domain = _text(tags.get(b"d")).lower().rstrip(".")
     selector = _text(tags.get(b"s"))
     algorithm = _text(tags.get(b"a")).lower()

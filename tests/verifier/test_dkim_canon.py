@@ -176,3 +176,16 @@ def test_a_hasher_fed_more_than_the_body_hashes_all_of_it() -> None:
     assert hasher.digest() == hashlib.sha256(body + b"more").digest()
     assert hasher.hexdigest() == hashlib.sha256(body + b"more").hexdigest()
     dkim_canon.forget()
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    names=st.lists(st.sampled_from([b"From", b"from", b"To", b"subject", b"X-A"]), max_size=12),
+    include=st.lists(st.sampled_from([b"from", b"to", b"subject", b"cc", b"x-a"]), max_size=16),
+)
+def test_header_selection_gives_dkimpy_s_fields_in_dkimpy_s_order(
+    names: list[bytes], include: list[bytes]
+) -> None:
+    fields = [(name, b" value %d\r\n" % i) for i, name in enumerate(names)]
+    ours = dkim_canon.select_headers(fields, include)
+    assert ours == dkim_canon.DKIMPY["select_headers"](fields, include)
