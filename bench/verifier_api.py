@@ -201,6 +201,7 @@ class Result:
     latencies: list[float]
     elapsed: float
     cpu: float  # seconds, server processes
+    client_cpu: float  # seconds, this process (the load)
     rss_kib: int
 
     @property
@@ -232,15 +233,17 @@ def run_server(tree: Path, archive: Path, email: bytes, args: argparse.Namespace
         asyncio.run(wait_ready(url, time.monotonic() + 30))
         asyncio.run(load(port, email, min(50, args.requests), args.concurrency))  # warm-up
         cpu_before = cpu_seconds(server.pid)
+        client_before = time.process_time()
         started = time.perf_counter()
         latencies = asyncio.run(load(port, email, args.requests, args.concurrency))
         elapsed = time.perf_counter() - started
+        client = time.process_time() - client_before
         cpu = cpu_seconds(server.pid) - cpu_before
         rss = peak_rss_kib(server.pid)
     finally:
         server.terminate()
         server.wait(timeout=10)
-    return Result(latencies, elapsed, cpu, rss)
+    return Result(latencies, elapsed, cpu, client, rss)
 
 
 def main() -> int:
@@ -271,6 +274,8 @@ def main() -> int:
     print(f"latency p50          {statistics.median(result.latencies) * 1000:.1f} ms")
     print(f"latency p99          {result.percentile(0.99):.1f} ms")
     print(f"server CPU           {result.cpu_ms:.2f} ms per verification")
+    client_ms = result.client_cpu * 1000 / len(result.latencies)
+    print(f"load tool CPU        {client_ms:.2f} ms per verification")
     print(f"peak RSS (server)    {result.rss_kib / 1024:.0f} MiB")
     return 0
 
