@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import binascii
 import email.policy
+import functools
 import quopri
 import re
 from collections.abc import Iterator
@@ -38,9 +39,15 @@ class Part:
     protocol_signature: bool = False
     parent_type: str = ""  # the content type of the multipart holding it
 
-    @property
+    # Read once: the email package parses the header again at each call.
+    @functools.cached_property
     def content_type(self) -> str:
         return self.headers.get_content_type()
+
+    @property
+    def maintype(self) -> str:
+        """As Message.get_content_maintype()."""
+        return self.content_type.split("/")[0]
 
     @property
     def transfer_encoding(self) -> str:
@@ -84,7 +91,7 @@ def _part(data: bytes, depth: int, max_depth: int, max_parts: int, counter: list
     # are still found and checked.
     headers = _HEADER_PARSER.parsebytes(_BARE_CR.sub(b" ", block))
     part = Part(headers=headers, body=body, depth=depth)
-    if headers.get_content_maintype() != "multipart":
+    if part.maintype != "multipart":
         return part
     boundary = headers.get_boundary()
     if not boundary:
