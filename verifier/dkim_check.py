@@ -264,7 +264,10 @@ def _with(check: DkimCheck, **changes: Any) -> DkimCheck:
 
 
 def _header_block_size(raw: bytes) -> int:
-    ends = [i for i in (raw.find(b"\r\n\r\n"), raw.find(b"\n\n")) if i >= 0]
+    crlf = raw.find(b"\r\n\r\n")
+    # Only an LF pair before the CRLF pair counts: no need to scan the body for one.
+    lf = raw.find(b"\n\n", 0, len(raw) if crlf < 0 else crlf + 2)
+    ends = [i for i in (crlf, lf) if i >= 0]
     return min(ends) if ends else len(raw)
 
 

@@ -11,6 +11,8 @@ import dkim.crypto
 import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from keys.signing import SigningMaterial
 from tests.verifier.conftest import KeyHistory, replace_header, trust_with
@@ -175,3 +177,11 @@ def test_a_record_dkimpy_refuses_is_refused_each_time_in_dkimpy_s_words() -> Non
         for _ in range(2):
             with pytest.raises(dkim.KeyFormatError, match=words):
                 dkim.evaluate_pk(name, record)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.sampled_from([b"a", b": ", b"\r", b"\n", b"\r\n", b"\n\n"]), max_size=30))
+def test_the_header_block_size_is_the_first_blank_line_of_either_kind(parts: list[bytes]) -> None:
+    raw = b"".join(parts)
+    ends = [i for i in (raw.find(b"\r\n\r\n"), raw.find(b"\n\n")) if i >= 0]
+    assert dkim_check._header_block_size(raw) == (min(ends) if ends else len(raw))
