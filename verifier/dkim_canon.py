@@ -156,8 +156,11 @@ class HashThrough(dkim.HashThrough):  # type: ignore[misc]
             super().update(body)
 
     def digest(self) -> bytes:
-        if self._body is not None:
-            return _body_digest(self.name, self._body)
+        body = self._body
+        if body is not None:
+            if body is getattr(_last, "result", None):
+                return _body_digest(self.name, body)
+            self._flush()  # another body was kept since: this one is hashed here
         result: bytes = super().digest()
         return result
 

@@ -189,3 +189,15 @@ def test_header_selection_gives_dkimpy_s_fields_in_dkimpy_s_order(
     fields = [(name, b" value %d\r\n" % i) for i, name in enumerate(names)]
     ours = dkim_canon.select_headers(fields, include)
     assert ours == dkim_canon.DKIMPY["select_headers"](fields, include)
+
+
+def test_a_hasher_whose_body_is_no_longer_the_kept_one_hashes_it_itself() -> None:
+    import hashlib
+
+    first = dkim_canon._canonical_body_once(b"first  body\r\n")
+    hasher = dkim_canon.HashThrough(hashlib.sha256())
+    hasher.update(first)
+    dkim_canon._canonical_body_once(b"second body\r\n")
+    assert hasher.digest() == hashlib.sha256(first).digest()
+    dkim_canon.forget()
+    assert hasher.digest() == hashlib.sha256(first).digest()
