@@ -127,6 +127,12 @@ def _body_digest(name: str, canonical: bytes) -> bytes:
     return digests[name]
 
 
+def _is_kept(data: bytes) -> bool:
+    """Whether `data` is this thread's kept canonical body (the very object)."""
+    kept: object = getattr(_last, "result", None)
+    return data is kept
+
+
 def _hash(name: str, data: bytes) -> bytes:
     return hashlib.new(name, data).digest()
 
@@ -142,7 +148,7 @@ class HashThrough(dkim.HashThrough):  # type: ignore[misc]
         self._body: bytes | None = None  # the kept canonical body, not yet hashed here
 
     def update(self, data: bytes) -> None:
-        if not self._fed and not self.debug and data is getattr(_last, "result", None):
+        if not self._fed and not self.debug and _is_kept(data):
             self._fed = True
             self._body = data
             return
@@ -158,7 +164,7 @@ class HashThrough(dkim.HashThrough):  # type: ignore[misc]
     def digest(self) -> bytes:
         body = self._body
         if body is not None:
-            if body is getattr(_last, "result", None):
+            if _is_kept(body):
                 return _body_digest(self.name, body)
             self._flush()  # another body was kept since: this one is hashed here
         result: bytes = super().digest()
