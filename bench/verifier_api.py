@@ -2,15 +2,20 @@
 `sealpost-verifier` (uvicorn, N worker processes) on 127.0.0.1.
 
     .venv/bin/python bench/verifier_api.py [--requests 2000] [--concurrency 16] [--workers 2]
-        [--log-entries N]
+        [--log-entries N] [--compare TREE --rounds 3]
 
 With --log-entries N, the archive lists a statement log of N entries (the statement's own
 among them, near the end), so each verification also finds its entry and proves it in
 the checkpoint (no timestamp token: no TSA is started).
 
-Prints verifications/s, p50/p99 latency and the server's peak RSS. Target on a 2-core
-machine: at least 150 verifications/s with p99 under 150 ms. The client shares the cores
-with the server, so the figures are conservative.
+Prints verifications/s, p50/p99 latency, the server's peak RSS and the CPU time its
+processes spent per verification (user + system, from /proc, the load tool excluded):
+on a shared machine verifications/s are noise, CPU per verification much less so.
+Target on a 2-core machine: 300 verifications/s with p99 under 150 ms.
+
+With --compare TREE (another checkout of the repository, e.g. `git worktree add` or
+`git archive main | tar -x -C /tmp/base`), each round serves the same email from this
+tree and from TREE back to back, and prints the ratio of their CPU per verification.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -64,6 +70,19 @@ def process_tree(pid: int) -> list[int]:
     for child in children:
         found.extend(process_tree(int(child)))
     return found
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of the server and its worker processes so far."""
+    ticks = 0
+    for member in process_tree(pid):
+        try:
+            stat = Path(f"/proc/{member}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def peak_rss_kib(pid: int) -> int:
@@ -177,12 +196,64 @@ def add_log(archive: Path, own_entry: bytes, count: int) -> None:
     (archive / "archive.json.tmp").replace(path)
 
 
+@dataclass(frozen=True)
+class Result:
+    latencies: list[float]
+    elapsed: float
+    cpu: float  # seconds, server processes
+    client_cpu: float  # seconds, this process (the load)
+    rss_kib: int
+
+    @property
+    def rate(self) -> float:
+        return len(self.latencies) / self.elapsed
+
+    @property
+    def cpu_ms(self) -> float:
+        return self.cpu * 1000 / len(self.latencies)
+
+    def percentile(self, fraction: float) -> float:
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, int(len(ordered) * fraction))] * 1000
+
+
+def run_server(tree: Path, archive: Path, email: bytes, args: argparse.Namespace) -> Result:
+    """Serves the verifier of `tree` and measures `args.requests` verifications."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    command = [
+        sys.executable, "-m", "verifier", "--port", str(port), "--archive", str(archive),
+        "--workers", str(args.workers), "--rate-limit", "0",
+    ]  # fmt: skip
+    server = subprocess.Popen(
+        command, cwd=tree, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        asyncio.run(wait_ready(url, time.monotonic() + 30))
+        asyncio.run(load(port, email, min(50, args.requests), args.concurrency))  # warm-up
+        cpu_before = cpu_seconds(server.pid)
+        client_before = time.process_time()
+        started = time.perf_counter()
+        latencies = asyncio.run(load(port, email, args.requests, args.concurrency))
+        elapsed = time.perf_counter() - started
+        client = time.process_time() - client_before
+        cpu = cpu_seconds(server.pid) - cpu_before
+        rss = peak_rss_kib(server.pid)
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+    return Result(latencies, elapsed, cpu, client, rss)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--log-entries", type=int, default=0, help="a statement log this big")
+    parser.add_argument("--compare", type=Path, help="another tree to serve, round by round")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds with --compare")
     args = parser.parse_args()
 
     material = make_material()
@@ -192,37 +263,38 @@ def main() -> int:
         archive = write_archive(Path(tmp) / "public", [(material, KeyHistory())])
         if args.log_entries:
             add_log(archive, sealed.entry, args.log_entries)
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        command = [
-            sys.executable, "-m", "verifier", "--port", str(port), "--archive", str(archive),
-            "--workers", str(args.workers), "--rate-limit", "0",
-        ]  # fmt: skip
-        server = subprocess.Popen(
-            command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        try:
-            asyncio.run(wait_ready(url, time.monotonic() + 30))
-            asyncio.run(load(port, email, min(50, args.requests), args.concurrency))  # warm-up
-            started = time.perf_counter()
-            latencies = asyncio.run(load(port, email, args.requests, args.concurrency))
-            elapsed = time.perf_counter() - started
-            rss = peak_rss_kib(server.pid)
-        finally:
-            server.terminate()
-            server.wait(timeout=10)
-    latencies.sort()
-    p50 = statistics.median(latencies) * 1000
-    p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000
+        if args.compare is not None:
+            return compare(args.compare.resolve(), archive, email, args)
+        result = run_server(ROOT, archive, email, args)
     print(f"email size           {len(email) / 1024:.1f} KB")
-    print(f"verifications        {len(latencies)} with {args.concurrency} clients")
+    print(f"verifications        {len(result.latencies)} with {args.concurrency} clients")
     print(f"server workers       {args.workers}")
     print(f"statement log        {args.log_entries or 'none'} entries")
-    print(f"verifications/s      {len(latencies) / elapsed:.0f}")
-    print(f"latency p50          {p50:.1f} ms")
-    print(f"latency p99          {p99:.1f} ms")
-    print(f"peak RSS (server)    {rss / 1024:.0f} MiB")
+    print(f"verifications/s      {result.rate:.0f}")
+    print(f"latency p50          {statistics.median(result.latencies) * 1000:.1f} ms")
+    print(f"latency p99          {result.percentile(0.99):.1f} ms")
+    print(f"server CPU           {result.cpu_ms:.2f} ms per verification")
+    client_ms = result.client_cpu * 1000 / len(result.latencies)
+    print(f"load tool CPU        {client_ms:.2f} ms per verification")
+    print(f"peak RSS (server)    {result.rss_kib / 1024:.0f} MiB")
+    return 0
+
+
+def compare(base: Path, archive: Path, email: bytes, args: argparse.Namespace) -> int:
+    """Rounds of (this tree, `base`) back to back: the ratio of CPU per verification is
+    what a busy machine leaves comparable."""
+    ratios = []
+    print(f"this tree {ROOT} against {base}: {args.requests} verifications each")
+    for number in range(1, args.rounds + 1):
+        ours = run_server(ROOT, archive, email, args)
+        theirs = run_server(base, archive, email, args)
+        ratios.append(ours.cpu_ms / theirs.cpu_ms)
+        print(
+            f"round {number}: CPU {ours.cpu_ms:.2f} / {theirs.cpu_ms:.2f} ms per verification"
+            f" = {ratios[-1]:.2f}; {ours.rate:.0f} / {theirs.rate:.0f} verifications/s;"
+            f" p99 {ours.percentile(0.99):.0f} / {theirs.percentile(0.99):.0f} ms"
+        )
+    print(f"median CPU ratio (this tree / base): {statistics.median(ratios):.2f}")
     return 0
 
 

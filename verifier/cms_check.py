@@ -11,6 +11,8 @@ import dataclasses
 import datetime as dt
 import hashlib
 import re
+import threading
+from typing import Any
 
 from asn1crypto import cms as asn1_cms
 from asn1crypto import x509 as asn1_x509
@@ -43,14 +45,45 @@ class _Invalid(Exception):
         self.detail = detail
 
 
+@dataclasses.dataclass
+class Signature:
+    """A .p7s read once: the digest it states finds its document (signed_digest), then it
+    is checked (check_document), without parsing it twice."""
+
+    parts: tuple[asn1_cms.SignerInfo, asn1_cms.CMSAttributes, list[asn1_x509.Certificate]] | None
+    problem: _Invalid | None  # why it cannot be read, when parts is None
+    attributes: _Attributes | Exception | None = None  # read on first use, or why not
+
+
+def read(signature: bytes) -> Signature:
+    try:
+        return Signature(_parse(signature), None)
+    except _Invalid as exc:
+        return Signature(None, exc)
+
+
+def _attributes_of(signature: Signature) -> _Attributes:
+    """The signed attributes, read once; raises what _attributes raises, every time."""
+    assert signature.parts is not None
+    if signature.attributes is None:
+        try:
+            signature.attributes = _attributes(signature.parts[1])
+        except (_Invalid, ValueError, TypeError, KeyError, OverflowError) as exc:
+            signature.attributes = exc
+    if isinstance(signature.attributes, Exception):
+        raise signature.attributes
+    return signature.attributes
+
+
 def check_document(
     filename: str,
     document: bytes | None,
-    signature: bytes,
+    signature: bytes | Signature,
     trust: Trust,
     now: dt.datetime,
 ) -> DocumentCheck:
-    """`document` is the decoded bytes of the signed file, None when it is missing."""
+    """`document` is the decoded bytes of the signed file, None when it is missing.
+    `signature`: the .p7s, or what read() made of it."""
     try:
         return _check(filename, document, signature, trust, now)
     except (ValueError, TypeError, KeyError, OverflowError, UnsupportedAlgorithm) as exc:
@@ -69,26 +102,28 @@ def check_document(
 def _check(
     filename: str,
     document: bytes | None,
-    signature: bytes,
+    signature: bytes | Signature,
     trust: Trust,
     now: dt.datetime,
 ) -> DocumentCheck:
     size = None if document is None else len(document)
-    sha256 = None if document is None else hashlib.sha256(document).hexdigest()
+    sha256_digest = None if document is None else hashlib.sha256(document).digest()
+    sha256 = None if sha256_digest is None else sha256_digest.hex()
     base = DocumentCheck(filename=filename, status=DocStatus.INVALID, size=size, sha256=sha256)
     if document is None:
         return _replace(base, reason="document_missing")
-    try:
-        parsed = _parse(signature)
-    except _Invalid as exc:
-        return _replace(base, reason=exc.reason, detail=exc.detail)
-    signer_info, signed_attrs, certificates = parsed
+    if isinstance(signature, bytes):
+        signature = read(signature)
+    if signature.parts is None:
+        assert signature.problem is not None
+        return _replace(base, reason=signature.problem.reason, detail=signature.problem.detail)
+    signer_info, signed_attrs, certificates = signature.parts
     try:
         digest_name = signer_info["digest_algorithm"]["algorithm"].native
         if digest_name not in _HASHES:
             raise _Invalid("unsupported_algorithm", str(digest_name))
         hash_cls, hashlib_name = _HASHES[digest_name]
-        attrs = _attributes(signed_attrs)
+        attrs = _attributes_of(signature)
         signer = _find_signer(signer_info["sid"], certificates, trust)
     except _Invalid as exc:
         return _replace(base, reason=exc.reason, detail=exc.detail)
@@ -96,16 +131,20 @@ def _check(
         return _replace(base, reason="malformed_signature", detail=type(exc).__name__)
 
     signing_time = attrs.signing_time
-    info = _signer_info(signer)
+    info = trust.derived("signer_info", signer, lambda: _signer_info(signer))
     base = _replace(base, signer=info, signing_time=signing_time)
 
-    if hashlib.new(hashlib_name, document).digest() != attrs.message_digest:
+    if hashlib_name == "sha256":
+        digest = sha256_digest
+    else:
+        digest = hashlib.new(hashlib_name, document).digest()
+    if digest != attrs.message_digest:
         return _replace(base, reason="digest_mismatch")
     try:
         _verify_signature(signer, signer_info, signed_attrs.dump(), hash_cls())
     except _Invalid as exc:
         return _replace(base, reason=exc.reason, detail=exc.detail)
-    usage = _usage_problem(signer)
+    usage = trust.derived("usage_problem", signer, lambda: _usage_problem(signer))
     if usage is not None:
         return _replace(base, reason="wrong_key_usage", detail=usage)
     if trust.issuing_root(signer) is None:
@@ -197,6 +236,29 @@ def _parse(
         raise _Invalid("malformed_signature", type(exc).__name__) from exc
 
 
+# The attributes a check reads. Every other one must still parse (asn1crypto refuses a
+# malformed one, and so does the check), but the same few come with every statement (the
+# gateway's S/MIME capabilities): one that parsed is known by its bytes.
+_READ = frozenset({"message_digest", "content_type", "signing_time"})
+_READABLE_MAX = 256
+_readable_seen: set[bytes] = set()
+_readable_lock = threading.Lock()
+
+
+def _readable(attr: asn1_cms.CMSAttribute, values: Any) -> bool:
+    """True, or what reading the attribute's value raises (never kept)."""
+    der = attr.dump()
+    with _readable_lock:
+        if der in _readable_seen:
+            return True
+    values[0].native  # noqa: B018 - parsed for the errors it raises
+    with _readable_lock:
+        if len(_readable_seen) >= _READABLE_MAX:
+            _readable_seen.clear()
+        _readable_seen.add(der)
+    return True
+
+
 @dataclasses.dataclass(frozen=True)
 class _Attributes:
     message_digest: bytes
@@ -210,10 +272,10 @@ def _attributes(signed_attrs: asn1_cms.CMSAttributes) -> _Attributes:
         values = attr["values"]
         if kind in found or len(values) != 1:
             # RFC 5652 5.3: these attributes are single-valued and appear once.
-            if kind in ("message_digest", "content_type", "signing_time"):
+            if kind in _READ:
                 raise _Invalid("malformed_signature", f"repeated {kind}")
             continue
-        found[kind] = values[0].native
+        found[kind] = values[0].native if kind in _READ else _readable(attr, values)
     if found.get("content_type") != "data":
         raise _Invalid("malformed_signature", "content type attribute is not id-data")
     digest = found.get("message_digest")
@@ -231,7 +293,7 @@ def _attributes(signed_attrs: asn1_cms.CMSAttributes) -> _Attributes:
 def _find_signer(
     sid: asn1_cms.SignerIdentifier, embedded: list[asn1_x509.Certificate], trust: Trust
 ) -> x509.Certificate:
-    candidates = [x509.load_der_x509_certificate(c.dump()) for c in embedded]
+    candidates = [trust.certificate_from_der(c.dump()) for c in embedded]
     candidates.extend(trust.archive_certificates())
     if sid.name == "issuer_and_serial_number":
         serial = sid.chosen["serial_number"].native
@@ -308,14 +370,17 @@ def _name_text(name: x509.Name) -> str:
     return _CONTROL.sub("\ufffd", ", ".join(parts))[:500]
 
 
-def signed_digest(signature: bytes) -> tuple[str, bytes] | None:
+def signed_digest(signature: bytes | Signature) -> tuple[str, bytes] | None:
     """The hash name and the digest a .p7s states for its document (None if unreadable):
     lets a signature find its document by content when a mail program renamed it."""
+    if isinstance(signature, bytes):
+        signature = read(signature)
+    if signature.parts is None:
+        return None
     try:
-        signer_info, signed_attrs, _ = _parse(signature)
-        name = signer_info["digest_algorithm"]["algorithm"].native
+        name = signature.parts[0]["digest_algorithm"]["algorithm"].native
         if name not in _HASHES:
             return None
-        return _HASHES[name][1], _attributes(signed_attrs).message_digest
+        return _HASHES[name][1], _attributes_of(signature).message_digest
     except (_Invalid, ValueError, TypeError, KeyError, OverflowError):
         return None

@@ -7,15 +7,14 @@ a forwarder's) are listed but not checked.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import functools
 import logging
-import threading
 from typing import Any
 
 import dkim
-import dkim.canonicalization
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa, utils
@@ -23,7 +22,7 @@ from dkim.util import InvalidTagValueList, parse_tag_value
 
 from keys.archive import PublicDkimKey, format_time
 from tlog.entry import dkim_seal_hash
-from verifier import headers
+from verifier import dkim_canon, headers
 from verifier.report import DkimCheck, DkimStatus, KeyInfo
 from verifier.service import outside_service, retired_at
 from verifier.trust import Trust
@@ -68,20 +67,27 @@ def _openssl_rsa_verify(digest: Any, signature: bytes, public_key: dict[str, int
 
 dkim.RSASSA_PKCS1_v1_5_verify = _openssl_rsa_verify
 
-# dkimpy canonicalises the body again for each signature, and the fund signs twice over
-# the same relaxed body: the last result is kept, per thread, for that same body object.
-_relaxed_body = dkim.canonicalization.Relaxed.canonicalize_body
-_last = threading.local()
+# dkimpy parses the key record (base64, ASN.1, the modulus as a Python integer) for every
+# signature. The result depends on the record's text alone, so it is kept per record: a
+# revocation changes the key's state in the archive, never its record, and is checked
+# apart. A record dkimpy refuses is not kept; it is refused again, by name.
+_evaluate_pk = dkim.evaluate_pk
 
 
-def _relaxed_body_once(body: bytes) -> bytes:
-    if getattr(_last, "body", None) is not body:
-        _last.body, _last.result = body, _relaxed_body(body)
-    result: bytes = _last.result
-    return result
+@functools.lru_cache(maxsize=256)
+def _parsed_record(record: bytes) -> Any:
+    return _evaluate_pk(b"", record)
 
 
-dkim.canonicalization.Relaxed.canonicalize_body = staticmethod(_relaxed_body_once)
+def _evaluate_pk_once(name: bytes, record: bytes | str) -> Any:
+    if isinstance(record, bytes) and record:
+        with contextlib.suppress(Exception):
+            return _parsed_record(record)
+    return _evaluate_pk(name, record)
+
+
+dkim.evaluate_pk = _evaluate_pk_once
+dkim_canon.install()
 
 # RFC 8301: rsa-sha1 signatures are not to be trusted; the fund never makes them.
 _ALGORITHMS = {"rsa-sha256": "rsa", "ed25519-sha256": "ed25519"}
@@ -97,14 +103,17 @@ def check_dkim(
     signatures: list[bytes],
     trust: Trust,
     defects: tuple[str, ...] | None = None,
+    block: headers.HeaderBlock | None = None,
 ) -> tuple[DkimCheck, ...]:
     """`signatures`: the DKIM-Signature values as the header reader saw them, used to
     describe them when dkimpy cannot read the message at all. `defects`: what in the
     message readers would read differently (computed from `raw` when not given); a
-    signature that passes over such a message does not vouch for what a reader shows."""
+    signature that passes over such a message does not vouch for what a reader shows.
+    `block`: `raw`'s header block as headers.read reads it, when the caller has it."""
     if _header_block_size(raw) > MAX_HEADER_BYTES:
         return _unchecked(signatures, "headers_too_large", None)
-    block = headers.read(headers.split(raw)[0])
+    if block is None:
+        block = headers.read(headers.split(raw)[0])
     if defects is None:
         defects = block.defects
     try:
@@ -112,10 +121,14 @@ def check_dkim(
     except Exception as exc:  # dkimpy raises many types on hostile input
         return _unchecked(signatures, "unparseable_message", type(exc).__name__)
     found = [v for k, v in verifier.headers if k.lower() == b"dkim-signature"]
-    checked = tuple(
-        _vouches(_check_one(verifier, idx, value, trust), value, block, defects)
-        for idx, value in enumerate(found[:MAX_SIGNATURES])
-    )
+    try:
+        tagged = [_tags(value) for value in found[:MAX_SIGNATURES]]
+        checked = tuple(
+            _vouches(_check_one(verifier, idx, tags, trust), tags, block, defects)
+            for idx, tags in enumerate(tagged)
+        )
+    finally:
+        dkim_canon.forget()
     return checked + _unchecked(found[MAX_SIGNATURES:], "too_many_signatures", None)
 
 
@@ -126,7 +139,7 @@ def covered_fields(signature: bytes, block: headers.HeaderBlock) -> set[int]:
 
 
 def _vouches(
-    check: DkimCheck, value: bytes, block: headers.HeaderBlock, defects: tuple[str, ...]
+    check: DkimCheck, tags: dict[bytes, bytes], block: headers.HeaderBlock, defects: tuple[str, ...]
 ) -> DkimCheck:
     """A passing signature vouches for the message only if every reader reads the same
     headers, and every From, Subject, Reply-To... present is one it covers."""
@@ -137,7 +150,7 @@ def _vouches(
         return _with(
             check, status=DkimStatus.FAIL, reason="headers_malformed", detail=", ".join(defects)
         )
-    names = _tags(value).get(b"h", b"").split(b":")
+    names = tags.get(b"h", b"").split(b":")
     unsigned = headers.unsigned_shown(block.fields, names)
     if unsigned:
         return _with(
@@ -170,8 +183,7 @@ def _key_info(key: PublicDkimKey) -> KeyInfo:
     )
 
 
-def _check_one(verifier: Any, idx: int, value: bytes, trust: Trust) -> DkimCheck:
-    tags = _tags(value)
+def _check_one(verifier: Any, idx: int, tags: dict[bytes, bytes], trust: Trust) -> DkimCheck:
     domain = _text(tags.get(b"d")).lower().rstrip(".")
     selector = _text(tags.get(b"s"))
     algorithm = _text(tags.get(b"a")).lower()
@@ -253,7 +265,10 @@ def _with(check: DkimCheck, **changes: Any) -> DkimCheck:
 
 
 def _header_block_size(raw: bytes) -> int:
-    ends = [i for i in (raw.find(b"\r\n\r\n"), raw.find(b"\n\n")) if i >= 0]
+    crlf = raw.find(b"\r\n\r\n")
+    # Only an LF pair before the CRLF pair counts: no need to scan the body for one.
+    lf = raw.find(b"\n\n", 0, len(raw) if crlf < 0 else crlf + 2)
+    ends = [i for i in (crlf, lf) if i >= 0]
     return min(ends) if ends else len(raw)
 
 

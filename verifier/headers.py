@@ -10,6 +10,7 @@ exactly as dkimpy hashes them and names each defect, so the verdict can refuse
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -32,7 +33,7 @@ class Field:
     name: bytes  # as written
     value: bytes  # everything after the colon, continuation lines and CRLFs included
 
-    @property
+    @functools.cached_property
     def key(self) -> bytes:
         return self.name.lower()
 
@@ -52,12 +53,17 @@ class HeaderBlock:
 def split(data: bytes) -> tuple[bytes, bytes]:
     """The header block (each line with its line end) and the body, cut where dkimpy cuts:
     at the first empty line, lines ending in CRLF or LF."""
-    position = 0
-    for match in _LINE_END.finditer(data):
-        if match.start() == position:
-            return data[:position], data[match.end() :]
-        position = match.end()
-    return data, b""
+    # Every LF ends a line (CRLF or LF); the empty line is where one line end follows
+    # another, or at the very start. Searched for directly, not line by line.
+    for end in (b"\r\n", b"\n"):
+        if data.startswith(end):
+            return b"", data[len(end) :]
+    crlf = data.find(b"\n\r\n")
+    lf = data.find(b"\n\n", 0, len(data) if crlf < 0 else crlf + 2)
+    if crlf < 0 and lf < 0:
+        return data, b""
+    position = (lf if lf >= 0 else crlf) + 1
+    return data[:position], data[position + (1 if lf >= 0 else 2) :]
 
 
 def read(block: bytes) -> HeaderBlock:
@@ -113,16 +119,14 @@ def read(block: bytes) -> HeaderBlock:
 def signed_instances(fields: tuple[Field, ...], signed_names: list[bytes]) -> set[int]:
     """Indexes of the fields a DKIM signature with this h= list covers (RFC 6376 5.4.2:
     each listed name takes the next instance from the bottom up)."""
+    instances: dict[bytes, list[int]] = {}
+    for index, item in enumerate(fields):
+        instances.setdefault(item.key, []).append(index)
     covered: set[int] = set()
-    last: dict[bytes, int] = {}
     for name in (n.strip().lower() for n in signed_names):
-        index = last.get(name, len(fields))
-        while index > 0:
-            index -= 1
-            if fields[index].key == name:
-                covered.add(index)
-                break
-        last[name] = index
+        found = instances.get(name)
+        if found:
+            covered.add(found.pop())
     return covered
 
 

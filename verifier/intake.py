@@ -165,7 +165,7 @@ def _collect(part: mime.Part, root: mime.Part, upload: Upload) -> None:
     if part.protocol_signature:
         upload.smime_signed = True
         return
-    if part.children or part.headers.get_content_maintype() == "multipart":
+    if part.children or part.maintype == "multipart":
         return
     content_type = part.content_type
     raw_name = _raw_filename(part)
@@ -188,7 +188,7 @@ def _is_message_text(part: mime.Part, filename: str) -> bool:
     disposition = str(part.headers.get("content-disposition", "")).split(";")[0].strip().lower()
     if filename or disposition == "attachment":
         return False
-    maintype = part.headers.get_content_maintype()
+    maintype = part.maintype
     return maintype == "text" or (maintype == "image" and part.parent_type == "multipart/related")
 
 

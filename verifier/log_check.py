@@ -69,7 +69,7 @@ def _witnesses(keys: Iterable[str]) -> list[note.Verifier]:
     found = []
     for text in keys:
         try:
-            verifier = note.Verifier.from_text(text)
+            verifier = _key(text)
         except note.NoteError:
             continue  # a bad entry in the archive hides that witness, nothing else
         found.append(
@@ -85,10 +85,17 @@ def _open(record: PublicLog, archive_dir: Path) -> _Log:
     if not (directory / CHECKPOINT).is_file():
         raise LogUnavailable(f"no checkpoint for the log {record.origin} in {directory}")
     try:
-        verifier = note.Verifier.from_text(record.key)
+        verifier = _key(record.key)
     except note.NoteError as exc:
         raise LogUnavailable(f"the archive's key for {record.origin} is unreadable") from exc
     return _Log(record, directory, verifier)
+
+
+@functools.lru_cache(maxsize=64)
+def _key(text: str) -> note.Verifier:
+    """A log's or a witness's key as the archive states it, read once per text (a key
+    the archive changes is new text; a key that cannot be read is refused every time)."""
+    return note.Verifier.from_text(text)
 
 
 _stores: dict[Path, TileStore] = {}
@@ -138,6 +145,13 @@ def _opened_checkpoint(data: bytes, verifier: note.Verifier, origin: str) -> not
     return checkpoint
 
 
+@functools.lru_cache(maxsize=64)
+def _opened_note(data: bytes, verifiers: tuple[note.Verifier, ...]) -> note.Note:
+    """The signatures on a checkpoint, the log's and the witnesses', checked once per
+    version of the file and set of keys, not per statement."""
+    return note.open_note(data, verifiers)
+
+
 def _prove(
     log: _Log, index: int, digest: str, tsa_roots: list[bytes], witnesses: list[note.Verifier]
 ) -> LogProof | None:
@@ -167,7 +181,7 @@ def _prove(
         return None
     if not merkle.verify_inclusion(leaf, index, chosen.size, proof, chosen.root):
         return None
-    opened = note.open_note(chosen_note, [log.verifier, *witnesses])
+    opened = _opened_note(chosen_note, (log.verifier, *witnesses))
     cosigned = tuple(
         f"{s.name} ({_cosigned_at(s):%Y-%m-%d %H:%M:%S} UTC)"
         for s in opened.signatures

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import binascii
 import email.policy
+import functools
 import quopri
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from email.message import Message
 from email.parser import BytesHeaderParser
@@ -37,9 +39,15 @@ class Part:
     protocol_signature: bool = False
     parent_type: str = ""  # the content type of the multipart holding it
 
-    @property
+    # Read once: the email package parses the header again at each call.
+    @functools.cached_property
     def content_type(self) -> str:
         return self.headers.get_content_type()
+
+    @property
+    def maintype(self) -> str:
+        """As Message.get_content_maintype()."""
+        return self.content_type.split("/")[0]
 
     @property
     def transfer_encoding(self) -> str:
@@ -49,11 +57,11 @@ class Part:
         """The body as a mail program decodes it: lenient, as they are."""
         encoding = self.transfer_encoding
         if encoding == "base64":
-            text = _BASE64_JUNK.sub(b"", self.body)
-            try:
-                return binascii.a2b_base64(text)
+            try:  # skips line ends and other junk itself, as if they were not there
+                return binascii.a2b_base64(self.body)
             except binascii.Error:
                 pass
+            text = _BASE64_JUNK.sub(b"", self.body)
             try:  # a cut-off last quantum: keep what is whole
                 return binascii.a2b_base64(text[: len(text) - len(text) % 4])
             except binascii.Error:
@@ -83,7 +91,7 @@ def _part(data: bytes, depth: int, max_depth: int, max_parts: int, counter: list
     # are still found and checked.
     headers = _HEADER_PARSER.parsebytes(_BARE_CR.sub(b" ", block))
     part = Part(headers=headers, body=body, depth=depth)
-    if headers.get_content_maintype() != "multipart":
+    if part.maintype != "multipart":
         return part
     boundary = headers.get_boundary()
     if not boundary:
@@ -101,10 +109,9 @@ def _part(data: bytes, depth: int, max_depth: int, max_parts: int, counter: list
 def _child_spans(body: bytes, boundary: bytes) -> list[bytes]:
     """RFC 2046 5.1.1: each child lies between the line end after one delimiter line and
     the line end before the next; the close delimiter ends the list."""
-    delimiter = re.compile(rb"^--" + re.escape(boundary) + rb"(--)?[ \t]*\r?$", re.MULTILINE)
     children: list[bytes] = []
     start: int | None = None
-    for match in delimiter.finditer(body):
+    for match in _delimiters(body, boundary):
         if start is not None:
             end = match.start()
             end -= 2 if body.startswith(b"\r\n", end - 2) else (1 if end > start else 0)
@@ -119,6 +126,21 @@ def _child_spans(body: bytes, boundary: bytes) -> list[bytes]:
     if start is not None:  # no close delimiter: a truncated message, read what is there
         children.append(body[start:])
     return children
+
+
+def _delimiters(body: bytes, boundary: bytes) -> Iterator[re.Match[bytes]]:
+    """The delimiter lines of `body`, as `finditer` finds them, but trying the pattern only
+    where its fixed start, "--" and the boundary, is: not at every byte of a document."""
+    delimiter = re.compile(rb"^--" + re.escape(boundary) + rb"(--)?[ \t]*\r?$", re.MULTILINE)
+    needle = b"--" + boundary
+    position = body.find(needle)
+    while position >= 0:
+        match = delimiter.match(body, position)  # `^` still asks for a line start here
+        if match is None:
+            position = body.find(needle, position + 1)
+            continue
+        yield match
+        position = body.find(needle, match.end())
 
 
 def walk(part: Part) -> list[Part]:

@@ -7,17 +7,21 @@ on the next request, without a restart.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Hashable
 from pathlib import Path
+from typing import Any, TypeVar
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 
 from keys.archive import ArchiveWatcher, PublicArchive, PublicCertificate, PublicDkimKey
 
-# Chain results are cached per signer certificate; a hostile stream of fresh certificates
-# must not grow memory without bound.
-_CHAIN_CACHE_MAX = 1024
+# What is derived from certificates is kept per certificate; a hostile stream of fresh
+# certificates must not grow memory without bound.
+_DERIVED_MAX = 1024
+
+T = TypeVar("T")
 
 
 class Trust:
@@ -34,7 +38,9 @@ class Trust:
         self._published = tuple(
             x509.load_pem_x509_certificate(c.pem.encode("ascii")) for c in archive.certificates
         )
-        self._chain: dict[str, x509.Certificate | None] = {}
+        # Facts about certificates (their chain to a root, usage, names), kept for this
+        # version of the archive only: a new export (a revocation) makes a new Trust.
+        self._derived: dict[tuple[str, Hashable], Any] = {}
         self._lock = threading.Lock()
 
     def dkim_key(self, domain: str, selector: str) -> PublicDkimKey | None:
@@ -49,11 +55,9 @@ class Trust:
 
     def issuing_root(self, certificate: x509.Certificate) -> x509.Certificate | None:
         """The archive root that directly issued `certificate` (its signature verified)."""
-        key = certificate.fingerprint(hashes.SHA256()).hex()
-        with self._lock:
-            if key in self._chain:
-                return self._chain[key]
-        found: x509.Certificate | None = None
+        return self.derived("issuing_root", certificate, lambda: self._issuing_root(certificate))
+
+    def _issuing_root(self, certificate: x509.Certificate) -> x509.Certificate | None:
         for root in self.roots:
             try:
                 if root.subject != certificate.issuer:
@@ -61,13 +65,27 @@ class Trust:
                 certificate.verify_directly_issued_by(root)
             except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
                 continue
-            found = root
-            break
+            return root
+        return None
+
+    def certificate_from_der(self, der: bytes) -> x509.Certificate:
+        """A certificate a .p7s embeds, loaded once (raises ValueError as the loader does)."""
+        return self.derived("der", der, lambda: x509.load_der_x509_certificate(der))
+
+    def derived(self, kind: str, key: Hashable, make: Callable[[], T]) -> T:
+        """`make()`, a fact derived from public material alone (a certificate), computed
+        once per `kind` and `key` for this archive. An error is not kept: it is raised
+        again next time, as it was the first."""
         with self._lock:
-            if len(self._chain) >= _CHAIN_CACHE_MAX:
-                self._chain.clear()
-            self._chain[key] = found
-        return found
+            if (kind, key) in self._derived:
+                found: T = self._derived[(kind, key)]
+                return found
+        value = make()
+        with self._lock:
+            if len(self._derived) >= _DERIVED_MAX:
+                self._derived.clear()
+            self._derived[(kind, key)] = value
+        return value
 
     def roots_pem(self) -> bytes:
         return b"".join(r.public_bytes(serialization.Encoding.PEM) for r in self.roots)

@@ -11,6 +11,7 @@ import hashlib
 from tlog.entry import decode, p7s_seal_hash
 from verifier import intake, log_check
 from verifier.cms_check import check_document, signed_digest
+from verifier.cms_check import read as read_signature
 from verifier.dkim_check import check_dkim, covered_fields, signature_domain
 from verifier.report import (
     HEADER_REASONS,
@@ -98,7 +99,7 @@ def _verify(
     documents = _documents(upload, trust, limits, now)
     defects = tuple(dict.fromkeys((*upload.defects, *upload.header.defects)))
     dkim = (
-        check_dkim(upload.raw, upload.dkim_signatures, trust, defects)
+        check_dkim(upload.raw, upload.dkim_signatures, trust, defects, upload.header)
         if upload.dkim_signatures
         else ()
     )
@@ -280,7 +281,8 @@ def _documents(
             break
         target = signature.key.removesuffix(".p7s")
         candidates = [a for a in files if id(a) not in paired]
-        claimed = signed_digest(signature.decoded())
+        p7s = read_signature(signature.decoded())
+        claimed = signed_digest(p7s)
         # The document the signature names, else the one whose content it signed (a
         # mail program may rename a file, never change what it signed).
         matching = [a for a in candidates if claimed and digest(a, claimed[0]) == claimed[1]]
@@ -290,13 +292,7 @@ def _documents(
         if chosen is not None:
             paired.add(id(chosen))
         name = chosen.filename if chosen is not None else _strip_p7s(signature.filename)
-        check = check_document(
-            name,
-            None if chosen is None else chosen.decoded(),
-            signature.decoded(),
-            trust,
-            now,
-        )
+        check = check_document(name, None if chosen is None else chosen.decoded(), p7s, trust, now)
         checks.append(
             dataclasses.replace(
                 check,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -14,15 +15,25 @@ from asn1crypto import x509 as asn1_x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import pkcs7
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from keys import pki
 from keys.archive import parse_archive
 from keys.signing import SigningMaterial
 from tests.conftest import ORG
-from tests.verifier.conftest import KeyHistory, archive_document, cms_detached
+from tests.verifier.conftest import (
+    KeyHistory,
+    archive_document,
+    cms_detached,
+    trust_with,
+    write_archive,
+)
+from verifier import cms_check
+from verifier import trust as trust_module
 from verifier.cms_check import check_document
 from verifier.report import DocStatus
-from verifier.trust import Trust
+from verifier.trust import Trust, TrustSource
 
 DOCUMENT = b"%PDF-1.4\n" + bytes(range(256)) * 40
 NOW = dt.datetime.now(dt.UTC)
@@ -252,3 +263,70 @@ def test_a_certificate_not_made_for_signing_documents_is_refused(
     check = check_document("d.pdf", DOCUMENT, cms_detached(DOCUMENT, wrong), trust, NOW)
     assert check.status is DocStatus.INVALID
     assert check.reason == "wrong_key_usage"
+
+
+# --- read once, facts kept per certificate: the same results as a first reading ----------
+
+
+def _cold_trust(material: SigningMaterial, tmp_path: Path) -> Trust:
+    cms_check._readable_seen.clear()
+    return trust_with(tmp_path, [(material, KeyHistory("active"))])
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@given(data=st.data())
+def test_a_damaged_signature_reads_the_same_shared_and_warm_as_fresh_and_cold(
+    material: SigningMaterial, signature: bytes, tmp_path_factory: pytest.TempPathFactory,
+    data: st.DataObject,
+) -> None:  # fmt: skip
+    """verify.py reads a .p7s once for pairing and checking, and the trust keeps facts
+    about certificates across checks: neither changes any result, whatever the damage."""
+    damaged = bytearray(signature)
+    for _ in range(data.draw(st.integers(1, 4))):
+        damaged[data.draw(st.integers(0, len(damaged) - 1))] ^= data.draw(st.integers(1, 255))
+    candidate = bytes(damaged)
+    cold = _cold_trust(material, tmp_path_factory.mktemp("cold"))
+    expected = _outcome(
+        lambda: (
+            cms_check.signed_digest(candidate),
+            check_document("d.pdf", DOCUMENT, candidate, cold, NOW),
+        )
+    )
+    warm = trust_with(tmp_path_factory.mktemp("warm"), [(material, KeyHistory("active"))])
+    assert check_document("d.pdf", DOCUMENT, signature, warm, NOW).status is DocStatus.VALID
+    once = cms_check.read(candidate)
+    shared = _outcome(
+        lambda: (
+            cms_check.signed_digest(once),
+            check_document("d.pdf", DOCUMENT, once, warm, NOW),
+        )
+    )
+    assert shared == expected
+
+
+def _outcome(run: Callable[[], object]) -> object:
+    try:
+        return run()
+    except Exception as exc:  # a certificate's own parser raises its own types
+        return type(exc).__name__
+
+
+def test_facts_kept_for_one_archive_do_not_outlive_a_revocation(
+    material: SigningMaterial, signature: bytes, tmp_path: Path
+) -> None:
+    directory = write_archive(tmp_path / "public", [(material, KeyHistory("active"))])
+    source = TrustSource(directory)
+    assert check_document("d.pdf", DOCUMENT, signature, source.get(), NOW).status is (
+        DocStatus.VALID
+    )
+    compromised = NOW - dt.timedelta(days=1)
+    revoked = write_archive(tmp_path / "next", [(material, KeyHistory("revoked", compromised))])
+    (revoked / "archive.json").replace(directory / "archive.json")
+    check = check_document("d.pdf", DOCUMENT, signature, source.get(), NOW)
+    assert (check.status, check.reason) == (DocStatus.REVOKED, "signed_after_compromise")
+
+
+def test_certificate_facts_are_bounded(material: SigningMaterial, trust: Trust) -> None:
+    for index in range(trust_module._DERIVED_MAX + 10):
+        assert trust.derived("test", index, lambda i=index: i) == index  # type: ignore[misc]
+    assert len(trust._derived) <= trust_module._DERIVED_MAX

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
+from pathlib import Path
 
 import dkim
 import dkim.crypto
 import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from tests.verifier.conftest import replace_header
+from keys.signing import SigningMaterial
+from tests.verifier.conftest import KeyHistory, replace_header, trust_with
 from verifier import dkim_check
 from verifier.dkim_check import check_dkim, signature_domain
 from verifier.report import DkimStatus
@@ -138,18 +143,45 @@ def test_rsa_arithmetic_goes_to_openssl_and_agrees_with_dkimpy_s_own(sealed: byt
         assert dkim.RSASSA_PKCS1_v1_5_verify(digest, candidate, public) is expected
 
 
-def test_the_body_is_canonicalised_once_for_both_signatures(
-    sealed: bytes, trust: Trust, monkeypatch: pytest.MonkeyPatch
+def test_a_key_record_is_parsed_once_and_a_revocation_is_still_seen(
+    sealed: bytes,
+    trust: Trust,
+    material: SigningMaterial,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    calls: list[int] = []
-    original = dkim_check._relaxed_body
+    """The parsed key is kept per record text; the key's state comes from the archive at
+    each check, so an archive that revokes the key is obeyed at once."""
+    dkim_check._parsed_record.cache_clear()
+    parsed: list[bytes] = []
+    evaluate = dkim_check._evaluate_pk
 
-    def counting(body: bytes) -> bytes:
-        calls.append(len(body))
-        canonical: bytes = original(body)
-        return canonical
+    def counting(name: bytes, record: bytes) -> object:
+        parsed.append(record)
+        return evaluate(name, record)
 
-    monkeypatch.setattr(dkim_check, "_relaxed_body", counting)
-    checks = check_dkim(sealed, signatures(sealed), trust)
-    assert [c.status for c in checks] == [DkimStatus.PASS, DkimStatus.PASS]
-    assert len(calls) == 1
+    monkeypatch.setattr(dkim_check, "_evaluate_pk", counting)
+    for _ in range(3):
+        checks = check_dkim(sealed, signatures(sealed), trust)
+        assert [c.status for c in checks] == [DkimStatus.PASS, DkimStatus.PASS]
+    assert len(parsed) == 2  # the RSA record and the Ed25519 record
+    compromised = dt.datetime.now(dt.UTC) - dt.timedelta(days=1)
+    revoked = trust_with(tmp_path, [(material, KeyHistory("revoked", compromised))])
+    checks = check_dkim(sealed, signatures(sealed), revoked)
+    assert [c.status for c in checks] == [DkimStatus.REVOKED, DkimStatus.REVOKED]
+
+
+def test_a_record_dkimpy_refuses_is_refused_each_time_in_dkimpy_s_words() -> None:
+    name = b"s1._domainkey.caisses.example."
+    for record, words in ((b"v=DKIM1; k=rsa; p=AAAA", "could not parse RSA"), (b"", "s1")):
+        for _ in range(2):
+            with pytest.raises(dkim.KeyFormatError, match=words):
+                dkim.evaluate_pk(name, record)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.sampled_from([b"a", b": ", b"\r", b"\n", b"\r\n", b"\n\n"]), max_size=30))
+def test_the_header_block_size_is_the_first_blank_line_of_either_kind(parts: list[bytes]) -> None:
+    raw = b"".join(parts)
+    ends = [i for i in (raw.find(b"\r\n\r\n"), raw.find(b"\n\n")) if i >= 0]
+    assert dkim_check._header_block_size(raw) == (min(ends) if ends else len(raw))

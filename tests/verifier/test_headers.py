@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import email.header
 import email.policy
+import re
 from dataclasses import dataclass, field
 from email import message_from_bytes
 
@@ -269,3 +270,52 @@ def test_a_refolded_signed_field_stays_authentic(
     report = verify_email(refolded + b"\r\n\r\n" + body, trust, limits)
     assert report.verdict is Verdict.AUTHENTIC
     assert report.message.vouched
+
+
+def former_signed_instances(fields: tuple[headers.Field, ...], names: list[bytes]) -> set[int]:
+    """signed_instances as it was: a scan from the bottom for every listed name."""
+    covered: set[int] = set()
+    last: dict[bytes, int] = {}
+    for name in (n.strip().lower() for n in names):
+        index = last.get(name, len(fields))
+        while index > 0:
+            index -= 1
+            if fields[index].name.lower() == name:
+                covered.add(index)
+                break
+        last[name] = index
+    return covered
+
+
+_NAMES = [b"From", b"from", b"FROM", b"To", b"Subject", b"subject", b"X-A"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    names=st.lists(st.sampled_from(_NAMES), max_size=12),
+    signed=st.lists(st.sampled_from([*_NAMES, b" from ", b"cc"]), max_size=16),
+)
+def test_signed_instances_are_those_a_scan_from_the_bottom_finds(
+    names: list[bytes], signed: list[bytes]
+) -> None:
+    fields = tuple(headers.Field(name, b" x\r\n") for name in names)
+    assert headers.signed_instances(fields, signed) == former_signed_instances(fields, signed)
+
+
+def former_split(data: bytes) -> tuple[bytes, bytes]:
+    """split as it was: line ends matched one by one until an empty line."""
+    position = 0
+    for match in re.finditer(rb"\r?\n", data):
+        if match.start() == position:
+            return data[:position], data[match.end() :]
+        position = match.end()
+    return data, b""
+
+
+@settings(max_examples=1000, deadline=None)
+@given(
+    data=st.lists(st.sampled_from([b"a", b"b: c", b"\r", b"\n", b"\r\n", b" ", b""]), max_size=30)
+)
+def test_the_header_block_ends_where_a_line_by_line_reading_ends_it(data: list[bytes]) -> None:
+    joined = b"".join(data)
+    assert headers.split(joined) == former_split(joined)

@@ -383,3 +383,20 @@ async def test_the_verifier_serves_the_logs_read_only(fund: Fund) -> None:
             assert answer.status_code == 503
             assert answer.headers["Retry-After"] == "60"
             assert answer.json()["error"] == "log_unavailable"
+
+
+async def test_a_checkpoint_s_signatures_are_checked_once_per_version(fund: Fund) -> None:
+    """Public files only: the same checkpoint bytes under the same keys are not verified
+    again for every statement; another checkpoint (or a new cosignature) is."""
+    first = await fund.send("once")
+    second = await fund.send("twice")
+    log_check._opened_note.cache_clear()
+    checkpoints = set()
+    for data in (first, second, first, second):
+        report = verify_email(data, fund.trust(), Limits())
+        assert report.verdict is Verdict.AUTHENTIC
+        assert report.log is not None
+        assert report.log.proof is not None
+        checkpoints.add(report.log.proof.checkpoint)
+    info = log_check._opened_note.cache_info()
+    assert (info.misses, info.hits) == (len(checkpoints), 4 - len(checkpoints))
