@@ -35,6 +35,8 @@ from cryptography.x509.verification import (
     Store,
 )
 
+from keys import pki
+
 DANE_TA = 2
 DANE_EE = 3
 _DIGEST_SIZES = {0: None, 1: 32, 2: 64}  # matching type -> length of its data (0: any)
@@ -78,7 +80,7 @@ def usable(records: tuple[Tlsa, ...]) -> tuple[Tlsa, ...]:
 def matches(records: tuple[Tlsa, ...], certificate_der: bytes) -> Tlsa | None:
     """The first usable record that selects this very certificate, or None."""
     try:
-        certificate = x509.load_der_x509_certificate(certificate_der)
+        certificate = pki.load_der_certificate(certificate_der)
     except ValueError:
         return None
     for record in usable(records):
@@ -100,7 +102,7 @@ def verify(
     if not anchors:
         return None
     try:
-        certificates = [x509.load_der_x509_certificate(der) for der in chain]
+        certificates = [pki.load_der_certificate(der) for der in chain]
     except ValueError:
         return None
     for der, certificate in zip(chain[1:], certificates[1:], strict=True):
@@ -168,6 +170,6 @@ def _digest(mtype: int, data: bytes) -> bytes:
 
 def record_for(certificate_der: bytes, selector: int = 1, mtype: int = 1, usage: int = 3) -> Tlsa:
     """The record a server with this certificate (or this CA) publishes (ops and tests)."""
-    certificate = x509.load_der_x509_certificate(certificate_der)
+    certificate = pki.load_der_certificate(certificate_der)
     probe = Tlsa(usage, selector, mtype, b"")
     return Tlsa(usage, selector, mtype, _digest(mtype, _selected(probe, certificate)))

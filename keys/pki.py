@@ -146,6 +146,16 @@ def serial_hex(certificate: x509.Certificate) -> str:
     return format(certificate.serial_number, "x")
 
 
+def load_der_certificate(der: bytes) -> x509.Certificate:
+    """A DER certificate from outside (a .p7s, a peer's handshake), refused with ValueError
+    whatever is wrong with it: cryptography raises InvalidVersion, not a ValueError, for a
+    version outside v1-v3, and callers of a loader catch ValueError."""
+    try:
+        return x509.load_der_x509_certificate(der)
+    except x509.InvalidVersion as exc:
+        raise ValueError(f"X.509 version {exc.parsed_version} is not v1, v2 or v3") from exc
+
+
 def fingerprint(certificate: x509.Certificate) -> str:
     return certificate.fingerprint(hashes.SHA256()).hex()
 

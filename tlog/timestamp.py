@@ -216,7 +216,7 @@ def _load_certificates(blobs: Sequence[bytes]) -> list[x509.Certificate]:
                 certificates.extend(x509.load_pem_x509_certificates(blob))
             else:
                 certificates.append(x509.load_der_x509_certificate(blob))
-        except ValueError as exc:
+        except (ValueError, x509.InvalidVersion) as exc:
             raise TimestampError(f"configured TSA certificate unreadable: {exc}") from None
     return certificates
 

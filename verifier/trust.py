@@ -15,6 +15,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
+from keys import pki
 from keys.archive import ArchiveWatcher, PublicArchive, PublicCertificate, PublicDkimKey
 
 # What is derived from certificates is kept per certificate; a hostile stream of fresh
@@ -70,7 +71,7 @@ class Trust:
 
     def certificate_from_der(self, der: bytes) -> x509.Certificate:
         """A certificate a .p7s embeds, loaded once (raises ValueError as the loader does)."""
-        return self.derived("der", der, lambda: x509.load_der_x509_certificate(der))
+        return self.derived("der", der, lambda: pki.load_der_certificate(der))
 
     def derived(self, kind: str, key: Hashable, make: Callable[[], T]) -> T:
         """`make()`, a fact derived from public material alone (a certificate), computed

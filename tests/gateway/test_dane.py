@@ -100,6 +100,20 @@ def test_garbage_instead_of_a_certificate_matches_nothing(certificate: bytes) ->
     assert matches((record_for(certificate),), b"not a certificate") is None
 
 
+def test_a_certificate_with_an_impossible_version_matches_nothing(
+    certificate: bytes, issued: tuple[trustme.CA, trustme.CA, list[bytes]]
+) -> None:
+    """cryptography raises InvalidVersion (not a ValueError) for X.509 v4+: a hostile MX
+    sending one gets no match, not an exception out of delivery."""
+    version = b"\xa0\x03\x02\x01\x02"  # [0] EXPLICIT INTEGER 2: X.509 v3
+    at = certificate.index(version)
+    forged = certificate[: at + 4] + b"\x07" + certificate[at + 5 :]
+    assert matches((record_for(certificate),), forged) is None
+    _, intermediate, chain = issued
+    anchor = record_for(der(intermediate.cert_pem.bytes()), usage=2)
+    assert verify((anchor,), [chain[0], forged], "mx.insurer.test") is None
+
+
 # -- DANE-TA: a trust anchor in the chain the server sends ------------------------------------
 
 

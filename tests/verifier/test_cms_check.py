@@ -330,3 +330,30 @@ def test_certificate_facts_are_bounded(material: SigningMaterial, trust: Trust) 
     for index in range(trust_module._DERIVED_MAX + 10):
         assert trust.derived("test", index, lambda i=index: i) == index  # type: ignore[misc]
     assert len(trust._derived) <= trust_module._DERIVED_MAX
+
+
+def test_a_certificate_with_an_impossible_version_is_a_malformed_signature(
+    signature: bytes, trust: Trust
+) -> None:
+    """cryptography refuses an X.509 version outside v1-v3 with its own exception class, not
+    a ValueError: it must still be a broken signature, not an unreadable upload."""
+    version = b"\xa0\x03\x02\x01\x02"  # [0] EXPLICIT INTEGER 2: X.509 v3
+    at = signature.index(version)
+    forged = signature[: at + 4] + b"\x07" + signature[at + 5 :]
+    check = check_document("d.pdf", DOCUMENT, forged, trust, NOW)
+    assert (check.status, check.reason) == (DocStatus.INVALID, "malformed_signature")
+
+
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(where=st.floats(0, 1, exclude_max=True), flip=st.integers(1, 255))
+def test_any_changed_byte_of_the_p7s_gives_a_result_never_an_exception(
+    signature: bytes, trust: Trust, where: float, flip: int
+) -> None:
+    forged = bytearray(signature)
+    forged[int(where * len(forged))] ^= flip
+    check = check_document("d.pdf", DOCUMENT, bytes(forged), trust, NOW)
+    assert check.status in (DocStatus.VALID, DocStatus.INVALID)
+    if check.status is DocStatus.VALID:  # only bytes no check reads may change unnoticed
+        assert check.signer is not None
