@@ -90,6 +90,63 @@ def domain_of(address: str) -> str:
     return address.rpartition("@")[2].lower()
 
 
+# RFC 5321 4.1.2 Mailbox, with RFC 6531's UTF-8 in atoms, quoted strings and labels.
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~\u0080-\U0010ffff-]"
+_LOCAL_PART = re.compile(
+    rf"{_ATEXT}+(?:\.{_ATEXT}+)*"
+    r'|"(?:[\x20\x21\x23-\x5b\x5d-\x7e\u0080-\U0010ffff]|\\[\x20-\x7e])*"'
+)
+_LABEL = re.compile(r"(?!-)(?:[^\W_]|-){1,63}(?<!-)")  # letters, digits, hyphens inside
+_MAX_LOCAL_PART = 64  # octets, RFC 5321 4.5.3.1.1
+_MAX_DOMAIN = 255
+
+
+def _valid_domain(domain: str) -> bool:
+    if domain.startswith("[") and domain.endswith("]"):
+        literal = domain[1:-1]
+        try:
+            if literal[:5].lower() == "ipv6:":
+                ipaddress.IPv6Address(literal[5:])
+            else:
+                ipaddress.IPv4Address(literal)
+        except ValueError:
+            return False
+        return True
+    return len(domain.encode("utf-8")) <= _MAX_DOMAIN and all(
+        _LABEL.fullmatch(label) for label in domain.split(".")
+    )
+
+
+def check_address_syntax(address: str, role: str) -> Rejection | None:
+    """A mailbox the gateway can store and relay: local@domain, or a refusal with RFC
+    3463's code for a bad `role` ("sender" or "recipient") address.
+
+    aiosmtpd's parser is lenient: it turns "<a\"b@x>" into '"ab@x>"' and passes "<>" in
+    RCPT and a bare "<a>" on, addresses no next hop would take. A source route
+    ("<@a,@b:c@d>") is dropped before this, as RFC 5321 4.1.1.3 asks.
+    """
+    if role == "sender" and address in ("", "<>"):
+        # The null reverse-path is good syntax, but bounces do not pass through here.
+        return Rejection(
+            550,
+            "5.7.1",
+            "The null sender <> is not accepted: send from a signed domain",
+            "null_sender",
+        )
+    local, at, domain = address.rpartition("@")
+    problem = None
+    if not at or not local or not domain:
+        problem = "it must be local-part@domain"
+    elif len(local.encode("utf-8")) > _MAX_LOCAL_PART or not _LOCAL_PART.fullmatch(local):
+        problem = "the local part is not valid"
+    elif not _valid_domain(domain):
+        problem = "the domain is not valid"
+    if problem is None:
+        return None
+    status = "5.1.7" if role == "sender" else "5.1.3"
+    return Rejection(501, status, f"Bad {role} address syntax: {problem}", f"bad_{role}_address")
+
+
 def check_sender_domain(
     domain: str, client: Client, signing_domains: frozenset[str], what: str
 ) -> Rejection | None:
