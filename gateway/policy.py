@@ -5,7 +5,7 @@ Nothing here talks SMTP; the handler turns a Rejection into a reply. The rules:
   relay at all (never an open relay);
 - the envelope sender and the header From must be in a domain this gateway signs for
   and that the client may use, so every message leaves signed by its own domain;
-- exactly one From header;
+- exactly one From header, and every header line a field or a continuation of one;
 - lines end with CRLF and nothing else, and are at most 998 characters (a bare CR or LF
   is how SMTP smuggling hides a second message from one server and shows it to the next);
 - no byte that RFC 5322 / RFC 6532 forbid in a message the fund signs: no NUL anywhere, no
@@ -261,6 +261,32 @@ def check_forbidden_bytes(data: bytes) -> Rejection | None:
                 "header_not_utf8",
             )
     return None
+
+
+# RFC 5322 2.2/3.6.8: a header line is a field ("name:" with a name of printable ASCII
+# but the colon, no space before the colon) or the continuation of one (starting with
+# space or TAB). Any other line cannot be DKIM-signed (dkimpy refuses it) and is read
+# differently by different readers (as a field, as the start of the body, or dropped).
+_NOT_A_FIELD = re.compile(rb"^(?![!-9;-~]+:|[ \t]|$)", re.MULTILINE)
+
+
+def check_header_lines(data: bytes) -> Rejection | None:
+    """Refuse a header line that is neither a field nor a continuation line."""
+    head_end = _header_end(data)
+    if data[:1] in (b" ", b"\t"):
+        bad: int | None = 0  # a continuation of nothing
+    else:
+        found = _NOT_A_FIELD.search(data, 0, head_end)
+        bad = None if found is None else found.start()
+    if bad is None:
+        return None
+    return Rejection(
+        550,
+        "5.6.0",
+        f"Header line {_line_of(data, bad)} is not a header field: "
+        "each line must be name: value, or continue the line before with a space or TAB",
+        "bad_header_line",
+    )
 
 
 _FROM_FIELD = re.compile(rb"^from[ \t]*:", re.IGNORECASE | re.MULTILINE)

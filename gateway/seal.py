@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import datetime as dt
 import email.errors
 import fnmatch
@@ -42,7 +43,25 @@ _PLAIN_NAME = re.compile(r"[A-Za-z0-9 !#$%&'()*+,\-./:;<=>?@\[\]^_`{|}~]{1,60}")
 
 
 class SealError(Exception):
-    """The message cannot be sealed; the text says why, for the SMTP reply."""
+    """The message cannot be sealed now (no key, a worker lost); the text says why."""
+
+
+class UnsealableMessage(SealError):
+    """The message itself cannot be sealed, whenever it is tried again (a document that
+    does not decode, absurd nesting, no From): refused for good, saying why."""
+
+
+# What the email package's header registry raises on parameters it cannot read (RFC 2231
+# pieces cut short, stray characters after a name): IndexError and AttributeError among
+# them, from deep inside its parser, not only its own MessageError.
+_REGISTRY_FAULTS = (
+    IndexError,
+    AttributeError,
+    TypeError,
+    ValueError,
+    LookupError,
+    email.errors.MessageError,
+)
 
 
 @dataclass(frozen=True)
@@ -96,7 +115,7 @@ def seal(
     try:
         root = _read_part(message, 0, len(message), depth=0)
         if root.headers.get("from") is None:
-            raise SealError("the message has no From header, so it cannot be DKIM-signed")
+            raise UnsealableMessage("the message has no From header, so it cannot be DKIM-signed")
         p7s: list[bytes] = []
         if root.boundary is None and _is_document(root, rules):
             message, documents = _wrap_single_document(message, root, material, p7s)
@@ -128,7 +147,7 @@ def seal(
 
 def _read_part(message: bytes, start: int, end: int, depth: int) -> _Part:
     if depth > MAX_DEPTH:
-        raise SealError(f"MIME parts are nested more than {MAX_DEPTH} levels deep")
+        raise UnsealableMessage(f"MIME parts are nested more than {MAX_DEPTH} levels deep")
     if message.startswith(CRLF, start, end):
         header_end, body_start = start, start + 2  # no headers: a text/plain part
     else:
@@ -224,11 +243,24 @@ def _filename(part: _Part) -> str | None:
     if name is not None and ("=?" in name or not name.isascii()):
         headers = _NAME_PARSER.parsebytes(part.header_block)
         assert isinstance(headers, EmailMessage)
-        name = headers.get_filename()
+        # When the registry cannot read it, compat32's reading of the name stands.
+        with contextlib.suppress(*_REGISTRY_FAULTS):
+            name = headers.get_filename()
     if name is None:
         return None
     # Raw 8-bit names (common in SMTPUTF8 mail) come back with surrogate escapes.
-    return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    name = _ESCAPED.sub(_unescape, name)
+    # A decoded name may hold CR, LF or NUL (from "=0D=0A" or "%00"): no header can carry
+    # them, and the verifier's name matching ignores them, so they are dropped.
+    return _NAME_UNSAFE.sub("", name) or None
+
+
+_ESCAPED = re.compile("[\udc80-\udcff]+")
+_NAME_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def _unescape(escaped: re.Match[str]) -> str:
+    return escaped.group().encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 # --- signing and splicing ------------------------------------------------------------------
@@ -378,9 +410,9 @@ def _decoded_body(message: bytes, part: _Part, name: str) -> bytes:
             # signature over a guess at a damaged document would vouch for the guess.
             return base64.b64decode(body.translate(None, b" \t\r\n"), validate=True)
         except binascii.Error as error:
-            raise SealError(f"document {name!r} is not valid base64 ({error})") from error
+            raise UnsealableMessage(f"document {name!r} is not valid base64 ({error})") from error
     if encoding == "quoted-printable":
         return quopri.decodestring(body)
     if encoding in ("7bit", "8bit", "binary"):
         return body
-    raise SealError(f"document {name!r} has an unknown transfer encoding {encoding!r}")
+    raise UnsealableMessage(f"document {name!r} has an unknown transfer encoding {encoding!r}")

@@ -34,7 +34,7 @@ from gateway import policy
 from gateway.insurers import RULE_ENDED, Insurers, Violation
 from gateway.metrics import Metrics
 from gateway.policy import Client, ClientDirectory, Rejection
-from gateway.seal import SealError
+from gateway.seal import SealError, UnsealableMessage
 from gateway.settings import ClientSettings, PasswordHash, parse_password_hash, verify_password
 from gateway.spool import Envelope as SpoolEnvelope
 
@@ -795,6 +795,7 @@ class Handler:
             policy.check_line_ends(raw)
             or policy.check_line_length(raw, self._max_line_length)
             or policy.check_forbidden_bytes(raw)
+            or policy.check_header_lines(raw)
             or policy.header_from_domain(raw)
         )
         if isinstance(found, Rejection):
@@ -807,6 +808,9 @@ class Handler:
         started = time.perf_counter()
         try:
             sealed = await self._sealer.seal(raw, domain)
+        except UnsealableMessage as error:
+            # The message's own fault: a retry would fail the same way, so refuse for good.
+            return self._refuse(server, _unsealable(error), client, sender)
         except SealError as error:
             self._metrics.rejected.inc("seal_failed")
             log.warning(
@@ -860,6 +864,15 @@ class Handler:
 
     def _domains(self) -> frozenset[str]:
         return frozenset(d.lower() for d in self._signing_domains())
+
+
+# The reason may quote a document's file name: client text, kept to one printable line.
+_UNPRINTABLE = re.compile(r"[^\x20-\x7e]")
+
+
+def _unsealable(error: UnsealableMessage) -> Rejection:
+    reason = _UNPRINTABLE.sub("?", str(error))[:300]
+    return Rejection(554, "5.6.0", f"Message cannot be sealed: {reason}", "unsealable")
 
 
 async def _read_credentials(server: GatewaySMTP, args: list[str]) -> tuple[bytes, bytes] | None:

@@ -540,7 +540,7 @@ async def test_command_line_too_long(gateway: Gateway) -> None:
 # ---------------------------------------------------------------------------- failures
 
 
-async def test_unsealable_message_is_answered_451_and_not_kept(gateway: Gateway) -> None:
+async def test_unsealable_message_is_refused_for_good_and_not_kept(gateway: Gateway) -> None:
     broken_pdf = (
         f"From: <a@{DOMAIN}>\r\nTo: m@example.org\r\nSubject: x\r\nMIME-Version: 1.0\r\n"
         'Content-Type: multipart/mixed; boundary="b"\r\n\r\n--b\r\n'
@@ -551,9 +551,12 @@ async def test_unsealable_message_is_answered_451_and_not_kept(gateway: Gateway)
     async with raw(gateway.port()) as client:
         await client.greet()
         reply = await transaction(client, broken_pdf)
-    assert reply == "451 4.3.0 Message could not be sealed, try again later"
+    # The same bytes would fail again: 554 and the reason, not 451 and a retry forever.
+    assert reply.startswith(
+        "554 5.6.0 Message cannot be sealed: document 'd.pdf' is not valid base64"
+    )
     assert gateway.spool.puts == []
-    assert gateway.metrics.rejected.value("seal_failed") == 1
+    assert gateway.metrics.rejected.value("unsealable") == 1
 
 
 async def test_spool_failure_is_answered_451(gateway: Gateway) -> None:
