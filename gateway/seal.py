@@ -118,14 +118,17 @@ def seal(
     # SMTP delivers CRLF; only mail from elsewhere (a file, a test) needs rewriting.
     message = raw if raw.count(b"\n") == raw.count(CRLF) else _BARE_LF.sub(CRLF, raw)
     try:
-        root = _read_part(message, 0, len(message), depth=0, count=[0])
+        count = [0]
+        root = _read_part(message, 0, len(message), depth=0, count=count)
         if root.headers.get("from") is None:
             raise UnsealableMessage("the message has no From header, so it cannot be DKIM-signed")
         p7s: list[bytes] = []
         if root.boundary is None and _is_document(root, rules):
             message, documents = _wrap_single_document(message, root, material, p7s)
         else:
-            message, documents = _attach_signatures(message, root, material, rules, p7s)
+            message, documents = _attach_signatures(
+                message, root, material, rules, p7s, parts=count[0]
+            )
         timestamp = int((now or dt.datetime.now(dt.UTC)).timestamp())
         signers = (
             dkim_sign.Signer(material.rsa_selector, material.rsa_key),
@@ -278,12 +281,23 @@ def _unescape(escaped: re.Match[str]) -> str:
 
 
 def _attach_signatures(
-    message: bytes, root: _Part, material: SigningMaterial, rules: DocumentRules, p7s: list[bytes]
+    message: bytes,
+    root: _Part,
+    material: SigningMaterial,
+    rules: DocumentRules,
+    p7s: list[bytes],
+    parts: int,
 ) -> tuple[bytes, tuple[str, ...]]:
+    """`parts`: how many MIME parts the message has; each document adds its `.p7s`."""
     documents = _documents(root, rules)
     if len(documents) > MAX_DOCUMENTS:
         raise UnsealableMessage(
             f"the message has {len(documents)} statement documents; at most {MAX_DOCUMENTS}"
+        )
+    if parts + len(documents) > MAX_PARTS:
+        raise UnsealableMessage(
+            f"the message has {parts} MIME parts; with a .p7s for each of its "
+            f"{len(documents)} documents it would have more than {MAX_PARTS}"
         )
     names = tuple(_name(part, index) for index, (part, _) in enumerate(documents, 1))
     insertions = [

@@ -325,6 +325,19 @@ def test_a_message_beyond_the_bounds_is_refused_for_good(
         seal(raw, signing_material, DocumentRules())
 
 
+def test_the_parts_counted_include_the_seals_to_be_added(
+    signing_material: SigningMaterial, trust: Trust
+) -> None:
+    text = b"Content-Type: text/plain\r\n\r\nx"
+    # 1 + 149 + 25 parts, and 25 .p7s: exactly the verifier's 200.
+    sealed = seal(
+        _TOP + _multipart(*[text] * 149, *[_PDF_PART] * 25), signing_material, DocumentRules()
+    )
+    assert verify_email(sealed.data, trust, Limits()).verdict is Verdict.AUTHENTIC
+    with pytest.raises(UnsealableMessage, match="it would have more than 200"):
+        seal(_TOP + _multipart(*[text] * 150, *[_PDF_PART] * 25), signing_material, DocumentRules())
+
+
 def test_nesting_is_bounded_at_the_verifiers_depth(
     signing_material: SigningMaterial, trust: Trust
 ) -> None:
