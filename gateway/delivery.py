@@ -41,6 +41,7 @@ import contextlib
 import itertools
 import logging
 import os
+import re
 import socket
 import ssl
 import time
@@ -586,8 +587,15 @@ def _classify(code: int, message: str, rcpt: str) -> Outcome:
     return Outcome(rcpt, status, f"{code} {_one_line(message)}")
 
 
+# A downstream server's reply is untrusted text: aiosmtplib hands its undecodable bytes
+# over as lone surrogates, which neither the spool (SQLite) nor a DSN can encode, and its
+# control characters would reach logs and DSNs as they came. Each becomes "?", as
+# Postfix's smtp client masks a reply; valid UTF-8 text stays.
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
 def _one_line(text: str) -> str:
-    return " ".join(text.split())[:900]
+    return _UNSAFE.sub("?", " ".join(text.split()))[:900]
 
 
 def _describe(exc: BaseException) -> str:

@@ -151,7 +151,8 @@ def _address_type(address: str) -> str:
 
 
 def _diagnostic(reply: str) -> str:
-    text = _clean(reply)
+    # RFC 3464 2.3.6: a diagnostic is US-ASCII text (UTF-8 needs RFC 6533's global DSN).
+    text = _clean(reply).encode("ascii", "replace").decode("ascii")
     # "smtp" only for a reply a server gave; a local reason (connect failed...) says so.
     return f"smtp; {text}" if _SMTP_REPLY.match(text) else f"X-Sealpost; {text}"
 
@@ -162,5 +163,9 @@ def _quoted_printable(lines: list[str]) -> str:
     return encoded.replace("\n", "\r\n")
 
 
+# Lone surrogates (undecodable bytes) cannot be encoded, controls do not belong in mail.
+_UNSAFE: Final = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
 def _clean(text: str) -> str:
-    return " ".join(text.split())[:900]
+    return _UNSAFE.sub("?", " ".join(text.split()))[:900]

@@ -5,7 +5,7 @@ Nothing here talks SMTP; the handler turns a Rejection into a reply. The rules:
   relay at all (never an open relay);
 - the envelope sender and the header From must be in a domain this gateway signs for
   and that the client may use, so every message leaves signed by its own domain;
-- exactly one From header;
+- exactly one From header, and every header line a field or a continuation of one;
 - lines end with CRLF and nothing else, and are at most 998 characters (a bare CR or LF
   is how SMTP smuggling hides a second message from one server and shows it to the next);
 - no byte that RFC 5322 / RFC 6532 forbid in a message the fund signs: no NUL anywhere, no
@@ -97,6 +97,63 @@ def check_relay(client: Client | None) -> Rejection | None:
 
 def domain_of(address: str) -> str:
     return address.rpartition("@")[2].lower()
+
+
+# RFC 5321 4.1.2 Mailbox, with RFC 6531's UTF-8 in atoms, quoted strings and labels.
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~\u0080-\U0010ffff-]"
+_LOCAL_PART = re.compile(
+    rf"{_ATEXT}+(?:\.{_ATEXT}+)*"
+    r'|"(?:[\x20\x21\x23-\x5b\x5d-\x7e\u0080-\U0010ffff]|\\[\x20-\x7e])*"'
+)
+_LABEL = re.compile(r"(?!-)(?:[^\W_]|-){1,63}(?<!-)")  # letters, digits, hyphens inside
+_MAX_LOCAL_PART = 64  # octets, RFC 5321 4.5.3.1.1
+_MAX_DOMAIN = 255
+
+
+def _valid_domain(domain: str) -> bool:
+    if domain.startswith("[") and domain.endswith("]"):
+        literal = domain[1:-1]
+        try:
+            if literal[:5].lower() == "ipv6:":
+                ipaddress.IPv6Address(literal[5:])
+            else:
+                ipaddress.IPv4Address(literal)
+        except ValueError:
+            return False
+        return True
+    return len(domain.encode("utf-8")) <= _MAX_DOMAIN and all(
+        _LABEL.fullmatch(label) for label in domain.split(".")
+    )
+
+
+def check_address_syntax(address: str, role: str) -> Rejection | None:
+    """A mailbox the gateway can store and relay: local@domain, or a refusal with RFC
+    3463's code for a bad `role` ("sender" or "recipient") address.
+
+    aiosmtpd's parser is lenient: it turns "<a\"b@x>" into '"ab@x>"' and passes "<>" in
+    RCPT and a bare "<a>" on, addresses no next hop would take. A source route
+    ("<@a,@b:c@d>") is dropped before this, as RFC 5321 4.1.1.3 asks.
+    """
+    if role == "sender" and address in ("", "<>"):
+        # The null reverse-path is good syntax, but bounces do not pass through here.
+        return Rejection(
+            550,
+            "5.7.1",
+            "The null sender <> is not accepted: send from a signed domain",
+            "null_sender",
+        )
+    local, at, domain = address.rpartition("@")
+    problem = None
+    if not at or not local or not domain:
+        problem = "it must be local-part@domain"
+    elif len(local.encode("utf-8")) > _MAX_LOCAL_PART or not _LOCAL_PART.fullmatch(local):
+        problem = "the local part is not valid"
+    elif not _valid_domain(domain):
+        problem = "the domain is not valid"
+    if problem is None:
+        return None
+    status = "5.1.7" if role == "sender" else "5.1.3"
+    return Rejection(501, status, f"Bad {role} address syntax: {problem}", f"bad_{role}_address")
 
 
 def check_sender_domain(
@@ -236,6 +293,32 @@ def check_forbidden_bytes(data: bytes) -> Rejection | None:
                 "header_not_utf8",
             )
     return None
+
+
+# RFC 5322 2.2/3.6.8: a header line is a field ("name:" with a name of printable ASCII
+# but the colon, no space before the colon) or the continuation of one (starting with
+# space or TAB). Any other line cannot be DKIM-signed (dkimpy refuses it) and is read
+# differently by different readers (as a field, as the start of the body, or dropped).
+_NOT_A_FIELD = re.compile(rb"^(?![!-9;-~]+:|[ \t]|$)", re.MULTILINE)
+
+
+def check_header_lines(data: bytes) -> Rejection | None:
+    """Refuse a header line that is neither a field nor a continuation line."""
+    head_end = _header_end(data)
+    if data[:1] in (b" ", b"\t"):
+        bad: int | None = 0  # a continuation of nothing
+    else:
+        found = _NOT_A_FIELD.search(data, 0, head_end)
+        bad = None if found is None else found.start()
+    if bad is None:
+        return None
+    return Rejection(
+        550,
+        "5.6.0",
+        f"Header line {_line_of(data, bad)} is not a header field: "
+        "each line must be name: value, or continue the line before with a space or TAB",
+        "bad_header_line",
+    )
 
 
 _FROM_FIELD = re.compile(rb"^from[ \t]*:", re.IGNORECASE | re.MULTILINE)

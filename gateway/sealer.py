@@ -6,9 +6,10 @@ separate processes, not threads, so they use the other cores. Private keys do no
 so each worker opens the key store itself; `SigningKeys` notices a rotation on disk, so
 workers follow it without a restart.
 
-Whatever goes wrong (no active key for the domain, a message that cannot be sealed, a
-worker that died) reaches the caller as SealError, which the SMTP layer answers with
-451 4.3.0: the client keeps the message and retries, nothing is sent unsealed.
+Whatever goes wrong reaches the caller as SealError: UnsealableMessage when the message
+itself is at fault (a document that does not decode), which the SMTP layer refuses with
+550 5.6.0 saying why; anything else (no active key for the domain, a worker that died)
+is answered 451 4.3.0: the client keeps the message and retries, nothing is sent unsealed.
 """
 
 from __future__ import annotations

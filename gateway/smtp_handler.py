@@ -22,9 +22,10 @@ import binascii
 import collections
 import functools
 import logging
+import re
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, AnyStr, Protocol
 
@@ -34,7 +35,7 @@ from gateway import mail_params, policy
 from gateway.insurers import RULE_ENDED, Insurers, Violation
 from gateway.metrics import Metrics
 from gateway.policy import Client, ClientDirectory, Rejection
-from gateway.seal import SealError
+from gateway.seal import SealError, UnsealableMessage
 from gateway.settings import ClientSettings, PasswordHash, parse_password_hash, verify_password
 from gateway.spool import Envelope as SpoolEnvelope
 
@@ -98,6 +99,15 @@ class BareLineEnding(Exception):
     """A command line ended with a bare LF, or held a bare CR."""
 
 
+class ForbiddenCommandBytes(Exception):
+    """A command line held NUL or another control character, or was not UTF-8."""
+
+
+# RFC 5321 4.1.1/2.3.8: commands are printable text; TAB is allowed as space is, CR and LF
+# are the line end (checked apart), anything else below 0x20 and DEL is no part of one.
+_COMMAND_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+
+
 class _StrictLineReader(asyncio.StreamReader):
     _limit: int  # StreamReader's own, which typeshed leaves out
     _overrun = False
@@ -114,8 +124,14 @@ class _StrictLineReader(asyncio.StreamReader):
         tail, self._overrun = self._overrun, False
         # aiosmtpd reads commands up to LF and DATA lines up to CRLF; only the former can
         # end on a bare LF, and neither may carry a CR that is not part of the line end.
-        if separator == b"\n" and not tail and (line[-2:-1] != b"\r" or b"\r" in line[:-2]):
-            raise BareLineEnding
+        if separator == b"\n" and not tail:
+            if line[-2:-1] != b"\r" or b"\r" in line[:-2]:
+                raise BareLineEnding
+            # aiosmtpd would pass NUL on (a reader stopping there sees another command)
+            # and turn bytes that are not UTF-8 into lone surrogates, which no reply, log
+            # line or spool record can encode (RFC 6531 3.3: SMTPUTF8 text is UTF-8).
+            if _COMMAND_CONTROL.search(line, 0, len(line) - 2) or not _utf8(line):
+                raise ForbiddenCommandBytes
         return line
 
     async def readline(self) -> bytes:
@@ -171,6 +187,34 @@ class _StrictLineReader(asyncio.StreamReader):
         if data.startswith(b"."):
             data = data[1:]
         return data.replace(b"\r\n.", b"\r\n")
+
+
+# RFC 2034 section 3: once ENHANCEDSTATUSCODES is advertised, every 2xx, 4xx and 5xx
+# reply but the greeting and EHLO's carries one. aiosmtpd's own refusals (syntax errors,
+# unknown commands and parameters) have none; each gets the one its code implies.
+_STATUS_FOR = {500: "5.5.2", 501: "5.5.4", 502: "5.5.1", 503: "5.5.1", 504: "5.5.4", 555: "5.5.4"}
+_HAS_STATUS = re.compile(r"[245]\.\d{1,3}\.\d{1,3}(?: |$)")
+
+
+def _with_status(reply: str) -> str:
+    """`reply` with an enhanced status code if a 4xx or 5xx reply lacks one."""
+    code = reply[:3]
+    if not (code.isdigit() and code[0] in "45" and reply[3:4] in (" ", "-")):
+        return reply
+    if _HAS_STATUS.match(reply, 4):
+        return reply
+    status = _STATUS_FOR.get(int(code), f"{code[0]}.0.0")
+    return f"{reply[:4]}{status} {reply[4:]}"
+
+
+def _utf8(line: bytes) -> bool:
+    if line.isascii():  # nearly every command, and no decode needed
+        return True
+    try:
+        line.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 # ---------------------------------------------------------------------------- connections
@@ -304,7 +348,12 @@ class GatewaySMTP(SMTP):
             "220 Ready to start TLS": "220 2.0.0 Ready to start TLS",
             "454 TLS not available": "454 4.7.0 TLS not available",
             "501 Syntax: STARTTLS": "501 5.5.4 Syntax: STARTTLS",
+            "501 Not enough value": "501 5.5.4 Syntax: AUTH mechanism [initial-response]",
+            "501 Too many values": "501 5.5.4 Syntax: AUTH mechanism [initial-response]",
             "250 OK": "250 2.0.0 OK",
+            "252 Cannot VRFY user, but will accept message and attempt delivery": (
+                "252 2.5.2 Cannot VRFY user, but will accept message and attempt delivery"
+            ),
             "221 Bye": "221 2.0.0 Bye",
         }
 
@@ -421,6 +470,21 @@ class GatewaySMTP(SMTP):
         except _CLIENT_FAULTS as error:
             log.info("event=disconnected client_ip=%s error=%r", self.client_ip, error)
 
+    def _getparams(self, params: Sequence[str]) -> dict[str, str | bool] | None:
+        """aiosmtpd's MAIL/RCPT parameter reader, stricter (None answers 501): each keyword
+        ASCII and at most once (RFC 5321 4.1.2), SIZE in ASCII digits (aiosmtpd checks it
+        with str.isdigit and int(), which take any script's digits)."""
+        result = super()._getparams(params)
+        if result is None:
+            return None
+        keywords = [param.partition("=")[0] for param in params]
+        if len(set(keywords)) != len(keywords) or not all(k.isascii() for k in keywords):
+            return None
+        size = result.get("SIZE")
+        if isinstance(size, str) and not size.isascii():
+            return None
+        return result
+
     @syntax("STARTTLS", when="tls_context")
     async def smtp_STARTTLS(self, arg: str) -> None:
         # aiosmtpd would start a handshake inside the TLS session (answering 220), which
@@ -439,7 +503,7 @@ class GatewaySMTP(SMTP):
         # it is upper-cased here. Only an ASCII name: str.upper maps some other letters to
         # ASCII ones ("plaın" would become "PLAIN"). The initial response, base64 and so
         # case-sensitive, is passed on as it came.
-        args = arg.split()
+        args = (arg or "").split()  # None for a bare "AUTH"
         if args and args[0].isascii():
             args[0] = args[0].upper()
         await super().smtp_AUTH(" ".join(args))
@@ -447,7 +511,7 @@ class GatewaySMTP(SMTP):
     async def push(self, status: AnyStr) -> None:
         self._refused = status[:1] in ("4", "5", b"4", b"5")
         if isinstance(status, str):
-            await super().push(self._replies.get(status, status))
+            await super().push(_with_status(self._replies.get(status, status)))
         else:
             await super().push(status)
 
@@ -490,6 +554,8 @@ class GatewaySMTP(SMTP):
     async def handle_exception(self, error: Exception) -> str:
         if isinstance(error, BareLineEnding):
             return "500 5.5.2 Bare CR or LF in command: lines must end with CRLF"
+        if isinstance(error, ForbiddenCommandBytes):
+            return "500 5.5.2 Error: control character or bad UTF-8 in command"
         if isinstance(error, _CLIENT_FAULTS):
             # The client's doing (for a failed handshake, the cause says what the client
             # sent), so one line and no traceback. The connection is of no further use,
@@ -729,7 +795,7 @@ class Handler:
         mail_options: list[str],
     ) -> str:
         client = self._client(server, session)
-        rejection = policy.check_relay(client)
+        rejection = policy.check_relay(client) or policy.check_address_syntax(address, "sender")
         if rejection is None:
             # aiosmtpd has set the flag from this MAIL command before calling the hook.
             rejection = policy.check_address(address, envelope.smtp_utf8, "sender")
@@ -752,9 +818,11 @@ class Handler:
         address: str,
         rcpt_options: list[str],
     ) -> str:
-        rejection = policy.check_recipient_count(
-            len(envelope.rcpt_tos), self._max_recipients
-        ) or policy.check_address(address, envelope.smtp_utf8, "recipient")
+        rejection = (
+            policy.check_address_syntax(address, "recipient")
+            or policy.check_address(address, envelope.smtp_utf8, "recipient")
+            or policy.check_recipient_count(len(envelope.rcpt_tos), self._max_recipients)
+        )
         if rejection is not None:
             client = self._client(server, session)
             return self._refuse(server, rejection, client, envelope.mail_from)
@@ -800,6 +868,7 @@ class Handler:
             policy.check_line_ends(raw)
             or policy.check_line_length(raw, self._max_line_length)
             or policy.check_forbidden_bytes(raw)
+            or policy.check_header_lines(raw)
             or policy.header_from_domain(raw)
         )
         if isinstance(found, Rejection):
@@ -812,6 +881,9 @@ class Handler:
         started = time.perf_counter()
         try:
             sealed = await self._sealer.seal(raw, domain)
+        except UnsealableMessage as error:
+            # The message's own fault: a retry would fail the same way, so refuse for good.
+            return self._refuse(server, _unsealable(error), client, sender)
         except SealError as error:
             self._metrics.rejected.inc("seal_failed")
             log.warning(
@@ -866,6 +938,15 @@ class Handler:
 
     def _domains(self) -> frozenset[str]:
         return frozenset(d.lower() for d in self._signing_domains())
+
+
+# The reason may quote a document's file name: client text, kept to one printable line.
+_UNPRINTABLE = re.compile(r"[^\x20-\x7e]")
+
+
+def _unsealable(error: UnsealableMessage) -> Rejection:
+    reason = _UNPRINTABLE.sub("?", str(error))[:300]
+    return Rejection(550, "5.6.0", f"Message cannot be sealed: {reason}", "unsealable")
 
 
 async def _read_credentials(server: GatewaySMTP, args: list[str]) -> tuple[bytes, bytes] | None:

@@ -345,3 +345,46 @@ async def test_an_unreadable_from_is_refused_without_a_traceback(
     assert not [r for r in caplog.records if r.exc_info], (
         "a client's From put a traceback in the log"
     )
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "m@x.example",
+        "first.last+tag@sub.x.example",
+        '"a b"@x.example',
+        "décompte@assureur.example",
+        "m@[192.0.2.1]",
+        "m@[IPv6:2001:db8::1]",
+        "m@localhost",
+    ],
+)
+def test_a_well_formed_mailbox_passes(address: str) -> None:
+    assert policy.check_address_syntax(address, "recipient") is None
+
+
+@pytest.mark.parametrize(
+    ("address", "problem"),
+    [
+        ("", "it must be local-part@domain"),
+        ("<>", "it must be local-part@domain"),
+        ("a", "it must be local-part@domain"),
+        ('"ab@x>"', "the local part is not valid"),
+        ("a b@x.example", "the local part is not valid"),
+        (".a@x.example", "the local part is not valid"),
+        ("a" * 65 + "@x.example", "the local part is not valid"),
+        ("m@[300.1.1.1]", "the domain is not valid"),
+        ("m@[IPv6:zz]", "the domain is not valid"),
+        ("m@-x.example", "the domain is not valid"),
+        ("m@x_y.example", "the domain is not valid"),
+        ("m@" + "a" * 64 + ".example", "the domain is not valid"),
+    ],
+)
+def test_a_malformed_mailbox_is_refused_with_the_reason(address: str, problem: str) -> None:
+    rejection = policy.check_address_syntax(address, "recipient")
+    assert rejection is not None
+    assert (rejection.code, rejection.status) == (501, "5.1.3")
+    assert rejection.text == f"Bad recipient address syntax: {problem}"
+    sender = policy.check_address_syntax(address, "sender")
+    assert sender is not None
+    assert sender.status == ("5.7.1" if address in ("", "<>") else "5.1.7")

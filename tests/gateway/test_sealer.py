@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.seal import DocumentRules, SealError
+from gateway.seal import DocumentRules, SealError, UnsealableMessage
 from gateway.sealer import Sealer
 from keys import store
 from keys.signing import SigningKeys, SigningMaterial
@@ -83,7 +83,8 @@ async def test_a_domain_without_keys_is_a_seal_error(
 
 async def test_an_unsealable_message_is_a_seal_error_from_a_worker(pool: Sealer) -> None:
     broken = STATEMENT.replace(b"JVBERi0xLjQKJeLjz9MK", b"JVBERi0xLjQKJeLjz9M!")
-    with pytest.raises(SealError, match="not valid base64"):
+    # Still the message's fault once back from the worker: refused for good, not retried.
+    with pytest.raises(UnsealableMessage, match="not valid base64"):
         await asyncio.wait_for(pool.seal(broken, DOMAIN), timeout=60)
 
 

@@ -89,6 +89,38 @@ def _huge_headers(raw: bytes, data: st.DataObject) -> bytes:
     return header + raw
 
 
+# Header and MIME pieces a prober splices in where a line starts: parameters the email
+# package's header registry chokes on, RFC 2231/2047 names, boundaries, DKIM tags.
+_PIECES = [
+    b"Content-Type: multipart/mixed; boundary=x\r\n",
+    b'Content-Type: multipart/mixed; boundary=""\r\n',
+    b"Content-Type: message/rfc822\r\n",
+    b"Content-Type: multipart/signed; protocol=x; boundary=x\r\n",
+    b"Content-Transfer-Encoding: x-uuencode\r\n",
+    b"Content-Disposition: attachment; filename*=utf-8''%C3%A9%ZZ.pdf\r\n",
+    b"Content-Disposition: attachment; filename*0*=us-ascii'en'a; filename*2=c.pdf\r\n",
+    b'Content-Disposition: attachment; filename="=?utf-8?q?a=0D=0Ab?=.pdf"\r\n',
+    'Content-Disposition: attachment; filename="é.pdf";é*\r\n'.encode(),
+    b"From: Content-Type: multipart/mixed; boundary=x\r\n",
+    b"From: =?utf-8?q?=FF?= <a@b.example>\r\n",
+    b"Subject: =?utf-8?b?////?=\r\n",
+    b"DKIM-Signature: v=1; a=rsa-sha256; d=caisses.example; s=x; t=99999999999999999999;"
+    b" l=-5; h=from; bh=; b=\r\n",
+    b"DKIM-Signature: v=1; a=ed25519-sha256; d=caisses.example; s=\xff; h=; bh=!; b=!\r\n",
+    b" continuation\r\n",
+    b"Not a field\r\n",
+    b"--x\r\n",
+    b"--x--\r\n",
+    b"\r\n",
+]
+
+
+def _splice(raw: bytes, data: st.DataObject) -> bytes:
+    starts = [0, *(i + 2 for i in range(len(raw) - 1) if raw[i : i + 2] == b"\r\n")][:400]
+    at = data.draw(st.sampled_from(starts))
+    return raw[:at] + data.draw(st.sampled_from(_PIECES)) + raw[at:]
+
+
 class Sample(bytes):
     """A sealed email whose repr stays short in Hypothesis' failure reports."""
 
@@ -101,7 +133,7 @@ def statement(sealed: bytes) -> Sample:
     return Sample(sealed)
 
 
-MUTATIONS = [_truncate, _flip, _insert, _reencode, _nest, _huge_headers]
+MUTATIONS = [_truncate, _flip, _insert, _reencode, _nest, _huge_headers, _splice, _splice]
 
 
 def mutate(raw: bytes, data: st.DataObject) -> bytes:
