@@ -43,3 +43,14 @@ def test_the_ci_script_runs_make_test_as_ci() -> None:
     script = (ROOT / ".ci" / "run").read_text()
     assert "export CI=" in script
     assert script.index("export CI=") < script.index("make test")
+
+
+@pytest.mark.parametrize(
+    "script", [".ci/run", *sorted(str(p.relative_to(ROOT)) for p in ROOT.glob("scripts/*.sh"))]
+)
+def test_every_shell_script_parses(script: str) -> None:
+    """`bash -n`: a broken quote in a comment once made .ci/run fail before its first line."""
+    result = subprocess.run(
+        ["bash", "-n", script], cwd=ROOT, capture_output=True, text=True, timeout=30, check=False
+    )
+    assert result.returncode == 0, result.stderr
