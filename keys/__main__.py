@@ -383,15 +383,24 @@ def _warn(message: str) -> None:
     print(f"sealpost-keys: warning: {message}", file=sys.stderr)
 
 
+def _option_or_env(
+    given: float | None, env: str, default: float, parse: Callable[[str], float]
+) -> float:
+    """The option's value, else the environment's, else `default`; a bad value in the
+    environment is a usage error that names the variable."""
+    if given is not None:
+        return given
+    raw = os.environ.get(env)
+    if raw is None:
+        return default
+    try:
+        return parse(raw)
+    except argparse.ArgumentTypeError as exc:
+        raise UsageError(f"{env}: {exc}") from None
+
+
 def _propagation(args: argparse.Namespace) -> dt.timedelta:
-    hours = args.propagation
-    if hours is None:
-        raw = os.environ.get(ENV_PROPAGATION)
-        try:
-            hours = 48.0 if raw is None else _hours(raw)
-        except argparse.ArgumentTypeError as exc:
-            raise UsageError(f"{ENV_PROPAGATION}: {exc}") from None
-    return dt.timedelta(hours=hours)
+    return dt.timedelta(hours=_option_or_env(args.propagation, ENV_PROPAGATION, 48.0, _hours))
 
 
 def _ids(generation: Generation) -> str:
@@ -477,14 +486,7 @@ def _print_destroyed(idents: Sequence[str]) -> None:
 
 
 def _withdraw_wait(args: argparse.Namespace) -> dt.timedelta:
-    days = args.wait
-    if days is None:
-        raw = os.environ.get(ENV_WITHDRAW_WAIT)
-        try:
-            days = 7.0 if raw is None else _days(raw)
-        except argparse.ArgumentTypeError as exc:
-            raise UsageError(f"{ENV_WITHDRAW_WAIT}: {exc}") from None
-    return dt.timedelta(days=days)
+    return dt.timedelta(days=_option_or_env(args.wait, ENV_WITHDRAW_WAIT, 7.0, _days))
 
 
 def cmd_withdraw(args: argparse.Namespace, now: dt.datetime | None) -> int:
