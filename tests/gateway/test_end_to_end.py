@@ -97,6 +97,25 @@ class GatewayProcess:
     def log(self) -> str:
         return "".join(p.read_text(errors="replace") for p in sorted(self.workdir.glob("*.log")))
 
+    async def queue_list(self, *args: str) -> str:
+        """The output of `python -m gateway queue list ARGS` on this gateway's spool."""
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "gateway",
+            "--config",
+            str(self.config),
+            "queue",
+            "list",
+            *args,
+            cwd=self.workdir,
+            stdout=subprocess.PIPE,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
+        out, _ = await asyncio.wait_for(process.communicate(), 30)
+        assert process.returncode == 0, out
+        return out.decode()
+
     async def kill(self) -> None:
         assert self.process is not None
         self.process.kill()
@@ -166,21 +185,7 @@ async def test_statement_is_sealed_and_delivered(
     assert "event=queued" in log
     assert "event=stopped" in log
     assert "Votre" not in log  # never a body in the log
-    queue = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "gateway",
-        "--config",
-        str(gateway_process.config),
-        "queue",
-        "list",
-        cwd=gateway_process.workdir,
-        stdout=subprocess.PIPE,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
-    out, _ = await asyncio.wait_for(queue.communicate(), 30)
-    assert queue.returncode == 0
-    assert "0 message(s)" in out.decode()
+    assert "0 message(s)" in await gateway_process.queue_list()
 
 
 async def send_one(port: int, marker: str) -> None:

@@ -7,7 +7,6 @@ with a trustme certificate, while `sealpost-orgs` changes the registry under it.
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import subprocess
 import sys
@@ -21,7 +20,7 @@ import trustme
 from gateway.insurers import RULE_ENDED, RULE_UNREGISTERED, Insurers
 from orgs.registry import Registry
 from tests.gateway.conftest import Peer
-from tests.gateway.test_end_to_end import ROOT, GatewayProcess
+from tests.gateway.test_end_to_end import GatewayProcess
 from tests.support import DOMAIN, scrape, statement
 
 ORGS_BIN = Path(sys.executable).parent / "sealpost-orgs"
@@ -146,25 +145,6 @@ async def metric(gateway: GatewayProcess, line: str) -> str:
     raise AssertionError(f"{line!r} not in the metrics within 15 s:\n{scraped}")
 
 
-async def queue_list(gateway: GatewayProcess, *args: str) -> str:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "gateway",
-        "--config",
-        str(gateway.config),
-        "queue",
-        "list",
-        *args,
-        cwd=gateway.workdir,
-        stdout=subprocess.PIPE,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
-    out, _ = await asyncio.wait_for(process.communicate(), 30)
-    assert process.returncode == 0, out
-    return out.decode()
-
-
 @pytest.fixture
 def registry_file(tmp_path: Path) -> Path:
     path = tmp_path / "orgs" / "registry.sqlite"
@@ -267,7 +247,7 @@ async def test_a_registered_mailbox_whose_certificate_does_not_verify_gets_nothi
     [received] = await tls_peer.wait_for(1, within=15)
     assert received.recipients == ["membre@example.org"]
     await metric(refusing, 'sealpost_org_recipients_deferred_total{org="MUT1"} 1')
-    listed = await queue_list(refusing, "--org", "MUT1")
+    listed = await refusing.queue_list("--org", "MUT1")
     assert MAILBOX in listed
     assert "membre@example.org" not in listed
     assert re.search(r"deferred .*4\.7\.5 127\.0\.0\.1: TLS required", listed)

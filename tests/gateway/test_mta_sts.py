@@ -138,13 +138,6 @@ def test_domains_are_looked_up_in_a_labels() -> None:
 
 
 @pytest.fixture
-def trusting(ca: trustme.CA) -> ssl.SSLContext:
-    context = ssl.create_default_context()
-    ca.configure_trust(context)
-    return context
-
-
-@pytest.fixture
 async def dns_port() -> AsyncIterator[int]:
     zone = local_dns.Zone()
     zone.add(f"mta-sts.{DOMAIN}", "A", "127.0.0.1")
@@ -159,22 +152,22 @@ def fetcher(port: int, https_port: int, context: ssl.SSLContext) -> HttpsFetcher
 
 
 async def test_a_policy_is_fetched_from_the_well_known_url_over_verified_https(
-    ca: trustme.CA, trusting: ssl.SSLContext, dns_port: int
+    ca: trustme.CA, client_tls: ssl.SSLContext, dns_port: int
 ) -> None:
     async with policy_host.serve(ca, f"mta-sts.{DOMAIN}") as host:
         host.body = POLICY
-        policy = await fetcher(dns_port, host.port, trusting)(DOMAIN)
+        policy = await fetcher(dns_port, host.port, client_tls)(DOMAIN)
     assert policy.mode == "enforce"
     assert host.requests == [("/.well-known/mta-sts.txt", f"mta-sts.{DOMAIN}:{host.port}")]
 
 
 async def test_a_certificate_for_another_name_is_refused(
-    ca: trustme.CA, trusting: ssl.SSLContext, dns_port: int
+    ca: trustme.CA, client_tls: ssl.SSLContext, dns_port: int
 ) -> None:
     async with policy_host.serve(ca, "mta-sts.elsewhere.test") as host:
         host.body = POLICY
         with pytest.raises(PolicyError, match="CERTIFICATE_VERIFY_FAILED"):
-            await fetcher(dns_port, host.port, trusting)(DOMAIN)
+            await fetcher(dns_port, host.port, client_tls)(DOMAIN)
         assert host.requests == []
 
 
@@ -198,7 +191,7 @@ async def test_an_untrusted_certificate_is_refused(ca: trustme.CA, dns_port: int
 )
 async def test_a_fetch_that_breaks_the_rules_of_3_3_is_refused(
     ca: trustme.CA,
-    trusting: ssl.SSLContext,
+    client_tls: ssl.SSLContext,
     dns_port: int,
     status: str,
     content_type: str,
@@ -209,7 +202,7 @@ async def test_a_fetch_that_breaks_the_rules_of_3_3_is_refused(
         host.status, host.content_type, host.body = status, content_type, body
         host.extra_headers = "Location: https://evil.test/\r\n"
         with pytest.raises(PolicyError, match=complaint):
-            await fetcher(dns_port, host.port, trusting)(DOMAIN)
+            await fetcher(dns_port, host.port, client_tls)(DOMAIN)
         assert len(host.requests) == 1
 
 

@@ -5,16 +5,13 @@ client sends puts an error or a traceback in the log.
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import contextlib
 import logging
 import ssl
-from collections.abc import AsyncIterator
 
 import pytest
 
-from tests.gateway.test_smtp_handler import DOMAIN, HOST, Gateway, Raw, raw
+from tests.gateway.test_smtp_handler import DOMAIN, Gateway, Raw, raw, smtps
 from tests.gateway.test_smtp_handler import gateway as gateway  # fixtures, re-exported
 from tests.gateway.test_smtp_handler import server_tls as server_tls
 
@@ -34,16 +31,6 @@ async def replies(client: Raw, commands: list[bytes]) -> list[str]:
         got.append((await client.reply()).splitlines()[-1])
     assert got.pop() == "250 2.0.0 OK"
     return got
-
-
-@contextlib.asynccontextmanager
-async def tls_raw(port: int, context: ssl.SSLContext) -> AsyncIterator[Raw]:
-    reader, writer = await asyncio.open_connection(HOST, port, ssl=context, server_hostname=HOST)
-    client = Raw(reader, writer)
-    try:
-        yield client
-    finally:
-        client.close()
 
 
 @pytest.mark.parametrize(
@@ -124,7 +111,7 @@ async def test_hostile_auth_gets_precise_replies(
     commands: list[bytes],
     reply: str,
 ) -> None:
-    async with tls_raw(gateway.port("smtps"), client_tls) as client:
+    async with smtps(gateway.port("smtps"), client_tls) as client:
         await client.greet()
         got = await replies(client, commands)
     assert got[-1].startswith(reply)
