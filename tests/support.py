@@ -1,10 +1,12 @@
-"""Small things tests across packages need: a free loopback port, a statement email,
-a scrape of the gateway's metrics."""
+"""Small things tests across packages need: a free loopback port, a statement email and
+the document and signature sealed into it, a scrape of the gateway's metrics, a clock the
+test moves by hand."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import email.policy
 import queue
 import re
 import socket
@@ -13,6 +15,8 @@ import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from email import message_from_bytes
+from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
@@ -42,6 +46,30 @@ def statement(marker: str, pdf: bytes = PDF) -> bytes:
         'Content-Disposition: attachment; filename="decompte-1.pdf"\r\n\r\n'
         f"{encoded}--sep--\r\n"
     ).encode()
+
+
+def document_and_signature(sealed: bytes) -> tuple[str, bytes, bytes]:
+    """The file name, the document and its detached .p7s, as the gateway sealed them into
+    the one statement of `sealed`."""
+    message = message_from_bytes(sealed, policy=email.policy.SMTP)
+    assert isinstance(message, EmailMessage)
+    parts = {part.get_filename(): part.get_payload(decode=True) for part in message.walk()}
+    (name,) = [n for n in parts if n and f"{n}.p7s" in parts]
+    document, signature = parts[name], parts[f"{name}.p7s"]
+    assert isinstance(name, str)
+    assert isinstance(document, bytes)
+    assert isinstance(signature, bytes)
+    return name, document, signature
+
+
+@dataclass
+class Clock:
+    """A clock the test moves by hand (`clock.now += 60`): no sleeping."""
+
+    now: float = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
 
 
 async def scrape(port: int) -> str:

@@ -30,7 +30,7 @@ from tests.gateway.test_dsn import parse, status_blocks
 from tests.gateway.test_end_to_end import GatewayProcess
 from tests.gateway.test_metrics import http_get
 from tests.gateway.test_scheduler import FAST, SENDER, DkimSeal, message
-from tests.support import DOMAIN, statement
+from tests.support import DOMAIN, Clock, statement
 from tests.support import scrape as scrape_gateway
 
 Down = Literal["421", "close", "silent"]
@@ -364,14 +364,6 @@ async def _no_destination_listed(metrics_port: int) -> bool:
 
 
 # -- the cache's own rules, on a clock of our own --------------------------------------
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_a_failing_destination_is_probed_once_per_interval_and_released_when_up() -> None:

@@ -27,8 +27,10 @@ from gateway.mta_sts import (
     parse_txt,
 )
 from tests.gateway import local_dns, policy_host
+from tests.support import Clock
 
 DOMAIN = "insurer.test"
+NOW = 1_800_000_000.0  # the wall clock of the cache tests (2027), moved by hand
 POLICY = (
     b"version: STSv1\r\nmode: enforce\r\nmx: mx.insurer.test\r\nmx: *.backup.test\r\n"
     b"max_age: 86400\r\n"
@@ -209,14 +211,6 @@ async def test_a_fetch_that_breaks_the_rules_of_3_3_is_refused(
 # -- finding and caching --------------------------------------------------------------------
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_800_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 class CountingFetcher:
     def __init__(self, policy: Policy) -> None:
         self.policy: Policy | None = policy
@@ -251,7 +245,7 @@ async def test_a_policy_is_fetched_once_and_again_when_the_txt_id_changes(
     zone: tuple[local_dns.Zone, int], tmp_path: Path
 ) -> None:
     records, port = zone
-    fetch, clock, results = CountingFetcher(ENFORCE), Clock(), list[str]()
+    fetch, clock, results = CountingFetcher(ENFORCE), Clock(NOW), list[str]()
     sts = finder(port, tmp_path, fetch, clock, results)
     assert await sts.policy(DOMAIN) == ENFORCE
     assert await sts.policy(DOMAIN) == ENFORCE
@@ -268,7 +262,7 @@ async def test_the_cached_policy_survives_a_restart_and_a_dead_policy_host(
     zone: tuple[local_dns.Zone, int], tmp_path: Path
 ) -> None:
     _, port = zone
-    clock = Clock()
+    clock = Clock(NOW)
     await finder(port, tmp_path, CountingFetcher(ENFORCE), clock, []).policy(DOMAIN)
     assert (tmp_path / f"{DOMAIN}.json").is_file()
 
@@ -289,7 +283,7 @@ async def test_a_failed_fetch_is_not_retried_for_every_message(
     zone: tuple[local_dns.Zone, int], tmp_path: Path
 ) -> None:
     _, port = zone
-    down, clock = CountingFetcher(ENFORCE), Clock()
+    down, clock = CountingFetcher(ENFORCE), Clock(NOW)
     down.policy = None
     sts = finder(port, tmp_path, down, clock, [])
     for _ in range(5):
@@ -304,7 +298,7 @@ async def test_a_cached_policy_stays_in_force_when_the_txt_record_disappears(
     zone: tuple[local_dns.Zone, int], tmp_path: Path
 ) -> None:
     records, port = zone
-    clock = Clock()
+    clock = Clock(NOW)
     await finder(port, tmp_path, CountingFetcher(ENFORCE), clock, []).policy(DOMAIN)
     del records.records[(f"_mta-sts.{DOMAIN}", "TXT")]
     fetch = CountingFetcher(ENFORCE)
@@ -315,7 +309,7 @@ async def test_a_cached_policy_stays_in_force_when_the_txt_record_disappears(
 async def test_no_txt_record_and_no_cache_means_no_policy(tmp_path: Path) -> None:
     async with local_dns.serve(local_dns.Zone()) as port:
         fetch = CountingFetcher(ENFORCE)
-        assert await finder(port, tmp_path, fetch, Clock(), []).policy(DOMAIN) is None
+        assert await finder(port, tmp_path, fetch, Clock(NOW), []).policy(DOMAIN) is None
     assert fetch.calls == 0
 
 
@@ -324,7 +318,7 @@ async def test_mode_none_is_cached_but_applies_no_policy(
 ) -> None:
     _, port = zone
     fetch = CountingFetcher(Policy("none", (), 86400))
-    assert await finder(port, tmp_path, fetch, Clock(), []).policy(DOMAIN) is None
+    assert await finder(port, tmp_path, fetch, Clock(NOW), []).policy(DOMAIN) is None
     assert (tmp_path / f"{DOMAIN}.json").is_file()
 
 
@@ -334,7 +328,7 @@ async def test_an_unreadable_cache_file_counts_as_no_cache(
     _, port = zone
     (tmp_path / f"{DOMAIN}.json").write_text("{not json")
     fetch = CountingFetcher(ENFORCE)
-    assert await finder(port, tmp_path, fetch, Clock(), []).policy(DOMAIN) == ENFORCE
+    assert await finder(port, tmp_path, fetch, Clock(NOW), []).policy(DOMAIN) == ENFORCE
     assert fetch.calls == 1
 
 
@@ -342,7 +336,7 @@ async def test_any_failure_of_the_fetch_leaves_the_cached_policy_in_force(
     zone: tuple[local_dns.Zone, int], tmp_path: Path
 ) -> None:
     records, port = zone
-    clock = Clock()
+    clock = Clock(NOW)
     await finder(port, tmp_path, CountingFetcher(ENFORCE), clock, []).policy(DOMAIN)
     records.records[(f"_mta-sts.{DOMAIN}", "TXT")] = ['"v=STSv1; id=two"']
 

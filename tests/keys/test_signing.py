@@ -16,19 +16,10 @@ from cryptography.hazmat.primitives.serialization import pkcs7
 from keys import store
 from keys.archive import ROOT_FILE
 from keys.signing import NoActiveKey, SigningKeys
+from tests.support import Clock
 
 DOMAIN = "caisses.example"
 PASSPHRASE = "signing test passphrase"
-
-
-class FakeClock:
-    """A monotonic clock the test moves by hand: no sleeping for the 1 s stat interval."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def active_generation(keys: Path) -> str:
@@ -66,7 +57,7 @@ def test_a_rotation_reaches_a_running_signing_keys_within_the_interval(
     paths: tuple[Path, Path],
 ) -> None:
     keys, public = paths
-    clock = FakeClock()
+    clock = Clock()
     signing = SigningKeys(keys, clock=clock)
     first = signing.material(DOMAIN)
     assert signing.material(DOMAIN) is first  # cached, not re-parsed
@@ -87,7 +78,7 @@ def test_a_rotation_reaches_a_running_signing_keys_within_the_interval(
 
 def test_no_active_key_after_the_active_key_is_revoked(paths: tuple[Path, Path]) -> None:
     keys, public = paths
-    clock = FakeClock()
+    clock = Clock()
     signing = SigningKeys(keys, clock=clock)
     material = signing.material(DOMAIN)
     store.revoke(keys, public, material.ed25519_selector,
@@ -194,7 +185,7 @@ def test_a_state_read_just_before_an_activation_still_gives_signing_keys(
     """The state it holds names the generation the activation then retires and destroys:
     the files are gone, so it must look at the new state rather than fail (451)."""
     keys, public = paths
-    clock = FakeClock()
+    clock = Clock()
     signing = SigningKeys(keys, clock=clock)
     assert signing.domains() == frozenset({DOMAIN})  # the state is read, no key yet
     old = active_generation(keys)

@@ -9,19 +9,17 @@ the browser tests must not vanish as a skip.
 
 from __future__ import annotations
 
-import email.policy
 import itertools
 import os
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
-from email import message_from_bytes
-from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.support import document_and_signature
 from tests.verifier.conftest import reencode_document, tamper_document
 
 pytestmark = [pytest.mark.browser, pytest.mark.usefixtures("no_network")]
@@ -141,22 +139,10 @@ CASES = (
 )
 
 
-def _document_and_signature(sealed: bytes) -> tuple[str, bytes, bytes]:
-    message = message_from_bytes(sealed, policy=email.policy.SMTP)
-    assert isinstance(message, EmailMessage)
-    parts = {part.get_filename(): part.get_payload(decode=True) for part in message.walk()}
-    (name,) = [n for n in parts if n and f"{n}.p7s" in parts]
-    document, signature = parts[name], parts[f"{name}.p7s"]
-    assert isinstance(name, str)
-    assert isinstance(document, bytes)
-    assert isinstance(signature, bytes)
-    return name, document, signature
-
-
 def _upload(page: Any, server: str, case: Case, sealed: bytes, lang: str, tmp: Path) -> None:
     page.goto(f"{server}/?lang={lang}")
     if case.name == "pair":
-        name, document, signature = _document_and_signature(sealed)
+        name, document, signature = document_and_signature(sealed)
         (tmp / name).write_bytes(document)
         (tmp / f"{name}.p7s").write_bytes(signature)
         page.click("details.pair summary")

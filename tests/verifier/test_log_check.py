@@ -11,8 +11,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime as dt
-import email
-import email.policy
 import json
 import subprocess
 from collections.abc import AsyncIterator, Iterator
@@ -29,7 +27,7 @@ from keys import store as key_store
 from keys.archive import load_archive
 from keys.signing import SigningKeys
 from tests.checks import crlf
-from tests.support import Tsa, start_tsa, statement
+from tests.support import Tsa, document_and_signature, start_tsa, statement
 from tests.verifier.conftest import make_settings, serve
 from tlog import merkle, note
 from tlog.__main__ import main as log_main
@@ -219,17 +217,6 @@ async def test_a_statement_whose_entry_was_removed_is_not_authentic(
     assert report.reason == "reason_not_logged"
 
 
-def _document_and_p7s(sealed: bytes) -> tuple[str, bytes, bytes]:
-    message = email.message_from_bytes(sealed, policy=email.policy.SMTP)
-    parts = {part.get_filename(): part.get_payload(decode=True) for part in message.walk()}
-    (name,) = [n for n in parts if n and f"{n}.p7s" in parts]
-    document, signature = parts[name], parts[f"{name}.p7s"]
-    assert isinstance(name, str)
-    assert isinstance(document, bytes)
-    assert isinstance(signature, bytes)
-    return name, document, signature
-
-
 async def test_a_document_and_its_p7s_uploaded_alone_keep_the_log_rules(fund: Fund) -> None:
     """Without its email, a document is judged by the same log: a forgery made with the
     stolen keys is no more authentic for arriving as a PDF and its .p7s."""
@@ -237,11 +224,11 @@ async def test_a_document_and_its_p7s_uploaded_alone_keep_the_log_rules(fund: Fu
     forged = await fund.send("forged", logged=False)
     # Checked ten minutes later: long enough for any copy of the log to hold a genuine seal.
     later = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=10)
-    report = verify_pair(*_document_and_p7s(genuine), fund.trust(), now=later)
+    report = verify_pair(*document_and_signature(genuine), fund.trust(), now=later)
     assert report.verdict is Verdict.AUTHENTIC
     assert report.log is not None
     assert report.log.status == "logged"
-    report = verify_pair(*_document_and_p7s(forged), fund.trust(), now=later)
+    report = verify_pair(*document_and_signature(forged), fund.trust(), now=later)
     assert report.verdict is Verdict.TAMPERED
     assert report.reason == "reason_not_logged"
 

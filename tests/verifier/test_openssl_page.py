@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import email.policy
 import html
 import os
 import re
@@ -19,8 +18,6 @@ import shlex
 import subprocess
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from email import message_from_bytes
-from email.message import EmailMessage
 from pathlib import Path
 
 import httpx
@@ -34,6 +31,7 @@ from keys import pki
 from keys.signing import SigningMaterial
 from tests.checks import OPENSSL_TRUST_AND_PURPOSE
 from tests.conftest import DOMAIN, ORG
+from tests.support import document_and_signature
 from tests.verifier.conftest import (
     KeyHistory,
     cms_detached,
@@ -263,14 +261,7 @@ def site(fund: Fund, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]
 @pytest.fixture(scope="module")
 def genuine(fund: Fund, now: dt.datetime) -> Signed:
     """A statement document and its .p7s as the gateway seals them, taken from the email."""
-    message = message_from_bytes(seal(reference_message(), fund.material), policy=email.policy.SMTP)
-    assert isinstance(message, EmailMessage)
-    parts = {part.get_filename(): part.get_payload(decode=True) for part in message.walk()}
-    names = [n for n in parts if n and f"{n}.p7s" in parts]
-    assert len(names) == 1, parts.keys()
-    document, signature = parts[names[0]], parts[f"{names[0]}.p7s"]
-    assert isinstance(document, bytes)
-    assert isinstance(signature, bytes)
+    _, document, signature = document_and_signature(seal(reference_message(), fund.material))
     return Signed(document, signature, int(now.timestamp()))
 
 

@@ -4,16 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tests.support import Clock
 from verifier.ratelimit import WINDOW, RateLimiter
 from verifier.shared import SharedState, prepare
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_the_limit_holds_per_bucket_and_frees_up_after_a_minute() -> None:
