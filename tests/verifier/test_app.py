@@ -65,6 +65,15 @@ def form(client: httpx.Client, raw: bytes, name: str = "statement.eml", **params
 # --- the API -----------------------------------------------------------------------------
 
 
+def pair_files(material: SigningMaterial) -> dict[str, tuple[str, bytes, str]]:
+    """The multipart files of a pair upload: decompte-1.pdf and its .p7s, no email."""
+    document = b"%PDF-1.4 statement"
+    return {
+        "document": ("decompte-1.pdf", document, "application/pdf"),
+        "signature": ("decompte-1.pdf.p7s", cms_detached(document, material), "x/y"),
+    }
+
+
 def test_the_api_reports_a_sealed_statement_authentic(client: httpx.Client, sealed: bytes) -> None:
     response = api(client, sealed)
     assert response.status_code == 200
@@ -98,11 +107,7 @@ def test_the_api_speaks_english_on_request(client: httpx.Client, sealed: bytes) 
 def test_a_pair_upload_verifies_without_the_email(
     client: httpx.Client, material: SigningMaterial
 ) -> None:
-    document = b"%PDF-1.4 statement"
-    files = {
-        "document": ("decompte-1.pdf", document, "application/pdf"),
-        "signature": ("decompte-1.pdf.p7s", cms_detached(document, material), "x/y"),
-    }
+    files = pair_files(material)
     report = client.post("/api/v1/verify", files=files).json()
     assert report["verdict"] == "authentic"
     assert report["documents"][0]["filename"] == "decompte-1.pdf"
@@ -247,11 +252,7 @@ def test_french_pages_write_french_dates(client: httpx.Client, sealed: bytes) ->
 def test_a_pair_upload_shows_a_document_result(
     client: httpx.Client, material: SigningMaterial
 ) -> None:
-    document = b"%PDF-1.4 statement"
-    files = {
-        "document": ("decompte-1.pdf", document, "application/pdf"),
-        "signature": ("decompte-1.pdf.p7s", cms_detached(document, material), "x/y"),
-    }
+    files = pair_files(material)
     response = client.post("/verify", files=files, params={"lang": "en"})
     assert response.status_code == 200
     page = response.text
