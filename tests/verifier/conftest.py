@@ -10,7 +10,10 @@ import datetime as dt
 import email.policy
 import hashlib
 import json
+import os
 import re
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -21,6 +24,7 @@ from email.message import Message
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import uvicorn
 from cryptography import x509
@@ -32,6 +36,7 @@ from keys.archive import FORMAT, format_time
 from keys.signing import SigningMaterial
 from tests.checks import REFERENCE, crlf
 from tests.conftest import make_material
+from tests.support import ROOT
 from verifier.__main__ import server_options
 from verifier.app import create_app
 from verifier.settings import Limits, Settings
@@ -436,3 +441,27 @@ def make_settings(archive: Path, **changes: Any) -> Settings:
 def server(archive_dir: Path) -> Iterator[str]:
     with serve(create_app(make_settings(archive_dir))) as url:
         yield url
+
+
+def run_verifier(*args: str, stderr: int = subprocess.DEVNULL) -> subprocess.Popen[bytes]:
+    """`python -m verifier ARGS` from this checkout, as an operator starts it."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "verifier", *args],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.DEVNULL,
+        stderr=stderr,
+    )
+
+
+def wait_until_up(process: subprocess.Popen[bytes], url: str) -> None:
+    """Returns once `url` answers 200, within 30 s and while the verifier runs."""
+    deadline = time.monotonic() + 30
+    while True:
+        assert process.poll() is None, "the verifier exited"
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, f"{url} did not answer"
+        time.sleep(0.2)

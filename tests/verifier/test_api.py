@@ -10,25 +10,26 @@ workers (SO_REUSEPORT): a limit or a counter kept per process would show.
 from __future__ import annotations
 
 import itertools
-import os
 import re
 import signal
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
 import pytest
 
 from keys.signing import SigningMaterial
 from orgs.registry import Registry
-from tests.verifier.conftest import KeyHistory, tamper_document, write_archive
+from tests.verifier.conftest import (
+    KeyHistory,
+    run_verifier,
+    tamper_document,
+    wait_until_up,
+    write_archive,
+)
 from verifier.workers import free_port
 
-ROOT = Path(__file__).resolve().parents[2]
 EML = "message/rfc822"
 ANONYMOUS_LIMIT = 2
 ORG_LIMIT = 5
@@ -50,19 +51,6 @@ class Verifier:
         return secret
 
 
-def _wait_until_up(process: subprocess.Popen[bytes], url: str) -> None:
-    deadline = time.monotonic() + 30
-    while True:
-        assert process.poll() is None, "the verifier exited"
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, f"{url} did not answer"
-        time.sleep(0.2)
-
-
 @pytest.fixture(scope="module")
 def verifier(
     tmp_path_factory: pytest.TempPathFactory, material: SigningMaterial
@@ -71,23 +59,17 @@ def verifier(
     archive = write_archive(base / "public", [(material, KeyHistory("active"))])
     registry = Registry(base / "orgs" / "registry.sqlite")
     port, metrics_port = free_port("127.0.0.1"), free_port("127.0.0.1")
-    command = [
-        sys.executable, "-m", "verifier", "--port", str(port), "--archive", str(archive),
+    process = run_verifier(
+        "--port", str(port), "--archive", str(archive),
         "--workers", "2", "--rate-limit", str(ANONYMOUS_LIMIT),
         "--org-rate-limit", str(ORG_LIMIT), "--orgs", str(registry.path),
         "--trusted-proxies", PROXY, "--runtime-dir", str(base / "run"),
         "--metrics-listen", f"127.0.0.1:{metrics_port}",
-    ]  # fmt: skip
-    process = subprocess.Popen(
-        command,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    )  # fmt: skip
     url, metrics_url = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{metrics_port}/metrics"
     try:
-        _wait_until_up(process, url + "/healthz")
-        _wait_until_up(process, metrics_url)
+        wait_until_up(process, url + "/healthz")
+        wait_until_up(process, metrics_url)
         yield Verifier(url, metrics_url, registry, process)
     finally:
         process.send_signal(signal.SIGTERM)

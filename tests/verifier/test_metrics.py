@@ -3,7 +3,6 @@ them, served on their own port."""
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import sys
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.verifier.conftest import make_settings, serve
+from tests.verifier.conftest import make_settings, run_verifier, serve, wait_until_up
 from verifier.app import create_app
 from verifier.endpoints import HttpError
 from verifier.metrics import REJECTION_REASONS, UPLOADS, Metrics, render
@@ -117,34 +116,21 @@ def test_the_endpoint_answers_get_metrics_only() -> None:
 
 def test_the_launcher_serves_metrics_and_survives_a_taken_port(archive_dir: Path) -> None:
     """A metrics port in use is reported; verification goes on."""
-    root = Path(__file__).resolve().parents[2]
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         metrics_port = taken.getsockname()[1]
         port = free_port("127.0.0.1")
-        command = [
-            sys.executable, "-m", "verifier", "--port", str(port), "--archive", str(archive_dir),
+        process = run_verifier(
+            "--port", str(port), "--archive", str(archive_dir),
             "--metrics-listen", f"127.0.0.1:{metrics_port}",
-        ]  # fmt: skip
-        process = subprocess.Popen(
-            command,
-            env={**os.environ, "PYTHONPATH": str(root)},
-            stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
-        )
+        )  # fmt: skip
         try:
             assert process.stderr is not None
             lines = [process.stderr.readline().decode() for _ in range(2)]
             assert any(f"no metrics on 127.0.0.1:{metrics_port}" in line for line in lines)
-            deadline = time.monotonic() + 20
-            while True:
-                try:
-                    assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).is_success
-                    break
-                except httpx.TransportError:
-                    assert time.monotonic() < deadline, "the verifier did not start"
-                    time.sleep(0.1)
+            wait_until_up(process, f"http://127.0.0.1:{port}/healthz")
         finally:
             process.terminate()
             process.wait(timeout=10)

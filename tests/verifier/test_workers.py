@@ -3,44 +3,26 @@ with their parent, even when it is killed."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import httpx
 
 from tests.support import alive, child_pids
+from tests.verifier.conftest import run_verifier, wait_until_up
 from verifier.workers import free_port
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def _start(archive_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port("127.0.0.1")
-    command = [
-        sys.executable, "-m", "verifier", "--port", str(port), "--archive", str(archive_dir),
-        "--workers", "2", "--rate-limit", "0",
-    ]  # fmt: skip
-    process = subprocess.Popen(
-        command,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    process = run_verifier(
+        "--port", str(port), "--archive", str(archive_dir), "--workers", "2", "--rate-limit", "0"
+    )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        assert process.poll() is None, "the verifier exited"
-        try:
-            if httpx.get(url + "/healthz", timeout=2).status_code == 200:
-                return process, url
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, "the verifier did not start"
-        time.sleep(0.2)
+    wait_until_up(process, url + "/healthz")
+    return process, url
 
 
 def _wait_gone(pids: list[int], within: float) -> None:
