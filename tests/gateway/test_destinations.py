@@ -348,8 +348,7 @@ async def test_the_running_gateway_probes_a_dead_smarthost_and_shows_it_in_its_m
         await until(lambda: _no_destination_listed(gateway.metrics_port), within=5.0)
         assert await gateway.terminate() == 0
     finally:
-        if gateway.process is not None and gateway.process.returncode is None:
-            await gateway.kill()
+        await gateway.kill_if_running()
     log = gateway.log()
     assert "event=destination_failing" in log
     assert "event=destination_up" in log

@@ -122,6 +122,11 @@ class GatewayProcess:
         async with asyncio.timeout(10):
             await self.process.wait()
 
+    async def kill_if_running(self) -> None:
+        """The clean-up after a test, which may have failed before it stopped the gateway."""
+        if self.process is not None and self.process.returncode is None:
+            await self.kill()
+
     async def terminate(self) -> int:
         assert self.process is not None
         self.process.send_signal(signal.SIGTERM)
@@ -136,8 +141,7 @@ class GatewayProcess:
 async def gateway_process(tmp_path: Path, peer: Peer) -> AsyncIterator[GatewayProcess]:
     gateway = GatewayProcess(tmp_path, peer)
     yield gateway
-    if gateway.process is not None and gateway.process.returncode is None:
-        await gateway.kill()
+    await gateway.kill_if_running()
 
 
 async def test_statement_is_sealed_and_delivered(

@@ -182,8 +182,7 @@ async def refusing(
 ) -> AsyncIterator[GatewayProcess]:
     gateway = insurer_gateway(tmp_path, tls_peer, registry_file, "refuse")
     yield gateway
-    if gateway.process is not None and gateway.process.returncode is None:
-        await gateway.kill()
+    await gateway.kill_if_running()
 
 
 async def test_statements_reach_only_registered_mailboxes_over_verified_tls(
@@ -276,8 +275,7 @@ async def test_warn_mode_delivers_and_counts(
         assert "org_unregistered_mailbox" not in scraped
         assert await gateway.terminate() == 0
     finally:
-        if gateway.process is not None and gateway.process.returncode is None:
-            await gateway.kill()
+        await gateway.kill_if_running()
     log = gateway.log()
     assert "event=org_policy_warning rule=orgs.unregistered org=MUT1" in log
     assert f"recipient_domain={INSURER}" in log
