@@ -416,6 +416,12 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "une ligne « From » d'enveloppe au milieu de l'en-tête",
         'an envelope "From " line inside the header',
     ),
+    "defect_ambiguous_mime": (
+        "une partie MIME qui se lit de deux façons (Content-Type, Content-Transfer-Encoding, "
+        "Content-Disposition ou boundary écrit deux fois, différemment)",
+        "a MIME part that reads two ways (Content-Type, Content-Transfer-Encoding, "
+        "Content-Disposition or boundary written twice, differently)",
+    ),
     "defect_repeated_from": ("plusieurs champs From", "more than one From field"),
     "defect_repeated_sender": ("plusieurs champs Sender", "more than one Sender field"),
     "defect_repeated_reply-to": ("plusieurs champs Reply-To", "more than one Reply-To field"),
