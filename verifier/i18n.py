@@ -686,6 +686,12 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "En-tête Authorization mal formé : attendu « Bearer » suivi du jeton.",
         'Malformed Authorization header: expected "Bearer" followed by the token.',
     ),
+    "error_token_elsewhere": (
+        "Un jeton ne s'envoie que dans un seul en-tête « Authorization: Bearer », jamais dans "
+        "l'adresse (elle finit dans les journaux).",
+        'A token goes in one "Authorization: Bearer" header only, never in the URL (URLs end '
+        "up in logs).",
+    ),
     "error_token_refused": (
         "Jeton refusé : inconnu, révoqué, ou organisation sortie de la convention. "
         "Demandez un nouveau jeton à la Caisse.",
