@@ -201,6 +201,12 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "compromission",
         "key revoked since, but the log proves the signature existed before the compromise",
     ),
+    "dkim_reason_body_length_limit": (
+        "la signature ne couvre que le début du message (l=) : la Caisse signe toujours "
+        "le message entier",
+        "the signature covers only the start of the message (l=): the fund always signs "
+        "the whole message",
+    ),
     "dkim_reason_malformed": ("signature mal formée", "malformed signature"),
     "dkim_reason_expired": ("signature expirée", "expired signature"),
     "dkim_reason_algorithm_mismatch": (
