@@ -84,6 +84,7 @@ SENDER_SIGNATURE_TYPES = (
 # 2183). Written twice with different values, one mail program reads the first, another
 # the last: a PDF shown by one is plain text to the other, or a boundary cuts the body
 # into other parts.
+_IDENTITY_ENCODINGS = ("7bit", "8bit", "binary")
 _MIME_FIELDS = ("content-type", "content-transfer-encoding", "content-disposition")
 
 
@@ -124,6 +125,10 @@ def _part(data: bytes, depth: int, max_depth: int, max_parts: int, counter: list
     part = Part(headers=headers, body=body, depth=depth, ambiguous=_ambiguous(headers))
     if part.maintype != "multipart":
         return part
+    if part.transfer_encoding not in _IDENTITY_ENCODINGS:
+        # RFC 2045 6.4: a multipart is never encoded. One that says it is reads as parts to
+        # us and as one encoded blob, decoded first, to a program that believes it.
+        part.ambiguous = True
     boundary = headers.get_boundary()
     if not boundary:
         return part

@@ -200,16 +200,11 @@ def test_a_fund_key_signing_only_the_start_of_the_body_vouches_for_nothing(
     writes it, so a signature of the fund's key with it is no seal, even though dkimpy
     passes it over a message with a forged part after the signed length."""
     raw = reference_message()
-    key = material.rsa_key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.TraditionalOpenSSL,
-        serialization.NoEncryption(),
-    )
     header = dkim.sign(
         raw,
         material.rsa_selector.encode(),
         material.domain.encode(),
-        key,
+        _pem(material),
         canonicalize=(b"relaxed", b"relaxed"),
         include_headers=[b"from", b"to", b"subject", b"date", b"content-type"],
         length=True,
@@ -223,3 +218,39 @@ def test_a_fund_key_signing_only_the_start_of_the_body_vouches_for_nothing(
 
 def _record(material: SigningMaterial) -> bytes:
     return b"v=DKIM1; k=rsa; p=" + dkim_p_value(material, "rsa").encode()
+
+
+@pytest.mark.parametrize("unsigned", [b"content-type", b"mime-version"])
+def test_a_signature_leaving_the_mime_structure_unsigned_vouches_for_nothing(
+    material: SigningMaterial, trust: Trust, unsigned: bytes
+) -> None:
+    """The gateway signs Content-Type and MIME-Version. A signature that leaves them out
+    (made with the fund's key, but not by the gateway) lets anyone give the very same
+    signed body another boundary, so other parts: it passes in dkimpy, it vouches for
+    nothing here."""
+    raw = reference_message()
+    names = [b"from", b"to", b"subject", b"date", b"message-id", b"mime-version", b"content-type"]
+    header = dkim.sign(
+        raw,
+        material.rsa_selector.encode(),
+        material.domain.encode(),
+        _pem(material),
+        canonicalize=(b"relaxed", b"relaxed"),
+        include_headers=[n for n in names if n != unsigned],
+    )
+    swapped = replace_header(header + raw, b"Content-Type", b'multipart/mixed; boundary="other"')
+    if unsigned == b"mime-version":
+        swapped = replace_header(header + raw, b"MIME-Version", b"1.0 (a comment)")
+    assert dkim.verify(swapped, dnsfunc=lambda name, timeout=5: _record(material))
+    (check,) = check_dkim(swapped, [header.split(b":", 1)[1]], trust)
+    assert check.status is DkimStatus.FAIL
+    assert check.reason == "header_not_signed"
+    assert check.detail == unsigned.decode()
+
+
+def _pem(material: SigningMaterial) -> bytes:
+    return material.rsa_key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.NoEncryption(),
+    )

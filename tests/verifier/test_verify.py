@@ -445,8 +445,11 @@ def _root_read_twice(sealed: bytes, how: str) -> bytes:
         head += b'\r\nContent-Type: multipart/mixed; boundary="B"'
     elif how == "boundary":
         head = re.sub(rb'(boundary="[^"]+")', rb'\1; boundary="B"', head, count=1)
-    else:
+    elif how == "transfer-encoding":
         head += b"\r\nContent-Transfer-Encoding: 7bit\r\nContent-Transfer-Encoding: base64"
+        other = b""
+    else:  # RFC 2045 6.4: a multipart is never encoded; a program believing it decodes first
+        head += b"\r\nContent-Transfer-Encoding: base64"
         other = b""
     return head + b"\r\n\r\n" + body + other
 
@@ -480,6 +483,7 @@ def _root_read_twice(sealed: bytes, how: str) -> bytes:
         lambda s: _root_read_twice(s, "content-type"),
         lambda s: _root_read_twice(s, "boundary"),
         lambda s: _root_read_twice(s, "transfer-encoding"),
+        lambda s: _root_read_twice(s, "encoded-multipart"),
     ],
     ids=[
         "pdf-as-sender-signature",
@@ -490,6 +494,7 @@ def _root_read_twice(sealed: bytes, how: str) -> bytes:
         "root-content-type-twice",
         "root-boundary-twice",
         "root-transfer-encoding-twice",
+        "root-multipart-encoded",
     ],
 )  # fmt: skip
 def test_a_part_that_reads_two_ways_never_hides_behind_documents_authentic(
