@@ -644,3 +644,28 @@ def test_a_statement_tampered_inside_an_outlook_forward_is_tampered(
 ) -> None:
     forward = _forward(tamper_document(sealed), b"Content-Type: message/rfc822\r\n", b"base64")
     assert verify_email(forward, trust, limits).verdict is Verdict.TAMPERED
+
+
+def test_a_sealed_document_in_a_stranger_s_email_vouches_only_for_itself(
+    sealed: bytes, trust: Trust, limits: Limits
+) -> None:
+    """A genuine document and its .p7s, re-attached to an email the fund never sent (its
+    own sender, subject and words): the documents are what the fund sealed, so the
+    verdict says so ("documents authentic, message altered"), and that is all it says.
+    Nothing of the carrying email is shown as the fund's, and a statement of another
+    member stays another member's: the document's content is what was sealed."""
+    head, body = sealed.split(b"\r\n\r\n", 1)
+    (own_type,) = [
+        f for f in re.split(rb"\r\n(?![ \t])", head) if f.lower().startswith(b"content-type")
+    ]
+    stranger = (
+        b"From: Service remboursements <rib@evil.example>\r\nTo: gestion@mutuelle.example\r\n"
+        b"Subject: Decompte rectifie - nouveau RIB\r\nMIME-Version: 1.0\r\n"
+        + own_type + b"\r\n\r\n" + body
+    )  # fmt: skip
+    report = verify_email(stranger, trust, limits)
+    assert report.verdict is Verdict.ALTERED
+    assert report.reason == "reason_altered_no_dkim"
+    assert not report.message.vouched
+    assert report.message.sender_domain == "evil.example"  # shown, and marked not vouched
+    assert [d.status for d in report.documents] == [DocStatus.VALID]
