@@ -181,8 +181,10 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "programs would read different things in it",
     ),
     "dkim_reason_header_not_signed": (
-        "un champ affiché (expéditeur, objet, réponse...) a été ajouté hors de la signature",
-        "a shown field (sender, subject, reply-to...) was added outside the signature",
+        "un champ affiché (expéditeur, objet, réponse...) ou la structure du message "
+        "(Content-Type) est hors de la signature",
+        "a shown field (sender, subject, reply-to...) or the message's structure "
+        "(Content-Type) is outside the signature",
     ),
     "dkim_reason_signed_after_retirement": (
         "signée après le retrait de la clé : la Caisse ne signait plus avec elle",
