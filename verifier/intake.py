@@ -204,7 +204,17 @@ def _is_message_text(part: mime.Part, filename: str) -> bool:
     if filename or disposition not in ("", "inline"):
         return False
     maintype = part.maintype
-    return maintype == "text" or (maintype == "image" and part.parent_type == "multipart/related")
+    if maintype == "text":
+        return True
+    # A picture the HTML text shows is one it can name (RFC 2387: by Content-ID or
+    # Content-Location); mail programs list any other part of a multipart/related as an
+    # attachment, a PDF above all, whatever type it claims.
+    return (
+        maintype == "image"
+        and part.parent_type == "multipart/related"
+        and any(part.headers.get(name) for name in ("content-id", "content-location"))
+        and not part.decoded()[:_PDF_SNIFF].lstrip().startswith(b"%PDF-")
+    )
 
 
 def _raw_filename(part: mime.Part) -> str:

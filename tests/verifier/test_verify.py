@@ -480,6 +480,17 @@ def _root_read_twice(sealed: bytes, how: str) -> bytes:
         lambda s: _rewrapped(
             s, b"multipart/mixed", b"Content-Type: multipart/mixed\r\n\r\nJVBERi0xLjQK\r\n"
         ),
+        # A picture of multipart/related that the HTML cannot name, or a PDF calling
+        # itself a picture: mail programs list them as attachments.
+        lambda s: _rewrapped(
+            s, b"multipart/related",
+            b"Content-Type: image/png\r\nContent-Transfer-Encoding: base64\r\n\r\niVBORw0KGgo=\r\n",
+        ),
+        lambda s: _rewrapped(
+            s, b"multipart/related",
+            b"Content-Type: image/png\r\nContent-ID: <scan@x>\r\n"
+            b"Content-Transfer-Encoding: base64\r\n\r\nJVBERi0xLjQKJSVFT0YK\r\n",
+        ),
         lambda s: _root_read_twice(s, "content-type"),
         lambda s: _root_read_twice(s, "boundary"),
         lambda s: _root_read_twice(s, "transfer-encoding"),
@@ -491,6 +502,8 @@ def _root_read_twice(sealed: bytes, how: str) -> bytes:
         "content-type-twice",
         "unknown-disposition",
         "multipart-without-boundary",
+        "related-picture-without-id",
+        "related-pdf-as-picture",
         "root-content-type-twice",
         "root-boundary-twice",
         "root-transfer-encoding-twice",
@@ -517,7 +530,8 @@ def test_the_sender_s_own_signature_and_the_text_are_not_attachments(
     sealed: bytes, trust: Trust, limits: Limits
 ) -> None:
     """The other side of the rule above: an S/MIME signature in its RFC 1847 place, a text
-    part marked inline, a MIME field written twice alike, are what they say."""
+    part marked inline, a MIME field written twice alike, a picture the HTML names by its
+    Content-ID, are what they say."""
     smime = _rewrapped(
         sealed,
         b'multipart/signed; protocol="application/pkcs7-signature"',
@@ -529,7 +543,13 @@ def test_the_sender_s_own_signature_and_the_text_are_not_attachments(
         b"Content-Type: text/plain\r\nContent-Type: text/plain\r\n"
         b"Content-Disposition: inline\r\n\r\nTransmis par le service courrier.\r\n",
     )
-    for upload in (smime, text):
+    picture = _rewrapped(
+        sealed,
+        b"multipart/related",
+        b"Content-Type: image/png\r\nContent-ID: <logo@fund>\r\n"
+        b"Content-Transfer-Encoding: base64\r\n\r\niVBORw0KGgo=\r\n",
+    )
+    for upload in (smime, text, picture):
         report = verify_email(upload, trust, limits)
         assert report.verdict is Verdict.ALTERED
         assert [d.status for d in report.documents] == [DocStatus.VALID]
