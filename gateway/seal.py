@@ -166,6 +166,9 @@ def _read_part(message: bytes, start: int, end: int, depth: int, count: list[int
         blank = message.find(CRLF + CRLF, start, end)
         header_end, body_start = (end, end) if blank < 0 else (blank + 2, blank + 4)
     headers = _STRUCTURE_PARSER.parsebytes(message[start:header_end])
+    problem = _reads_two_ways(headers)
+    if problem:
+        raise UnsealableMessage(f"a MIME part {problem}: mail programs would read it two ways")
     boundary = headers.get_boundary() if headers.get_content_maintype() == "multipart" else None
     if not boundary:
         return _Part(message[start:header_end], body_start, end, headers, None, ())
@@ -175,6 +178,29 @@ def _read_part(message: bytes, start: int, end: int, depth: int, count: list[int
         for child_start, child_end in _child_spans(message, body_start, end, encoded)
     )
     return _Part(message[start:header_end], body_start, end, headers, encoded, children)
+
+
+_MIME_FIELDS = ("content-type", "content-transfer-encoding", "content-disposition")
+
+
+def _reads_two_ways(headers: Message) -> str | None:
+    """What makes a part read differently by different programs, as the verifier judges it
+    (verifier/mime.py): such a statement would never verify as authentic, so it is not
+    sealed."""
+    for name in _MIME_FIELDS:
+        values = headers.get_all(name) or []
+        if len({" ".join(str(v).split()).lower() for v in values}) > 1:
+            return f"gives {name} twice, differently"
+    try:
+        params = headers.get_params(header="content-type") or []
+    except (ValueError, LookupError, TypeError, IndexError):
+        params = []
+    if len({str(v) for k, v in params if str(k).strip().lower() == "boundary"}) > 1:
+        return "gives two boundaries"
+    encoding = str(headers.get("content-transfer-encoding", "7bit")).strip().lower()
+    if headers.get_content_maintype() == "multipart" and encoding not in ("7bit", "8bit", "binary"):
+        return f"is a multipart with transfer encoding {encoding[:20]!r} (RFC 2045 6.4)"
+    return None
 
 
 def _child_spans(message: bytes, start: int, end: int, boundary: bytes) -> list[tuple[int, int]]:

@@ -67,8 +67,20 @@ def _refusal(request: Request, exc: Exception) -> Response:
     return _error(request, 503, "unavailable", "error_unavailable")
 
 
+# RFC 6750 2.3: the URL query form of a token. Never served: a URL ends up in access logs
+# and browser histories, and a request carrying credentials must not run as anonymous.
+_QUERY_TOKEN = "access_token"  # noqa: S105 - a parameter name, not a secret
+
+
 def _organisation(request: Request) -> str | None:
-    return organisation(request.headers.get("authorization"), services(request).owners)
+    values = request.headers.getlist("authorization")
+    if len(values) > 1:
+        # RFC 9110 11.6.2 allows one; which one a proxy checked and which one we would read
+        # need not be the same.
+        raise Unauthorized("more than one Authorization header", "error_token_elsewhere")
+    if _QUERY_TOKEN in request.query_params:
+        raise Unauthorized("token in the URL", "error_token_elsewhere")
+    return organisation(values[0] if values else None, services(request).owners)
 
 
 async def api_verify(request: Request) -> Response:

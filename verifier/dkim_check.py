@@ -206,6 +206,12 @@ def _check_one(verifier: Any, idx: int, tags: dict[bytes, bytes], trust: Trust) 
     )
     if algorithm == "rsa-sha1":
         return _with(check, reason="weak_algorithm", detail="a=rsa-sha1 (RFC 8301)")
+    if b"l" in tags:
+        # RFC 6376 8.2: l= leaves whatever follows the first l octets of the body to
+        # nobody. The gateway signs the whole body, always; such a signature vouches for
+        # no message.
+        detail = f"l={_text(tags.get(b'l'))[:20]}"
+        return _with(check, status=DkimStatus.FAIL, reason="body_length_limit", detail=detail)
     if _ALGORITHMS.get(algorithm) != key.algorithm:
         return _with(check, reason="algorithm_mismatch", detail=f"a={algorithm}, k={key.algorithm}")
     record = key.dns_txt().encode("ascii")

@@ -220,7 +220,12 @@ async def read_upload(request: Request, api: bool) -> Upload:
     for part in parts.values():
         if len(part.data) > limit:
             raise TooLarge
-    upload_part = parts.get("file") or parts.get("email")
+    emails = [parts[name] for name in ("file", "email") if name in parts]
+    if len(emails) > 1 or (emails and ("document" in parts or "signature" in parts)):
+        # One upload, one verdict: an email beside another, or beside a document pair, would
+        # leave one of them unjudged while the answer seems to cover both.
+        raise HttpError(400, "error_bad_request", detail="one email, or one document and its .p7s")
+    upload_part = emails[0] if emails else None
     if upload_part is not None and upload_part.data:
         return Upload(email=bytes(upload_part.data))
     document, signature = parts.get("document"), parts.get("signature")

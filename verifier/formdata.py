@@ -42,10 +42,13 @@ def boundary_of(content_type: str) -> bytes:
 
 
 def parse_form(body: bytes, content_type: str) -> dict[str, FormPart]:
-    """The form's parts by field name (the first part of each name wins)."""
+    """The form's parts by field name. A name sent twice is refused: whichever of the two
+    were judged, the sender could believe it was the other."""
     found: dict[str, FormPart] = {}
     for part in parse_parts(body, content_type):
-        found.setdefault(part.name, part)
+        if part.name in found:
+            raise FormError(f"the field {part.name[:40]!r} is sent more than once")
+        found[part.name] = part
     return found
 
 

@@ -130,9 +130,21 @@ def signed_instances(fields: tuple[Field, ...], signed_names: list[bytes]) -> se
     return covered
 
 
+# The fields that say how the body reads as MIME parts. The gateway signs them (oversigned,
+# as the shown ones); left out of a signature, another Content-Type (a new boundary) would
+# cut the very same signed body into other parts.
+STRUCTURE = (b"mime-version", b"content-type")
+
+
 def unsigned_shown(fields: tuple[Field, ...], signed_names: list[bytes]) -> list[str]:
-    """The shown fields (From, Subject, ...) with an instance the signature does not cover."""
+    """The shown fields (From, Subject, ...) and the MIME structure's, with an instance the
+    signature does not cover."""
     covered = signed_instances(fields, signed_names)
+    vouched = SHOWN + STRUCTURE
     return sorted(
-        {f.key.decode("ascii") for i, f in enumerate(fields) if f.key in SHOWN and i not in covered}
+        {
+            f.key.decode("ascii")
+            for i, f in enumerate(fields)
+            if f.key in vouched and i not in covered
+        }
     )

@@ -181,8 +181,10 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "programs would read different things in it",
     ),
     "dkim_reason_header_not_signed": (
-        "un champ affiché (expéditeur, objet, réponse...) a été ajouté hors de la signature",
-        "a shown field (sender, subject, reply-to...) was added outside the signature",
+        "un champ affiché (expéditeur, objet, réponse...) ou la structure du message "
+        "(Content-Type) est hors de la signature",
+        "a shown field (sender, subject, reply-to...) or the message's structure "
+        "(Content-Type) is outside the signature",
     ),
     "dkim_reason_signed_after_retirement": (
         "signée après le retrait de la clé : la Caisse ne signait plus avec elle",
@@ -200,6 +202,12 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "clé révoquée depuis, mais le journal prouve que la signature existait avant la "
         "compromission",
         "key revoked since, but the log proves the signature existed before the compromise",
+    ),
+    "dkim_reason_body_length_limit": (
+        "la signature ne couvre que le début du message (l=) : la Caisse signe toujours "
+        "le message entier",
+        "the signature covers only the start of the message (l=): the fund always signs "
+        "the whole message",
     ),
     "dkim_reason_malformed": ("signature mal formée", "malformed signature"),
     "dkim_reason_expired": ("signature expirée", "expired signature"),
@@ -415,6 +423,12 @@ MESSAGES: dict[str, tuple[str, str]] = {
     "defect_misplaced_envelope": (
         "une ligne « From » d'enveloppe au milieu de l'en-tête",
         'an envelope "From " line inside the header',
+    ),
+    "defect_ambiguous_mime": (
+        "une partie MIME qui se lit de deux façons (Content-Type, Content-Transfer-Encoding, "
+        "Content-Disposition ou boundary écrit deux fois, différemment)",
+        "a MIME part that reads two ways (Content-Type, Content-Transfer-Encoding, "
+        "Content-Disposition or boundary written twice, differently)",
     ),
     "defect_repeated_from": ("plusieurs champs From", "more than one From field"),
     "defect_repeated_sender": ("plusieurs champs Sender", "more than one Sender field"),
@@ -679,6 +693,12 @@ MESSAGES: dict[str, tuple[str, str]] = {
     "error_token_malformed": (
         "En-tête Authorization mal formé : attendu « Bearer » suivi du jeton.",
         'Malformed Authorization header: expected "Bearer" followed by the token.',
+    ),
+    "error_token_elsewhere": (
+        "Un jeton ne s'envoie que dans un seul en-tête « Authorization: Bearer », jamais dans "
+        "l'adresse (elle finit dans les journaux).",
+        'A token goes in one "Authorization: Bearer" header only, never in the URL (URLs end '
+        "up in logs).",
     ),
     "error_token_refused": (
         "Jeton refusé : inconnu, révoqué, ou organisation sortie de la convention. "

@@ -75,6 +75,8 @@ class Attachment:
 
     @property
     def is_signature(self) -> bool:
+        if self.part.ambiguous:
+            return False  # never a seal of the fund's: its gateway writes no such part
         return self.key.endswith(".p7s") or self.content_type in SIGNATURE_TYPES
 
     @property
@@ -143,20 +145,22 @@ def parse(raw: bytes, limits: Limits) -> Upload:
     header = headers.read(block)
     if not {f.key for f in header.fields} & _MESSAGE_HEADERS:
         raise NotEmail("no_headers")
+    try:
+        root = mime.read(data, limits.max_mime_depth, limits.max_mime_parts)
+    except (mime.TooComplex, RecursionError) as exc:
+        raise NotEmail("too_complex") from exc
+    parts = mime.walk(root)
     defects = tuple(
         code
         for code, present in (
             ("bare_cr", _BARE_CR.search(data) is not None),
             ("nul", b"\x00" in data),
+            ("ambiguous_mime", any(p.ambiguous for p in parts)),
         )
         if present
     )
-    try:
-        root = mime.read(data, limits.max_mime_depth, limits.max_mime_parts)
-    except (mime.TooComplex, RecursionError) as exc:
-        raise NotEmail("too_complex") from exc
     upload = Upload(raw=data, header=header, line_ends=line_ends, defects=defects)
-    for part in mime.walk(root):
+    for part in parts:
         _collect(part, root, upload)
     return upload
 
@@ -165,7 +169,11 @@ def _collect(part: mime.Part, root: mime.Part, upload: Upload) -> None:
     if part.protocol_signature:
         upload.smime_signed = True
         return
-    if part.children or part.maintype == "multipart":
+    if part.children and not part.ambiguous:
+        return
+    if part.maintype == "multipart" and not part.ambiguous and not part.body.strip():
+        # A multipart with nothing in it. One whose boundary is missing or never met
+        # still carries bytes a mail program may show some other way: listed below.
         return
     content_type = part.content_type
     raw_name = _raw_filename(part)
@@ -175,6 +183,12 @@ def _collect(part: mime.Part, root: mime.Part, upload: Upload) -> None:
         part=part,
         key=name_key(raw_name),
     )
+    if part.ambiguous:
+        # What another mail program may read in its place: listed, so that it is never
+        # hidden behind "documents authentic" (its children, read the first way, are
+        # listed as well).
+        upload.attachments.append(attachment)
+        return
     if content_type in FORWARD_TYPES or attachment.key.endswith(".eml"):
         upload.forwarded.append((attachment, attachment.decoded()))
         return
@@ -186,10 +200,21 @@ def _collect(part: mime.Part, root: mime.Part, upload: Upload) -> None:
 def _is_message_text(part: mime.Part, filename: str) -> bool:
     """The message's own text (and the pictures inside an HTML text), not an attachment."""
     disposition = str(part.headers.get("content-disposition", "")).split(";")[0].strip().lower()
-    if filename or disposition == "attachment":
+    # RFC 2183 2.8: a disposition a program does not know is an attachment to it.
+    if filename or disposition not in ("", "inline"):
         return False
     maintype = part.maintype
-    return maintype == "text" or (maintype == "image" and part.parent_type == "multipart/related")
+    if maintype == "text":
+        return True
+    # A picture the HTML text shows is one it can name (RFC 2387: by Content-ID or
+    # Content-Location); mail programs list any other part of a multipart/related as an
+    # attachment, a PDF above all, whatever type it claims.
+    return (
+        maintype == "image"
+        and part.parent_type == "multipart/related"
+        and any(part.headers.get(name) for name in ("content-id", "content-location"))
+        and not part.decoded()[:_PDF_SNIFF].lstrip().startswith(b"%PDF-")
+    )
 
 
 def _raw_filename(part: mime.Part) -> str:

@@ -38,6 +38,9 @@ class Part:
     # over the part before it, not something the fund sealed.
     protocol_signature: bool = False
     parent_type: str = ""  # the content type of the multipart holding it
+    # Its own header lines read two ways (see _ambiguous): listed, never trusted as text,
+    # a signature or a forward, whatever the first reading says.
+    ambiguous: bool = False
 
     # Read once: the email package parses the header again at each call.
     @functools.cached_property
@@ -71,6 +74,35 @@ class Part:
         return self.body
 
 
+# The sender's own signature over a multipart/signed: S/MIME (RFC 8551) or OpenPGP (RFC 3156).
+SENDER_SIGNATURE_TYPES = (
+    "application/pkcs7-signature",
+    "application/x-pkcs7-signature",
+    "application/pgp-signature",
+)
+# Fields that say what a part is and how to read it: each once in a part (RFC 2045, RFC
+# 2183). Written twice with different values, one mail program reads the first, another
+# the last: a PDF shown by one is plain text to the other, or a boundary cuts the body
+# into other parts.
+_IDENTITY_ENCODINGS = ("7bit", "8bit", "binary")
+_MIME_FIELDS = ("content-type", "content-transfer-encoding", "content-disposition")
+
+
+def _ambiguous(headers: Message) -> bool:
+    for name in _MIME_FIELDS:
+        values = headers.get_all(name) or []
+        if len({" ".join(str(v).split()).lower() for v in values}) > 1:
+            return True
+    try:
+        params = headers.get_params(header="content-type") or []
+    except (ValueError, LookupError, TypeError, IndexError):
+        return False
+    boundaries = {str(v) for k, v in params if str(k).strip().lower() == "boundary"}
+    # Only the boundary: a name given twice (an ASCII filename= and an RFC 2231 filename*=)
+    # is how mail programs write a name in any script, and the content decides the rest.
+    return len(boundaries) > 1
+
+
 _BASE64_JUNK = re.compile(rb"[^A-Za-z0-9+/=]")
 _BARE_CR = re.compile(rb"\r(?!\n)")
 
@@ -90,9 +122,13 @@ def _part(data: bytes, depth: int, max_depth: int, max_parts: int, counter: list
     # lines where dkimpy reads them. Such a message is never authentic, but its documents
     # are still found and checked.
     headers = _HEADER_PARSER.parsebytes(_BARE_CR.sub(b" ", block))
-    part = Part(headers=headers, body=body, depth=depth)
+    part = Part(headers=headers, body=body, depth=depth, ambiguous=_ambiguous(headers))
     if part.maintype != "multipart":
         return part
+    if part.transfer_encoding not in _IDENTITY_ENCODINGS:
+        # RFC 2045 6.4: a multipart is never encoded. One that says it is reads as parts to
+        # us and as one encoded blob, decoded first, to a program that believes it.
+        part.ambiguous = True
     boundary = headers.get_boundary()
     if not boundary:
         return part
@@ -100,7 +136,13 @@ def _part(data: bytes, depth: int, max_depth: int, max_parts: int, counter: list
     spans = _child_spans(body, encoded)
     for index, child in enumerate(spans):
         sub = _part(child, depth + 1, max_depth, max_parts, counter)
-        sub.protocol_signature = part.content_type == "multipart/signed" and index > 0
+        # RFC 1847: a multipart/signed holds the signed part, then one signature. Anything
+        # else in it is shown by mail programs like any attachment, so it is one here.
+        sub.protocol_signature = (
+            part.content_type == "multipart/signed"
+            and index == 1
+            and sub.content_type in SENDER_SIGNATURE_TYPES
+        )
         sub.parent_type = part.content_type
         part.children.append(sub)
     return part

@@ -21,7 +21,7 @@ from asn1crypto import cms as asn1_cms
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from gateway.seal import DocumentRules, Sealed, SealError, seal
+from gateway.seal import DocumentRules, Sealed, SealError, UnsealableMessage, seal
 from keys.signing import SigningMaterial
 from tests.checks import (
     REFERENCE,
@@ -560,6 +560,44 @@ def test_an_undecodable_document_is_refused(
 def test_a_message_without_from_is_refused(signing_material: SigningMaterial) -> None:
     raw = b"To: <member@example.net>\r\nSubject: x\r\n\r\nbody\r\n"
     with pytest.raises(SealError, match="no From header"):
+        seal(raw, signing_material, DocumentRules())
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (
+            b"Content-Type: text/plain\r\n" + HEADERS + multipart(b"mixed", b"b1", TEXT_PART),
+            "content-type twice",
+        ),
+        (
+            HEADERS
+            + multipart(
+                b"mixed", b"b1", TEXT_PART, b"Content-Disposition: inline\r\n" + pdf_part()
+            ),
+            "content-disposition twice",
+        ),
+        (
+            HEADERS.replace(b"MIME-Version", b"Content-Transfer-Encoding: base64\r\nMIME-Version")
+            + multipart(b"mixed", b"b1", TEXT_PART),
+            "RFC 2045",
+        ),
+        (
+            HEADERS
+            + multipart(b"mixed", b"b1", TEXT_PART).replace(
+                b'boundary="b1"', b'boundary="b1"; boundary="b2"', 1
+            ),
+            "two boundaries",
+        ),
+    ],
+    ids=["root-content-type", "part-disposition", "encoded-multipart", "two-boundaries"],
+)
+def test_a_part_that_reads_two_ways_is_refused(
+    signing_material: SigningMaterial, raw: bytes, reason: str
+) -> None:
+    """The verifier never calls such a statement authentic (verifier/mime.py): sealing it
+    would send insurers a statement that cannot verify."""
+    with pytest.raises(UnsealableMessage, match=reason):
         seal(raw, signing_material, DocumentRules())
 
 

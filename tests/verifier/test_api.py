@@ -185,6 +185,56 @@ def test_a_revoked_token_or_an_ended_organisation_is_refused_at_once(
     assert 'error="invalid_token"' in response.headers["www-authenticate"]
 
 
+@pytest.mark.parametrize("where", ["second-header", "query"])
+def test_a_token_anywhere_but_one_authorization_header_is_refused(
+    verifier: Verifier, sealed: bytes, where: str
+) -> None:
+    """Two Authorization headers: a proxy may have checked one and we would read the other.
+    A token in the URL (RFC 6750 2.3): it ends up in access logs, and served as anonymous
+    the caller would never learn. Either is a 401, whatever the token's worth."""
+    token = verifier.token(f"ELSEWHERE{next(_SEQUENCE)}")
+    headers: list[tuple[bytes, bytes]] = [(b"Content-Type", EML.encode())]
+    url = verifier.url + "/api/v1/verify"
+    if where == "second-header":
+        headers += [(b"Authorization", f"Bearer {token}".encode())] * 2
+    else:
+        url += f"?access_token={token}"
+    with httpx.Client(timeout=30) as client:
+        response = client.post(url, content=sealed, headers=headers)
+        assert response.status_code == 401
+        assert response.json()["error"] == "invalid_token"
+        assert "Authorization" in response.json()["message"]
+        assert token not in response.headers["www-authenticate"]
+        # The same token, once, in its header: served.
+        good = client.post(
+            verifier.url + "/api/v1/verify",
+            content=sealed,
+            headers={"Content-Type": EML, "Authorization": f"Bearer {token}"},
+        )
+        assert good.status_code == 200
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [("file", "file"), ("file", "email"), ("file", "document", "signature"), ("email", "document")],
+)
+def test_one_request_is_judged_as_one_upload_never_the_first_of_two(
+    verifier: Verifier, sealed: bytes, fields: tuple[str, ...]
+) -> None:
+    """An intake system sending an email beside another, or beside a document and its
+    .p7s, would get one verdict and could believe it covers both: refused, precisely."""
+    files = [(name, (f"{name}.bin", sealed, "application/octet-stream")) for name in fields]
+    token = verifier.token(f"ONEUPLOAD{next(_SEQUENCE)}")
+    with httpx.Client(timeout=30) as client:
+        response = client.post(
+            verifier.url + "/api/v1/verify",
+            files=files,
+            headers={"Authorization": f"Bearer {token}"},
+        )
+    assert response.status_code == 400
+    assert response.json()["error"] == "bad_request"
+
+
 # --- the client's address ----------------------------------------------------------------
 
 

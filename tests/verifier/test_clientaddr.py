@@ -104,3 +104,33 @@ def test_ipv6_clients_share_a_bucket_per_64() -> None:
     assert rate_bucket("2001:db8:1:2::1") == rate_bucket("2001:db8:1:2:ffff::9")
     assert rate_bucket("2001:db8:1:2::1") != rate_bucket("2001:db8:1:3::1")
     assert rate_bucket("192.0.2.1") == "ip:192.0.2.1"
+
+
+@pytest.mark.parametrize(
+    ("forwarded", "bucket"),
+    [
+        # One IPv4 client, however its address is written: one bucket.
+        (("X-Forwarded-For", "::ffff:198.51.100.1"), "ip:198.51.100.1"),
+        (("X-Forwarded-For", "0:0:0:0:0:ffff:c633:6401"), "ip:198.51.100.1"),
+        (("X-Forwarded-For", "198.51.100.1:61000"), "ip:198.51.100.1"),
+        (("Forwarded", 'for="198.51.100.1:443"'), "ip:198.51.100.1"),
+        # One IPv6 client: its /64, with a port, a zone or another spelling.
+        (("Forwarded", 'for="[2001:DB8:1:2::77]:80"'), "ip:2001:db8:1:2::/64"),
+        (("X-Forwarded-For", "2001:db8:1:2:0:0:0:99%eth0"), "ip:2001:db8:1:2::/64"),
+        (("X-Forwarded-For", "[2001:db8:1:2::5]:8080"), "ip:2001:db8:1:2::/64"),
+    ],
+)
+def test_no_spelling_of_an_address_opens_a_new_rate_bucket(
+    forwarded: tuple[str, str], bucket: str
+) -> None:
+    """Probed as an attacker would: switching how the same client's address is written
+    (IPv4-mapped, ports, zones, case, brackets) or moving within its /64 gains nothing."""
+    header = "forwarded" if forwarded[0] == "Forwarded" else "x-forwarded-for"
+    assert rate_bucket(of("10.0.0.7", forwarded, header=header)) == bucket
+
+
+def test_a_name_in_place_of_an_address_counts_against_the_proxy_not_nobody() -> None:
+    """RFC 7239 obfuscated identifiers, "unknown", garbage: the walk stops at the nearest
+    hop it can name, our proxy. Such clients share one bucket rather than none."""
+    for value in ("for=_hidden", "for=unknown", 'for="[::1'):
+        assert of("10.0.0.7", ("Forwarded", value), header="forwarded") == "10.0.0.7"

@@ -357,3 +357,81 @@ def test_any_changed_byte_of_the_p7s_gives_a_result_never_an_exception(
     assert check.status in (DocStatus.VALID, DocStatus.INVALID)
     if check.status is DocStatus.VALID:  # only bytes no check reads may change unnoticed
         assert check.signer is not None
+
+
+def _reshaped(signature: bytes, change: Callable[[asn1_cms.SignedData], None]) -> bytes:
+    info = asn1_cms.ContentInfo.load(signature)
+    signed = info["content"].copy()
+    change(signed)
+    der: bytes = asn1_cms.ContentInfo({"content_type": "signed_data", "content": signed}).dump()
+    return der
+
+
+def test_a_second_signer_beside_a_valid_one_is_refused_not_skipped(
+    material: SigningMaterial, trust: Trust
+) -> None:
+    """Probed: one valid SignerInfo and one garbage (or one of a stranger). openssl would
+    want every signer to verify; the fund writes one. Refused, never the valid one alone."""
+    genuine = _sign_at(material, NOW)
+
+    def twice(signed: asn1_cms.SignedData) -> None:
+        (signer,) = list(signed["signer_infos"])
+        garbage = signer.copy()
+        garbage["signature"] = b"\x00" * 64
+        signed["signer_infos"] = asn1_cms.SignerInfos([signer, garbage])
+
+    check = check_document("d.pdf", DOCUMENT, _reshaped(genuine, twice), trust, NOW)
+    assert check.status is DocStatus.INVALID
+    assert check.reason == "malformed_signature"
+
+
+def test_a_signature_without_its_time_is_not_the_fund_s(
+    material: SigningMaterial, trust: Trust
+) -> None:
+    """The gateway's signatures always state their time; without it, nothing says the key
+    was in service: refused (no_signing_time)."""
+    digest = hashes.Hash(hashes.SHA256())
+    digest.update(DOCUMENT)
+    attrs = asn1_cms.CMSAttributes(
+        [
+            {"type": "content_type", "values": ["data"]},
+            {"type": "message_digest", "values": [digest.finalize()]},
+        ]
+    )
+
+    def untimed(signed: asn1_cms.SignedData) -> None:
+        (signer,) = list(signed["signer_infos"])
+        signer = signer.copy()
+        signer["signed_attrs"] = attrs
+        signer["signature"] = material.certificate_key.sign(attrs.dump(), ec.ECDSA(hashes.SHA256()))
+        signed["signer_infos"] = asn1_cms.SignerInfos([signer])
+
+    check = check_document(
+        "d.pdf", DOCUMENT, _reshaped(_sign_at(material, NOW), untimed), trust, NOW
+    )
+    assert check.status is DocStatus.INVALID
+    assert check.reason == "no_signing_time"
+
+
+def test_extra_certificates_of_another_chain_change_nothing(
+    material: SigningMaterial, trust: Trust
+) -> None:
+    """Probed: a second chain to a foreign root carried in the .p7s. The signer is found by
+    its issuer and serial and checked against the fund's root alone: the genuine document
+    stays valid, and nothing foreign is ever trusted (a foreign signer is
+    test_a_certificate_from_another_root_is_not_the_fund_s)."""
+    from tests.conftest import make_material
+
+    stranger = make_material()
+    extra = [
+        asn1_x509.Certificate.load(c.public_bytes(serialization.Encoding.DER))
+        for c in (stranger.certificate, *stranger.chain)
+    ]
+
+    def carrying(signed: asn1_cms.SignedData) -> None:
+        signed["certificates"] = asn1_cms.CertificateSet([*extra, *signed["certificates"]])
+
+    check = check_document(
+        "d.pdf", DOCUMENT, _reshaped(_sign_at(material, NOW), carrying), trust, NOW
+    )
+    assert check.status is DocStatus.VALID

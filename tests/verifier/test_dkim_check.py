@@ -9,13 +9,19 @@ from pathlib import Path
 import dkim
 import dkim.crypto
 import pytest
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from keys.signing import SigningMaterial
-from tests.verifier.conftest import KeyHistory, replace_header, trust_with
+from tests.verifier.conftest import (
+    KeyHistory,
+    dkim_p_value,
+    reference_message,
+    replace_header,
+    trust_with,
+)
 from verifier import dkim_check
 from verifier.dkim_check import check_dkim, signature_domain
 from verifier.report import DkimStatus
@@ -185,3 +191,66 @@ def test_the_header_block_size_is_the_first_blank_line_of_either_kind(parts: lis
     raw = b"".join(parts)
     ends = [i for i in (raw.find(b"\r\n\r\n"), raw.find(b"\n\n")) if i >= 0]
     assert dkim_check._header_block_size(raw) == (min(ends) if ends else len(raw))
+
+
+def test_a_fund_key_signing_only_the_start_of_the_body_vouches_for_nothing(
+    material: SigningMaterial, trust: Trust
+) -> None:
+    """l= (RFC 6376 8.2) leaves what follows the signed length to anyone: the gateway never
+    writes it, so a signature of the fund's key with it is no seal, even though dkimpy
+    passes it over a message with a forged part after the signed length."""
+    raw = reference_message()
+    header = dkim.sign(
+        raw,
+        material.rsa_selector.encode(),
+        material.domain.encode(),
+        _pem(material),
+        canonicalize=(b"relaxed", b"relaxed"),
+        include_headers=[b"from", b"to", b"subject", b"date", b"content-type"],
+        length=True,
+    )
+    extended = header + raw + b"--appended after the signed length--\r\n"
+    assert dkim.verify(extended, dnsfunc=lambda name, timeout=5: _record(material))
+    (check,) = check_dkim(extended, [header.split(b":", 1)[1]], trust)
+    assert check.status is DkimStatus.FAIL
+    assert check.reason == "body_length_limit"
+
+
+def _record(material: SigningMaterial) -> bytes:
+    return b"v=DKIM1; k=rsa; p=" + dkim_p_value(material, "rsa").encode()
+
+
+@pytest.mark.parametrize("unsigned", [b"content-type", b"mime-version"])
+def test_a_signature_leaving_the_mime_structure_unsigned_vouches_for_nothing(
+    material: SigningMaterial, trust: Trust, unsigned: bytes
+) -> None:
+    """The gateway signs Content-Type and MIME-Version. A signature that leaves them out
+    (made with the fund's key, but not by the gateway) lets anyone give the very same
+    signed body another boundary, so other parts: it passes in dkimpy, it vouches for
+    nothing here."""
+    raw = reference_message()
+    names = [b"from", b"to", b"subject", b"date", b"message-id", b"mime-version", b"content-type"]
+    header = dkim.sign(
+        raw,
+        material.rsa_selector.encode(),
+        material.domain.encode(),
+        _pem(material),
+        canonicalize=(b"relaxed", b"relaxed"),
+        include_headers=[n for n in names if n != unsigned],
+    )
+    swapped = replace_header(header + raw, b"Content-Type", b'multipart/mixed; boundary="other"')
+    if unsigned == b"mime-version":
+        swapped = replace_header(header + raw, b"MIME-Version", b"1.0 (a comment)")
+    assert dkim.verify(swapped, dnsfunc=lambda name, timeout=5: _record(material))
+    (check,) = check_dkim(swapped, [header.split(b":", 1)[1]], trust)
+    assert check.status is DkimStatus.FAIL
+    assert check.reason == "header_not_signed"
+    assert check.detail == unsigned.decode()
+
+
+def _pem(material: SigningMaterial) -> bytes:
+    return material.rsa_key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.NoEncryption(),
+    )

@@ -37,6 +37,11 @@ def test_a_wrong_content_type_is_refused(content_type: str) -> None:
         parse_form(body(("file", "a", b"x")), content_type)
 
 
+def test_a_field_sent_twice_is_refused_not_picked() -> None:
+    with pytest.raises(FormError, match="more than once"):
+        parse_form(body(("file", "a.eml", b"one"), ("file", "b.eml", b"two")), CT)
+
+
 def test_too_many_parts_are_refused() -> None:
     with pytest.raises(FormError):
         parse_form(body(*[(f"f{i}", None, b"x") for i in range(MAX_PARTS + 1)]), CT)

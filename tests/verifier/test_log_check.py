@@ -387,3 +387,65 @@ async def test_a_checkpoint_s_signatures_are_checked_once_per_version(fund: Fund
         checkpoints.add(report.log.proof.checkpoint)
     info = log_check._opened_note.cache_info()
     assert (info.misses, info.hits) == (len(checkpoints), 4 - len(checkpoints))
+
+
+def _carrying(marker: str, genuine: bytes, own_pdf: bool = False) -> bytes:
+    """A message of the thief's own, carrying a genuine statement's document and .p7s
+    (taken from a statement the fund did send and log) beside its own words, and with
+    `own_pdf` a PDF of the thief's for seal() to sign. The genuine PDF travels as
+    application/octet-stream so that seal() leaves it be; the verifier sniffs it."""
+    name, document, signature = _document_and_p7s(genuine)
+    pdf = base64.encodebytes(document).replace(b"\n", b"\r\n").decode()
+    p7s = base64.encodebytes(signature).replace(b"\n", b"\r\n").decode()
+    own = (
+        '--sep\r\nContent-Type: application/pdf; name="nouveau-rib.pdf"\r\n'
+        "Content-Transfer-Encoding: base64\r\n"
+        'Content-Disposition: attachment; filename="nouveau-rib.pdf"\r\n\r\n'
+        + base64.encodebytes(b"%PDF-1.4\n% forged\n%%EOF\n").replace(b"\n", b"\r\n").decode()
+        if own_pdf
+        else ""
+    )
+    return (
+        f"From: Caisses Sociales <decomptes@{DOMAIN}>\r\nTo: membre@example.org\r\n"
+        f"Subject: {marker}\r\nMessage-ID: <{marker}@{DOMAIN}>\r\nMIME-Version: 1.0\r\n"
+        'Content-Type: multipart/mixed; boundary="sep"\r\n\r\n'
+        "--sep\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
+        "Nouveau RIB : payez sur FR76 0000 0000 0000.\r\n"
+        f"{own}"
+        f'--sep\r\nContent-Type: application/octet-stream; name="{name}"\r\n'
+        "Content-Transfer-Encoding: base64\r\n"
+        f'Content-Disposition: attachment; filename="{name}"\r\n\r\n{pdf}'
+        f'--sep\r\nContent-Type: application/pkcs7-signature; name="{name}.p7s"\r\n'
+        "Content-Transfer-Encoding: base64\r\n"
+        f'Content-Disposition: attachment; filename="{name}.p7s"\r\n\r\n{p7s}'
+        "--sep--\r\n"
+    ).encode()
+
+
+async def test_a_logged_seal_carried_along_does_not_log_a_forgery_beside_it(
+    fund: Fund,
+) -> None:
+    """Every seal of the upload must be in the log, not just one: a thief with a copy of
+    the active keys signs a message of their own (DKIM, or a document's .p7s) and puts a
+    genuine, logged statement's document and .p7s beside it. The genuine seal's entry
+    proves nothing about the thief's."""
+    genuine = await fund.send("genuine", now=dt.datetime.now(dt.UTC) - dt.timedelta(minutes=20))
+    backdated = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=10)
+    material = fund.keys().material(DOMAIN)
+    # DKIM by the stolen keys over the thief's words and the genuine pair.
+    forged = seal(
+        _carrying("forged-dkim", genuine), material, DocumentRules(content_types=()), backdated
+    ).data
+    report = verify_email(forged, fund.trust(), Limits())
+    assert report.verdict is Verdict.TAMPERED
+    assert report.reason == "reason_not_logged"
+    # A forged document and its .p7s beside the genuine pair, the whole also DKIM-signed.
+    forged = seal(
+        _carrying("forged-pdf", genuine, own_pdf=True), material, DocumentRules(), backdated
+    ).data
+    report = verify_email(forged, fund.trust(), Limits())
+    assert report.verdict is Verdict.TAMPERED
+    assert report.reason == "reason_not_logged"
+    assert [d.status for d in report.documents] == [DocStatus.VALID, DocStatus.VALID]
+    # Each seal alone: the genuine one is authentic, a logged one is never enough for two.
+    assert verify_email(genuine, fund.trust(), Limits()).verdict is Verdict.AUTHENTIC

@@ -4,6 +4,8 @@ the transformations real mail systems apply to them."""
 from __future__ import annotations
 
 import datetime as dt
+import re
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -410,6 +412,150 @@ def test_an_attachment_the_fund_did_not_seal_makes_the_statement_tampered(
     assert statuses == [(DocStatus.VALID, "document"), (DocStatus.UNSIGNED, kind)]
 
 
+_FORGED_PART = (
+    b'Content-Type: application/pdf; name="corrige.pdf"\r\nContent-Transfer-Encoding: base64\r\n'
+    b'Content-Disposition: attachment; filename="corrige.pdf"\r\n\r\nJVBERi0xLjQKJSVFT0YK\r\n'
+)
+
+
+def _rewrapped(sealed: bytes, outer: bytes, *extra: bytes) -> bytes:
+    """The sealed statement's own MIME tree (its DKIM signatures dropped, as any re-sending
+    would break them) put first inside a new `outer` multipart, `extra` parts after it."""
+    head, body = sealed.split(b"\r\n\r\n", 1)
+    fields = [f for f in re.split(rb"\r\n(?![ \t])", head) if b":" in f]
+    kept = [f for f in fields if not f.lower().startswith((b"dkim-signature", b"content-type"))]
+    (own_type,) = [f for f in fields if f.lower().startswith(b"content-type")]
+    children = [own_type + b"\r\n\r\n" + body, *extra]
+    return (
+        b"\r\n".join(kept)
+        + b"\r\nContent-Type: "
+        + outer
+        + b'; boundary="OUT"\r\n\r\n'
+        + b"".join(b"--OUT\r\n" + c + b"\r\n" for c in children)
+        + b"--OUT--\r\n"
+    )
+
+
+def _root_read_twice(sealed: bytes, how: str) -> bytes:
+    """A second reading of the whole message: a boundary that finds a forged tree after
+    the genuine one's end, or a Content-Transfer-Encoding given twice."""
+    head, body = sealed.split(b"\r\n\r\n", 1)
+    other = b"--B\r\n" + _FORGED_PART + b"\r\n--B--\r\n"
+    if how == "content-type":
+        head += b'\r\nContent-Type: multipart/mixed; boundary="B"'
+    elif how == "boundary":
+        head = re.sub(rb'(boundary="[^"]+")', rb'\1; boundary="B"', head, count=1)
+    elif how == "transfer-encoding":
+        head += b"\r\nContent-Transfer-Encoding: 7bit\r\nContent-Transfer-Encoding: base64"
+        other = b""
+    else:  # RFC 2045 6.4: a multipart is never encoded; a program believing it decodes first
+        head += b"\r\nContent-Transfer-Encoding: base64"
+        other = b""
+    return head + b"\r\n\r\n" + body + other
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        # RFC 1847: a signed part, then one signature. A PDF in the signature's place, or a
+        # third part, is an attachment to every mail program.
+        lambda s: _rewrapped(s, b'multipart/signed; protocol="application/pkcs7-signature"',
+                             _FORGED_PART),
+        lambda s: _rewrapped(
+            s, b'multipart/signed; protocol="application/pkcs7-signature"',
+            b"Content-Type: application/pkcs7-signature; name=smime.p7s\r\n\r\nMIIB",
+            _FORGED_PART,
+        ),
+        # Content-Type twice in one part: text to the first reader, a PDF to the last.
+        lambda s: _rewrapped(
+            s, b"multipart/mixed",
+            b"Content-Type: text/plain\r\n" + _FORGED_PART.replace(b"Content-Disp", b"X-Disp"),
+        ),
+        # RFC 2183 2.8: a disposition a program does not know means an attachment to it.
+        lambda s: _rewrapped(
+            s, b"multipart/mixed",
+            b"Content-Type: text/plain\r\nContent-Disposition: piece-jointe\r\n\r\nIBAN FR76\r\n",
+        ),
+        # A multipart whose boundary is missing: bytes a program may show another way.
+        lambda s: _rewrapped(
+            s, b"multipart/mixed", b"Content-Type: multipart/mixed\r\n\r\nJVBERi0xLjQK\r\n"
+        ),
+        # A picture of multipart/related that the HTML cannot name, or a PDF calling
+        # itself a picture: mail programs list them as attachments.
+        lambda s: _rewrapped(
+            s, b"multipart/related",
+            b"Content-Type: image/png\r\nContent-Transfer-Encoding: base64\r\n\r\niVBORw0KGgo=\r\n",
+        ),
+        lambda s: _rewrapped(
+            s, b"multipart/related",
+            b"Content-Type: image/png\r\nContent-ID: <scan@x>\r\n"
+            b"Content-Transfer-Encoding: base64\r\n\r\nJVBERi0xLjQKJSVFT0YK\r\n",
+        ),
+        lambda s: _root_read_twice(s, "content-type"),
+        lambda s: _root_read_twice(s, "boundary"),
+        lambda s: _root_read_twice(s, "transfer-encoding"),
+        lambda s: _root_read_twice(s, "encoded-multipart"),
+    ],
+    ids=[
+        "pdf-as-sender-signature",
+        "third-part-of-signed",
+        "content-type-twice",
+        "unknown-disposition",
+        "multipart-without-boundary",
+        "related-picture-without-id",
+        "related-pdf-as-picture",
+        "root-content-type-twice",
+        "root-boundary-twice",
+        "root-transfer-encoding-twice",
+        "root-multipart-encoded",
+    ],
+)  # fmt: skip
+def test_a_part_that_reads_two_ways_never_hides_behind_documents_authentic(
+    sealed: bytes, trust: Trust, limits: Limits, build: Callable[[bytes], bytes]
+) -> None:
+    """What some mail program shows as an attachment is listed, never skipped as the
+    sender's signature or the message's text; and a part whose MIME fields say two things
+    is one no fund statement has: documents authentic never hides a forged PDF beside
+    them, even under a DKIM signature that still passes (Content-Transfer-Encoding is not
+    signed)."""
+    report = verify_email(build(sealed), trust, limits)
+    assert report.verdict is Verdict.TAMPERED
+    assert report.reason == "reason_unsealed_attachment"
+    statuses = [d.status for d in report.documents]
+    assert statuses[0] is DocStatus.VALID
+    assert DocStatus.UNSIGNED in statuses[1:]
+
+
+def test_the_sender_s_own_signature_and_the_text_are_not_attachments(
+    sealed: bytes, trust: Trust, limits: Limits
+) -> None:
+    """The other side of the rule above: an S/MIME signature in its RFC 1847 place, a text
+    part marked inline, a MIME field written twice alike, a picture the HTML names by its
+    Content-ID, are what they say."""
+    smime = _rewrapped(
+        sealed,
+        b'multipart/signed; protocol="application/pkcs7-signature"',
+        b"Content-Type: application/pkcs7-signature; name=smime.p7s\r\n\r\nMIIB",
+    )
+    text = _rewrapped(
+        sealed,
+        b"multipart/mixed",
+        b"Content-Type: text/plain\r\nContent-Type: text/plain\r\n"
+        b"Content-Disposition: inline\r\n\r\nTransmis par le service courrier.\r\n",
+    )
+    picture = _rewrapped(
+        sealed,
+        b"multipart/related",
+        b"Content-Type: image/png\r\nContent-ID: <logo@fund>\r\n"
+        b"Content-Transfer-Encoding: base64\r\n\r\niVBORw0KGgo=\r\n",
+    )
+    for upload in (smime, text, picture):
+        report = verify_email(upload, trust, limits)
+        assert report.verdict is Verdict.ALTERED
+        assert [d.status for d in report.documents] == [DocStatus.VALID]
+        assert "ambiguous_mime" not in report.message.defects
+
+
 def test_a_renamed_document_still_finds_its_signature(
     sealed: bytes, trust: Trust, limits: Limits
 ) -> None:
@@ -518,3 +664,28 @@ def test_a_statement_tampered_inside_an_outlook_forward_is_tampered(
 ) -> None:
     forward = _forward(tamper_document(sealed), b"Content-Type: message/rfc822\r\n", b"base64")
     assert verify_email(forward, trust, limits).verdict is Verdict.TAMPERED
+
+
+def test_a_sealed_document_in_a_stranger_s_email_vouches_only_for_itself(
+    sealed: bytes, trust: Trust, limits: Limits
+) -> None:
+    """A genuine document and its .p7s, re-attached to an email the fund never sent (its
+    own sender, subject and words): the documents are what the fund sealed, so the
+    verdict says so ("documents authentic, message altered"), and that is all it says.
+    Nothing of the carrying email is shown as the fund's, and a statement of another
+    member stays another member's: the document's content is what was sealed."""
+    head, body = sealed.split(b"\r\n\r\n", 1)
+    (own_type,) = [
+        f for f in re.split(rb"\r\n(?![ \t])", head) if f.lower().startswith(b"content-type")
+    ]
+    stranger = (
+        b"From: Service remboursements <rib@evil.example>\r\nTo: gestion@mutuelle.example\r\n"
+        b"Subject: Decompte rectifie - nouveau RIB\r\nMIME-Version: 1.0\r\n"
+        + own_type + b"\r\n\r\n" + body
+    )  # fmt: skip
+    report = verify_email(stranger, trust, limits)
+    assert report.verdict is Verdict.ALTERED
+    assert report.reason == "reason_altered_no_dkim"
+    assert not report.message.vouched
+    assert report.message.sender_domain == "evil.example"  # shown, and marked not vouched
+    assert [d.status for d in report.documents] == [DocStatus.VALID]
