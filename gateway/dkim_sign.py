@@ -41,6 +41,9 @@ SIGNED_HEADERS = (
     b"references",
     b"mime-version",
     b"content-type",
+    # How the body decodes: unsigned, a text-only statement's encoding could be swapped
+    # (7bit for quoted-printable) and show other text under the same signature.
+    b"content-transfer-encoding",
 )
 CANONICALIZATION = b"relaxed/relaxed"
 HEADER_NAME = b"DKIM-Signature"

@@ -187,6 +187,8 @@ def test_a_changed_body_breaks_both_signatures(
         b"Reply-To: <attacker@attacker.example>",
         b"Date: Mon, 02 Mar 2026 06:00:00 +0100",
         b"Content-Type: text/plain",
+        b"Content-Transfer-Encoding: quoted-printable",
+        b"Sender: <attacker@attacker.example>",
     ],
 )
 @pytest.mark.parametrize("where", ["top", "bottom"])
@@ -227,7 +229,7 @@ def test_signature_tags(sealed: Sealed, signing_material: SigningMaterial) -> No
             "from", "from", "to", "to", "cc", "subject", "subject", "date", "date",
             "message-id", "message-id", "reply-to", "sender", "in-reply-to", "references",
             "mime-version", "mime-version",
-            "content-type", "content-type",
+            "content-type", "content-type", "content-transfer-encoding",
         ]  # fmt: skip
 
 
