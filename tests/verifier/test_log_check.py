@@ -394,7 +394,7 @@ def _carrying(marker: str, genuine: bytes, own_pdf: bool = False) -> bytes:
     (taken from a statement the fund did send and log) beside its own words, and with
     `own_pdf` a PDF of the thief's for seal() to sign. The genuine PDF travels as
     application/octet-stream so that seal() leaves it be; the verifier sniffs it."""
-    name, document, signature = _document_and_p7s(genuine)
+    name, document, signature = document_and_signature(genuine)
     pdf = base64.encodebytes(document).replace(b"\n", b"\r\n").decode()
     p7s = base64.encodebytes(signature).replace(b"\n", b"\r\n").decode()
     own = (
