@@ -31,7 +31,7 @@ from typing import Any, AnyStr, Protocol
 
 from aiosmtpd.smtp import SMTP, Envelope, Session, TLSSetupException, syntax
 
-from gateway import mail_params, policy
+from gateway import mail_params, policy, smtp_setup
 from gateway.insurers import RULE_ENDED, Insurers, Violation
 from gateway.metrics import Metrics
 from gateway.policy import Client, ClientDirectory, Rejection
@@ -288,28 +288,38 @@ class GatewaySMTP(SMTP):
         *,
         sessions: Sessions,
         limits: SessionLimits,
-        **kwargs: Any,
+        hostname: str,
+        ident: str,
+        tls_context: ssl.SSLContext | None,
+        require_starttls: bool,
+        auth_required: bool,
+        auth_require_tls: bool,
+        proxy_protocol_timeout: float | None,
+        loop: asyncio.AbstractEventLoop,
     ) -> None:
         # aiosmtpd keeps this table on the class and grows it on every EHLO; keep it ours.
         self.command_size_limits = collections.defaultdict(lambda: SMTP.command_size_limit)
         # Bounds a command line (below it, aiosmtpd's own 512-octet command limit applies);
         # message lines are checked by the handler.
         self.line_length_limit = limits.max_line_length + 3
-        super().__init__(
+        # SMTP.__init__, without its per-connection reflection, and with a stream reader
+        # that refuses bare line ends.
+        smtp_setup.setup(
+            self,
             handler,
+            lambda loop: _StrictLineReader(limit=self.line_length_limit, loop=loop),
             data_size_limit=limits.max_message_size,
             enable_SMTPUTF8=True,
             decode_data=False,
+            hostname=hostname,
+            ident=ident,
+            tls_context=tls_context,
+            require_starttls=require_starttls,
             timeout=limits.command_timeout,
-            **kwargs,
-        )
-        # aiosmtpd builds its stream reader in __init__; rebuild the stream around one that
-        # refuses bare line ends (nothing is connected yet, so nothing is lost).
-        asyncio.StreamReaderProtocol.__init__(
-            self,
-            _StrictLineReader(limit=self.line_length_limit, loop=self.loop),
-            client_connected_cb=self._cb_client_connected,
-            loop=self.loop,
+            auth_required=auth_required,
+            auth_require_tls=auth_require_tls,
+            proxy_protocol_timeout=proxy_protocol_timeout,
+            loop=loop,
         )
         self._sessions = sessions
         self._limits = limits
