@@ -91,9 +91,13 @@ class Insurers:
         """What is wrong with sending a statement to `recipients` (empty when nothing)."""
         found: list[Violation] = []
         for recipient in recipients:
-            violation = self.ended(recipient) or self.unregistered(recipient)
-            if violation is not None:
-                found.append(violation)
+            # ended() or unregistered(), with one look-up of the mailbox.
+            owner = self.registry.mailbox_owner(recipient)
+            if owner is not None:
+                if not owner.active:
+                    found.append(Violation(RULE_ENDED, recipient, (owner.code,)))
+            elif owners := self._domain_owners(recipient):
+                found.append(Violation(RULE_UNREGISTERED, recipient, tuple(o.code for o in owners)))
         return found
 
     def tls_required(self, domain: str) -> bool:

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from orgs import audit, tokens
-from orgs.address import AddressError, normalise_domain, parse_address
+from orgs.address import AddressError, address_domain, normalise_domain, parse_address
 
 MAX_MAILBOXES = 5  # the avenant has five lines
 MAX_NAME = 200
@@ -311,11 +311,14 @@ class Registry:
 
     def mailbox_owner(self, address: str) -> Organisation | None:
         """The organisation (active or ended) that registered `address`, or None."""
+        snapshot = self._current()
         try:
+            # Most recipients are at domains without a mailbox: no need to parse them.
+            if address_domain(address) not in snapshot.by_domain:
+                return None
             key = parse_address(address).key
         except AddressError:
             return None
-        snapshot = self._current()
         code = snapshot.by_mailbox.get(key)
         return None if code is None else snapshot.organisations[code]
 

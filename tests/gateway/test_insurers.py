@@ -17,6 +17,8 @@ from pathlib import Path
 import aiosmtplib
 import pytest
 import trustme
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from gateway.insurers import RULE_ENDED, RULE_UNREGISTERED, Insurers
 from orgs.registry import Registry
@@ -88,6 +90,28 @@ def test_an_ended_insurers_mailbox_is_refused_and_its_domain_keeps_verified_tls(
     assert not insurers.tls_required("example.org")
     assert insurers.organisation_of(MAILBOX) == "MUT1"
     assert insurers.organisation_of(f"autre@{INSURER}") is None
+
+
+@settings(
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    recipients=st.lists(
+        st.sampled_from(
+            [MAILBOX, "Decomptes@MUTUELLE.example", f"typo@{INSURER}", "flux@fini.example",
+             "autre@fini.example", "membre@example.org", f"x@sub.{INSURER}", "pas une adresse",
+             f"<{MAILBOX}>", f"a..b@{INSURER}"]
+        ),
+        max_size=5,
+    )
+)  # fmt: skip
+def test_a_statement_is_checked_as_ended_then_unregistered_per_recipient(
+    registry: Registry, recipients: list[str]
+) -> None:
+    """check_statement looks each mailbox up once; what it finds is the rules one by one."""
+    insurers = Insurers(registry)
+    expected = [insurers.ended(r) or insurers.unregistered(r) for r in recipients]
+    assert insurers.check_statement(recipients) == [v for v in expected if v is not None]
 
 
 def test_an_unknown_mode_is_refused(registry: Registry) -> None:
