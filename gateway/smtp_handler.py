@@ -25,6 +25,7 @@ import logging
 import re
 import ssl
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, AnyStr, Protocol
@@ -38,6 +39,7 @@ from gateway.policy import Client, ClientDirectory, Rejection
 from gateway.seal import SealError, UnsealableMessage
 from gateway.settings import ClientSettings, PasswordHash, parse_password_hash, verify_password
 from gateway.spool import Envelope as SpoolEnvelope
+from orgs.registry import View
 
 log = logging.getLogger("sealpost.gateway.smtp")
 
@@ -715,6 +717,12 @@ class Handler:
         # With the statement log on, each message's entry is committed with it.
         self._log_entries = log_entries
         self._insurers = insurers
+        # Each transaction's view of the registry of insurers, taken at its first RCPT and
+        # checked again at DATA: one look at the registry's file per transaction. Keyed by
+        # aiosmtpd's envelope, which it makes anew for each transaction (after DATA, RSET).
+        self._registry_views: weakref.WeakKeyDictionary[Envelope, View] = (
+            weakref.WeakKeyDictionary()
+        )
 
     # -- session start
 
@@ -837,7 +845,7 @@ class Handler:
             client = self._client(server, session)
             return self._refuse(server, rejection, client, envelope.mail_from)
         if self._insurers is not None:
-            violation = self._insurers.ended(address)
+            violation = self._insurers.ended(address, self._registry_view(envelope))
             if violation is not None:
                 refusal = self._insurer_rule(server, session, [violation], envelope.mail_from)
                 if refusal is not None:
@@ -845,6 +853,13 @@ class Handler:
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
         return "250 2.1.5 Recipient OK"
+
+    def _registry_view(self, envelope: Envelope) -> View:
+        assert self._insurers is not None
+        view = self._registry_views.get(envelope)
+        if view is None:
+            view = self._registry_views[envelope] = self._insurers.view()
+        return view
 
     def _insurer_rule(
         self, server: GatewaySMTP, session: Session, found: list[Violation], sender: str | None
@@ -910,7 +925,8 @@ class Handler:
 
         recipients = list(envelope.rcpt_tos)
         if self._insurers is not None and sealed.documents:
-            violations = self._insurers.check_statement(recipients)
+            view = self._registry_views.pop(envelope, None)
+            violations = self._insurers.check_statement(recipients, view)
             if self._insurers.warn_only:  # ended mailboxes were logged at RCPT already
                 violations = [v for v in violations if v.rule != RULE_ENDED]
             if violations:

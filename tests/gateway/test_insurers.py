@@ -326,3 +326,15 @@ async def test_warn_mode_delivers_and_counts(
     assert "event=org_policy_warning rule=orgs.unregistered org=MUT1" in log
     assert f"recipient_domain={INSURER}" in log
     assert "event=org_policy_warning rule=orgs.ended org=FINI" in log
+
+
+def test_a_transaction_is_checked_against_one_view_of_the_registry(registry: Registry) -> None:
+    """The gateway takes a transaction's view at its first RCPT and checks its DATA on it:
+    a change in between applies from the next transaction."""
+    insurers = Insurers(registry)
+    view = insurers.view()
+    registry.end("MUT1")
+    assert insurers.ended(MAILBOX, view) is None
+    assert insurers.check_statement([MAILBOX], view) == []
+    [violation] = insurers.check_statement([MAILBOX])
+    assert violation.rule == RULE_ENDED

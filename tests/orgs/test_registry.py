@@ -383,3 +383,22 @@ def test_a_domain_normalises_the_same_from_the_cache(text: str) -> None:
     uncached = normalised(normalise_domain.__wrapped__)
     assert normalised(normalise_domain) == uncached
     assert normalised(normalise_domain) == uncached  # the second time, from the cache
+
+
+def test_a_view_is_the_registry_as_of_one_moment(registry: Registry) -> None:
+    registry.add("MUT1", "Mutuelle Une")
+    registry.add_mailbox("MUT1", "decomptes@mutuelle.example", "Décomptes")
+    before = registry.view()
+    registry.end("MUT1")
+    registry.add("MUT2", "Mutuelle Deux")
+    registry.add_mailbox("MUT2", "soins@autre.example", "Soins")
+    owner = before.mailbox_owner("Decomptes@MUTUELLE.example")
+    assert owner is not None
+    assert owner.active
+    assert before.mailbox_owner("soins@autre.example") is None
+    assert before.domain_owners("autre.example") == []
+    after = registry.view()
+    owner = after.mailbox_owner("decomptes@mutuelle.example")
+    assert owner is not None
+    assert not owner.active
+    assert [o.code for o in after.domain_owners("AUTRE.example")] == ["MUT2"]
