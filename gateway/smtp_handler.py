@@ -28,6 +28,8 @@ import time
 import weakref
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
+from email._header_value_parser import AddrSpec, AngleAddr, get_addr_spec, get_angle_addr
+from email.errors import HeaderParseError
 from typing import Any, AnyStr, Protocol
 
 from aiosmtpd.smtp import SMTP, Envelope, Session, TLSSetupException, syntax
@@ -387,6 +389,25 @@ class GatewaySMTP(SMTP):
                 self._junk += 1
 
         return counted
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        """aiosmtpd 1.4.6's own, for MAIL, RCPT and VRFY, without the typing.Protocol
+        class it defines on each call for an annotation (54 us, twice a message)."""
+        if not arg:
+            return "", ""
+        address: AngleAddr | AddrSpec
+        try:
+            if arg.lstrip().startswith("<"):
+                address, rest = get_angle_addr(arg)
+            else:
+                address, rest = get_addr_spec(arg)
+        except HeaderParseError:
+            return None, None
+        addr: str = address.addr_spec
+        localpart = addr.rpartition("@")[0]
+        if self.local_part_limit and len(localpart) > self.local_part_limit:
+            return None, None
+        return addr, rest
 
     @property
     def client_ip(self) -> str | None:

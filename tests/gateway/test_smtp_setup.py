@@ -55,6 +55,12 @@ def tls() -> ssl.SSLContext:
     return context
 
 
+RELAY_OPTIONS: dict[str, Any] = {
+    "tls_context": None, "require_starttls": False, "auth_required": False,
+    "auth_require_tls": True, "proxy_protocol_timeout": None,
+}  # fmt: skip
+
+
 def listener_options(tls: ssl.SSLContext) -> dict[str, dict[str, Any]]:
     """What server.py passes for each kind of listener."""
     return {
