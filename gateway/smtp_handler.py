@@ -197,6 +197,12 @@ class _StrictLineReader(asyncio.StreamReader):
 # reply but the greeting and EHLO's carries one. aiosmtpd's own refusals (syntax errors,
 # unknown commands and parameters) have none; each gets the one its code implies.
 _STATUS_FOR = {500: "5.5.2", 501: "5.5.4", 502: "5.5.1", 503: "5.5.1", 504: "5.5.4", 555: "5.5.4"}
+# An angle address the email package's parser reads as written: dot-atoms of ASCII atext
+# (no "=?", which it would try as an RFC 2047 encoded word), then the end, or spaces and
+# a parameter (it drops the spaces, as folding white space).
+_DOT_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
+_SIMPLE_PATH = re.compile(rf"<({_DOT_ATOM}@{_DOT_ATOM})>(?:[ \t]+(?=[^\s(])|\Z)")
+
 _HAS_STATUS = re.compile(r"[245]\.\d{1,3}\.\d{1,3}(?: |$)")
 
 
@@ -391,10 +397,27 @@ class GatewaySMTP(SMTP):
         return counted
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
-        """aiosmtpd 1.4.6's own, for MAIL, RCPT and VRFY, without the typing.Protocol
-        class it defines on each call for an annotation (54 us, twice a message)."""
+        """aiosmtpd 1.4.6's answer for MAIL, RCPT and VRFY, without the typing.Protocol
+        class its own defines on each call for an annotation, and for the usual path
+        without the email package's parser (together about 50 us, twice a message)."""
         if not arg:
             return "", ""
+        # The common case, <dot-atom@dot-atom> in ASCII then parameters after spaces,
+        # without the email package's general parser (40 us): its answer exactly.
+        if (simple := _SIMPLE_PATH.match(arg)) and "=?" not in simple.group(1):
+            found: tuple[str | None, str | None] = simple.group(1), arg[simple.end() :]
+        else:
+            found = self._getaddr_parsed(arg)
+        addr, rest = found
+        if addr is None:
+            return None, None
+        localpart = addr.rpartition("@")[0]
+        if self.local_part_limit and len(localpart) > self.local_part_limit:
+            return None, None
+        return addr, rest
+
+    @staticmethod
+    def _getaddr_parsed(arg: str) -> tuple[str | None, str | None]:
         address: AngleAddr | AddrSpec
         try:
             if arg.lstrip().startswith("<"):
@@ -404,9 +427,6 @@ class GatewaySMTP(SMTP):
         except HeaderParseError:
             return None, None
         addr: str = address.addr_spec
-        localpart = addr.rpartition("@")[0]
-        if self.local_part_limit and len(localpart) > self.local_part_limit:
-            return None, None
         return addr, rest
 
     @property

@@ -1333,16 +1333,27 @@ async def test_every_content_refusal_is_550_5_6_0(gateway: Gateway) -> None:
 
 # ------------------------------------------------------------- address parsing, exact
 
+_ATEXT = "abcXYZ019!#$%&'*+/=?^_`{|}~-"
+_ATOMS = st.lists(st.text(_ATEXT + ".", min_size=0, max_size=6), min_size=1, max_size=3)
 _ADDRESS_ARGS = st.one_of(
     st.text(max_size=60),
+    # Near the fast path's shape: dot-atoms, stray dots, encoded-word openings, every
+    # kind of space and comment after the closing bracket.
+    st.builds(
+        lambda local, domain, close, after: f"<{'.'.join(local)}@{'.'.join(domain)}{close}{after}",
+        _ATOMS,
+        _ATOMS,
+        st.sampled_from([">", ">>", ""]),
+        st.text(" \t\x0b\x0c\r\n\xa0(x)=SIZE10", max_size=8),
+    ),
     st.builds(
         lambda local, domain, angle, tail: (
             f"<{local}@{domain}>{tail}" if angle else f"{local}@{domain}{tail}"
         ),
-        st.sampled_from(["a", "jean.dupont", '"x y"', "a" * 70, "", "<", "a..b", "é"]),
-        st.sampled_from(["caisse.example", "[192.0.2.1]", "", "x", "a b"]),
+        st.sampled_from(["a", "jean.dupont", '"x y"', "a" * 70, "", "<", "a..b", "é", "=?x?q?a?="]),
+        st.sampled_from(["caisse.example", "[192.0.2.1]", "", "x", "a b", "=?x?q?b?="]),
         st.booleans(),
-        st.sampled_from(["", " SIZE=10", " BODY=8BITMIME", ">", " <x@y>"]),
+        st.sampled_from(["", " SIZE=10", " BODY=8BITMIME", ">", " <x@y>", " (c) X", "\tX"]),
     ),
     st.sampled_from(["<>", " <a@b>", "<a@b", "a@b>", "<@route:a@b>", "<<a@b>>", " "]),
 )
@@ -1360,7 +1371,7 @@ def _unconnected_protocol() -> GatewaySMTP:
     return protocol
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=2000, deadline=None)
 @given(arg=_ADDRESS_ARGS, local_part_limit=st.sampled_from([0, 64]))
 def test_mail_and_rcpt_addresses_parse_as_aiosmtpds_own(arg: str, local_part_limit: int) -> None:
     """GatewaySMTP._getaddr is aiosmtpd's, without its per-call class; same answers."""
