@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from gateway.policy import Rejection
-from orgs.registry import Organisation, Registry
+from orgs.registry import Organisation, Registry, View
 
 log = logging.getLogger("sealpost.gateway.insurers")
 
@@ -73,27 +73,40 @@ class Insurers:
     def warn_only(self) -> bool:
         return self.mode == "warn"
 
-    def ended(self, recipient: str) -> Violation | None:
+    def view(self) -> View:
+        """The registry as it is now: what one mail transaction checks its recipients
+        against, from its first RCPT to its DATA (a change applies to the next one)."""
+        return self.registry.view()
+
+    def ended(self, recipient: str, view: View | None = None) -> Violation | None:
         """A recipient that is a mailbox of an ended organisation."""
-        owner = self.registry.mailbox_owner(recipient)
+        owner = (self.view() if view is None else view).mailbox_owner(recipient)
         if owner is None or owner.active:
             return None
         return Violation(RULE_ENDED, recipient, (owner.code,))
 
-    def unregistered(self, recipient: str) -> Violation | None:
+    def unregistered(self, recipient: str, view: View | None = None) -> Violation | None:
         """A recipient at a registered organisation's domain that is none of its mailboxes."""
-        owners = self._domain_owners(recipient)
-        if not owners or self.registry.mailbox_owner(recipient) is not None:
+        view = self.view() if view is None else view
+        owners = _domain_owners(view, recipient)
+        if not owners or view.mailbox_owner(recipient) is not None:
             return None
         return Violation(RULE_UNREGISTERED, recipient, tuple(o.code for o in owners))
 
-    def check_statement(self, recipients: Iterable[str]) -> list[Violation]:
+    def check_statement(
+        self, recipients: Iterable[str], view: View | None = None
+    ) -> list[Violation]:
         """What is wrong with sending a statement to `recipients` (empty when nothing)."""
+        view = self.view() if view is None else view
         found: list[Violation] = []
         for recipient in recipients:
-            violation = self.ended(recipient) or self.unregistered(recipient)
-            if violation is not None:
-                found.append(violation)
+            # ended() or unregistered(), with one look-up of the mailbox.
+            owner = view.mailbox_owner(recipient)
+            if owner is not None:
+                if not owner.active:
+                    found.append(Violation(RULE_ENDED, recipient, (owner.code,)))
+            elif owners := _domain_owners(view, recipient):
+                found.append(Violation(RULE_UNREGISTERED, recipient, tuple(o.code for o in owners)))
         return found
 
     def tls_required(self, domain: str) -> bool:
@@ -105,6 +118,7 @@ class Insurers:
         owner = self.registry.mailbox_owner(recipient)
         return None if owner is None else owner.code
 
-    def _domain_owners(self, recipient: str) -> list[Organisation]:
-        domain = recipient.rpartition("@")[2]
-        return self.registry.domain_owners(domain) if domain else []
+
+def _domain_owners(view: View, recipient: str) -> list[Organisation]:
+    domain = recipient.rpartition("@")[2]
+    return view.domain_owners(domain) if domain else []

@@ -14,6 +14,7 @@ would be one mailbox registered twice.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -49,6 +50,9 @@ class MailAddress:
         return f"{self.local.lower()}@{self.domain}"
 
 
+# A pure function of its text, asked for each recipient's domain, and the domains mail
+# goes to are few: kept for the last few thousand (an AddressError is not kept).
+@functools.lru_cache(maxsize=4096)
 def normalise_domain(text: str) -> str:
     """`text` as lower-case A-labels, or AddressError. A trailing dot (the root) is dropped."""
     name = text.strip().rstrip(".")
@@ -110,12 +114,24 @@ def _local_part(text: str, whole: str) -> str:
     return local
 
 
-def parse_address(text: str) -> MailAddress:
-    """The registry form of a mailbox address, or AddressError saying what is wrong."""
+def _parts(text: str) -> tuple[str, str, str]:
+    """`text` without its spaces and angle brackets, its local part and its domain."""
     whole = text.strip()
     if whole.startswith("<") and whole.endswith(">"):
         whole = whole[1:-1]
     local, at, domain = whole.rpartition("@")
     if not at:
         raise AddressError(f"{text!r} is not a mail address: it has no @")
+    return whole, local, domain
+
+
+def parse_address(text: str) -> MailAddress:
+    """The registry form of a mailbox address, or AddressError saying what is wrong."""
+    whole, local, domain = _parts(text)
     return MailAddress(_local_part(local, whole), normalise_domain(domain))
+
+
+def address_domain(text: str) -> str:
+    """The domain `parse_address(text)` would have, its local part unchecked: when no
+    mailbox is at that domain, the address is none of them, whatever its local part."""
+    return normalise_domain(_parts(text)[2])

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from orgs import audit, tokens
-from orgs.address import AddressError, normalise_domain, parse_address
+from orgs.address import AddressError, address_domain, normalise_domain, parse_address
 
 MAX_MAILBOXES = 5  # the avenant has five lines
 MAX_NAME = 200
@@ -186,6 +186,36 @@ def _create_private(path: Path) -> None:
         os.close(fd)
 
 
+@dataclass(frozen=True)
+class View:
+    """The registry as of one moment (`Registry.view`): its lookups see no later change,
+    and cost no look at the file, so a mail transaction can make them all on one."""
+
+    _snapshot: _Snapshot
+
+    def mailbox_owner(self, address: str) -> Organisation | None:
+        """The organisation (active or ended) that registered `address`, or None."""
+        snapshot = self._snapshot
+        try:
+            # Most recipients are at domains without a mailbox: no need to parse them.
+            if address_domain(address) not in snapshot.by_domain:
+                return None
+            key = parse_address(address).key
+        except AddressError:
+            return None
+        code = snapshot.by_mailbox.get(key)
+        return None if code is None else snapshot.organisations[code]
+
+    def domain_owners(self, domain: str) -> list[Organisation]:
+        """The organisations (active or ended) with a registered mailbox at `domain`."""
+        try:
+            name = normalise_domain(domain)
+        except AddressError:
+            return []
+        snapshot = self._snapshot
+        return [snapshot.organisations[code] for code in snapshot.by_domain.get(name, ())]
+
+
 class Registry:
     """The registry at `path`, created if absent. Safe to share between threads; open one
     per process (an SQLite connection must not cross a fork)."""
@@ -309,24 +339,17 @@ class Registry:
             return None
         return self._current().organisations.get(key)
 
+    def view(self) -> View:
+        """The registry as it is now, for lookups that belong together."""
+        return View(self._current())
+
     def mailbox_owner(self, address: str) -> Organisation | None:
         """The organisation (active or ended) that registered `address`, or None."""
-        try:
-            key = parse_address(address).key
-        except AddressError:
-            return None
-        snapshot = self._current()
-        code = snapshot.by_mailbox.get(key)
-        return None if code is None else snapshot.organisations[code]
+        return self.view().mailbox_owner(address)
 
     def domain_owners(self, domain: str) -> list[Organisation]:
         """The organisations (active or ended) with a registered mailbox at `domain`."""
-        try:
-            name = normalise_domain(domain)
-        except AddressError:
-            return []
-        snapshot = self._current()
-        return [snapshot.organisations[code] for code in snapshot.by_domain.get(name, ())]
+        return self.view().domain_owners(domain)
 
     def mailbox_domains(self) -> frozenset[str]:
         """Every domain holding a registered mailbox."""

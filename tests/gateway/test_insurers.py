@@ -16,6 +16,8 @@ from pathlib import Path
 import aiosmtplib
 import pytest
 import trustme
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from gateway.insurers import RULE_ENDED, RULE_UNREGISTERED, Insurers
 from orgs.registry import Registry
@@ -87,6 +89,28 @@ def test_an_ended_insurers_mailbox_is_refused_and_its_domain_keeps_verified_tls(
     assert not insurers.tls_required("example.org")
     assert insurers.organisation_of(MAILBOX) == "MUT1"
     assert insurers.organisation_of(f"autre@{INSURER}") is None
+
+
+@settings(
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    recipients=st.lists(
+        st.sampled_from(
+            [MAILBOX, "Decomptes@MUTUELLE.example", f"typo@{INSURER}", "flux@fini.example",
+             "autre@fini.example", "membre@example.org", f"x@sub.{INSURER}", "pas une adresse",
+             f"<{MAILBOX}>", f"a..b@{INSURER}"]
+        ),
+        max_size=5,
+    )
+)  # fmt: skip
+def test_a_statement_is_checked_as_ended_then_unregistered_per_recipient(
+    registry: Registry, recipients: list[str]
+) -> None:
+    """check_statement looks each mailbox up once; what it finds is the rules one by one."""
+    insurers = Insurers(registry)
+    expected = [insurers.ended(r) or insurers.unregistered(r) for r in recipients]
+    assert insurers.check_statement(recipients) == [v for v in expected if v is not None]
 
 
 def test_an_unknown_mode_is_refused(registry: Registry) -> None:
@@ -280,3 +304,15 @@ async def test_warn_mode_delivers_and_counts(
     assert "event=org_policy_warning rule=orgs.unregistered org=MUT1" in log
     assert f"recipient_domain={INSURER}" in log
     assert "event=org_policy_warning rule=orgs.ended org=FINI" in log
+
+
+def test_a_transaction_is_checked_against_one_view_of_the_registry(registry: Registry) -> None:
+    """The gateway takes a transaction's view at its first RCPT and checks its DATA on it:
+    a change in between applies from the next transaction."""
+    insurers = Insurers(registry)
+    view = insurers.view()
+    registry.end("MUT1")
+    assert insurers.ended(MAILBOX, view) is None
+    assert insurers.check_statement([MAILBOX], view) == []
+    [violation] = insurers.check_statement([MAILBOX])
+    assert violation.rule == RULE_ENDED

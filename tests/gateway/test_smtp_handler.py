@@ -11,6 +11,7 @@ import asyncio
 import base64
 import contextlib
 import dataclasses
+import functools
 import gc
 import logging
 import random
@@ -24,15 +25,19 @@ from typing import Any
 import aiosmtplib
 import pytest
 import trustme
+from aiosmtpd.smtp import SMTP
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway import policy, server
 from gateway.mail_params import MailParams
 from gateway.metrics import Metrics
 from gateway.seal import DocumentRules, Sealed, seal
 from gateway.settings import ClientSettings, hash_password
-from gateway.smtp_handler import AuthGuard, Handler, SessionLimits, Sessions
+from gateway.smtp_handler import AuthGuard, GatewaySMTP, Handler, SessionLimits, Sessions
 from gateway.spool import Envelope
 from keys.signing import SigningMaterial
+from tests.gateway import test_smtp_setup as smtp_setup_test
 
 HOST = "127.0.0.1"
 OUTSIDER = "127.0.0.2"
@@ -1324,3 +1329,59 @@ async def test_every_content_refusal_is_550_5_6_0(gateway: Gateway) -> None:
     # Each sample met the check it stands for.
     counted = {r: gateway.metrics.rejected.value(r) for r in BAD_CONTENT}
     assert counted == dict.fromkeys(BAD_CONTENT, 1)
+
+
+# ------------------------------------------------------------- address parsing, exact
+
+_ATEXT = "abcXYZ019!#$%&'*+/=?^_`{|}~-"
+_ATOMS = st.lists(st.text(_ATEXT + ".", min_size=0, max_size=6), min_size=1, max_size=3)
+_ADDRESS_ARGS = st.one_of(
+    st.text(max_size=60),
+    # Near the fast path's shape: dot-atoms, stray dots, encoded-word openings, every
+    # kind of space and comment after the closing bracket.
+    st.builds(
+        lambda local, domain, close, after: f"<{'.'.join(local)}@{'.'.join(domain)}{close}{after}",
+        _ATOMS,
+        _ATOMS,
+        st.sampled_from([">", ">>", ""]),
+        st.text(" \t\x0b\x0c\r\n\xa0(x)=SIZE10", max_size=8),
+    ),
+    st.builds(
+        lambda local, domain, angle, tail: (
+            f"<{local}@{domain}>{tail}" if angle else f"{local}@{domain}{tail}"
+        ),
+        st.sampled_from(["a", "jean.dupont", '"x y"', "a" * 70, "", "<", "a..b", "é", "=?x?q?a?="]),
+        st.sampled_from(["caisse.example", "[192.0.2.1]", "", "x", "a b", "=?x?q?b?="]),
+        st.booleans(),
+        st.sampled_from(["", " SIZE=10", " BODY=8BITMIME", ">", " <x@y>", " (c) X", "\tX"]),
+    ),
+    st.sampled_from(["<>", " <a@b>", "<a@b", "a@b>", "<@route:a@b>", "<<a@b>>", " "]),
+)
+
+
+@functools.cache
+def _unconnected_protocol() -> GatewaySMTP:
+    loop = asyncio.new_event_loop()
+    try:
+        protocol, _ = smtp_setup_test.build(
+            smtp_setup_test.make_handler(), loop, smtp_setup_test.RELAY_OPTIONS
+        )
+    finally:
+        loop.close()
+    return protocol
+
+
+@settings(max_examples=2000, deadline=None)
+@given(arg=_ADDRESS_ARGS, local_part_limit=st.sampled_from([0, 64]))
+def test_mail_and_rcpt_addresses_parse_as_aiosmtpds_own(arg: str, local_part_limit: int) -> None:
+    """GatewaySMTP._getaddr is aiosmtpd's, without its per-call class; same answers."""
+    protocol = _unconnected_protocol()
+    protocol.local_part_limit = local_part_limit
+
+    def outcome(getaddr: Callable[[str], object]) -> object:
+        try:
+            return getaddr(arg)
+        except Exception as exc:  # the stdlib's parser raises more than HeaderParseError
+            return type(exc)
+
+    assert outcome(protocol._getaddr) == outcome(lambda a: SMTP._getaddr(protocol, a))

@@ -9,13 +9,15 @@ import stat
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from orgs import tokens
-from orgs.address import AddressError, parse_address
+from orgs.address import AddressError, normalise_domain, parse_address
 from orgs.registry import (
     ENDED,
     Mailbox,
@@ -315,3 +317,88 @@ def test_a_file_that_is_not_a_registry_is_an_error_not_a_new_registry(tmp_path: 
     with pytest.raises(RegistryError, match="is not a usable registry"):
         Registry(path)
     assert path.read_bytes().startswith(b"not a database")
+
+
+# ---------------------------------------------------------------- exact shortcuts
+
+_LOCALS = st.sampled_from(
+    ["decomptes", "Decomptes", "DECOMPTES", '"decomptes"', '"de comptes"', "de..comptes", "",
+     "flux", "x", "décomptes", '"a\\"b"', "a@b"]
+)  # fmt: skip
+_DOMAINS = st.sampled_from(
+    ["mutuelle.example", "Mutuelle.Example", "mutuelle.example.", " mutuelle.example",
+     "assureur.mc", "ASSUREUR.MC", "xn--assureur-9xa.mc", "assureuré.mc", "Assureuré.MC",
+     "autre.example", "mutuelle", "[192.0.2.1]", "", "-bad.example", "a..example",
+     "sub.mutuelle.example", "example.123"]
+)  # fmt: skip
+
+
+@st.composite
+def _addresses(draw: st.DrawFn) -> str:
+    address = f"{draw(_LOCALS)}@{draw(_DOMAINS)}"
+    if draw(st.booleans()):
+        address = f"<{address}>"
+    return draw(st.sampled_from(["", " "])) + address + draw(st.sampled_from(["", " \t"]))
+
+
+@pytest.fixture(scope="module")
+def populated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    with Registry(tmp_path_factory.mktemp("orgs") / "registry.sqlite") as opened:
+        opened.add("MUT1", "Mutuelle Une")
+        opened.add_mailbox("MUT1", "decomptes@mutuelle.example", "Décomptes")
+        opened.add("IDN1", "Assureur accentué")
+        opened.add_mailbox("IDN1", "Flux@assureuré.mc", "Flux")
+        opened.end("IDN1")
+        yield opened
+
+
+@settings(max_examples=400, deadline=None)
+@given(address=st.one_of(_addresses(), st.text(max_size=40)))
+def test_a_mailbox_is_found_as_a_parse_of_its_address_finds_it(
+    populated: Registry, address: str
+) -> None:
+    """mailbox_owner skips the parse of an address at a domain without mailboxes: the
+    answer is the one the parsed key gives, for every address."""
+    keys = {
+        parse_address(m.address).key: org
+        for org in populated.organisations()
+        for m in org.mailboxes
+    }
+    try:
+        expected = keys.get(parse_address(address).key)
+    except AddressError:
+        expected = None
+    assert populated.mailbox_owner(address) == expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=st.one_of(_DOMAINS, st.text(max_size=30)))
+def test_a_domain_normalises_the_same_from_the_cache(text: str) -> None:
+    def normalised(function: Callable[[str], str]) -> str | None:
+        try:
+            return function(text)
+        except AddressError as exc:
+            return str(exc)
+
+    uncached = normalised(normalise_domain.__wrapped__)
+    assert normalised(normalise_domain) == uncached
+    assert normalised(normalise_domain) == uncached  # the second time, from the cache
+
+
+def test_a_view_is_the_registry_as_of_one_moment(registry: Registry) -> None:
+    registry.add("MUT1", "Mutuelle Une")
+    registry.add_mailbox("MUT1", "decomptes@mutuelle.example", "Décomptes")
+    before = registry.view()
+    registry.end("MUT1")
+    registry.add("MUT2", "Mutuelle Deux")
+    registry.add_mailbox("MUT2", "soins@autre.example", "Soins")
+    owner = before.mailbox_owner("Decomptes@MUTUELLE.example")
+    assert owner is not None
+    assert owner.active
+    assert before.mailbox_owner("soins@autre.example") is None
+    assert before.domain_owners("autre.example") == []
+    after = registry.view()
+    owner = after.mailbox_owner("decomptes@mutuelle.example")
+    assert owner is not None
+    assert not owner.active
+    assert [o.code for o in after.domain_owners("AUTRE.example")] == ["MUT2"]
