@@ -321,6 +321,44 @@ def check_header_lines(data: bytes) -> Rejection | None:
     )
 
 
+# RFC 5322 3.6: each of these fields appears at most once (From is checked with its
+# address, below). A second Subject or To is shown by some readers and not by others, so
+# the verifier never vouches for a block holding one: the gateway does not seal it.
+ONCE_ONLY = (
+    "Date",
+    "Sender",
+    "Reply-To",
+    "To",
+    "Cc",
+    "Bcc",
+    "Message-ID",
+    "In-Reply-To",
+    "References",
+    "Subject",
+)
+_ONCE_ONLY_FIELD = re.compile(
+    rb"^(" + b"|".join(re.escape(name.encode()) for name in ONCE_ONLY) + rb"):",
+    re.IGNORECASE | re.MULTILINE,
+)
+
+
+def check_repeated_fields(data: bytes) -> Rejection | None:
+    """Refuse a header block with a second Date, Subject, To, Cc, Message-ID..."""
+    counts: dict[str, int] = {}
+    for match in _ONCE_ONLY_FIELD.finditer(data, 0, _header_end(data)):
+        key = match.group(1).decode("ascii").lower()
+        counts[key] = counts.get(key, 0) + 1
+    for name in ONCE_ONLY:
+        if counts.get(name.lower(), 0) > 1:
+            return Rejection(
+                550,
+                "5.6.0",
+                f"Message has {counts[name.lower()]} {name} headers; RFC 5322 allows one",
+                "repeated_field",
+            )
+    return None
+
+
 _FROM_FIELD = re.compile(rb"^from[ \t]*:", re.IGNORECASE | re.MULTILINE)
 
 

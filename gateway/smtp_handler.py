@@ -935,6 +935,7 @@ class Handler:
             or policy.check_line_length(raw, self._max_line_length)
             or policy.check_forbidden_bytes(raw)
             or policy.check_header_lines(raw)
+            or policy.check_repeated_fields(raw)
             or policy.header_from_domain(raw)
         )
         if isinstance(found, Rejection):

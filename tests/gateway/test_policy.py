@@ -388,3 +388,25 @@ def test_a_malformed_mailbox_is_refused_with_the_reason(address: str, problem: s
     sender = policy.check_address_syntax(address, "sender")
     assert sender is not None
     assert sender.status == ("5.7.1" if address in ("", "<>") else "5.1.7")
+
+
+@pytest.mark.parametrize("name", policy.ONCE_ONLY)
+def test_a_field_rfc_5322_allows_once_is_refused_twice(name: str) -> None:
+    head = f"From: <a@caisses.example>\r\n{name}: one\r\n".encode()
+    assert policy.check_repeated_fields(head + b"\r\nbody\r\n") is None
+    twice = head + f"{name.upper()}: two\r\n".encode()
+    rejection = policy.check_repeated_fields(twice + b"\r\nbody\r\n")
+    assert rejection is not None
+    assert (rejection.code, rejection.status, rejection.reason) == (550, "5.6.0", "repeated_field")
+    assert rejection.text == f"Message has 2 {name} headers; RFC 5322 allows one"
+    # The same name in the body is not a header.
+    assert policy.check_repeated_fields(head + b"\r\n" + twice) is None
+
+
+def test_the_verifier_s_shown_fields_are_all_refused_twice() -> None:
+    """Sealed means authentic: every field the verifier refuses to vouch for when it is
+    present twice is one the gateway refuses to seal twice."""
+    from verifier.headers import SHOWN
+
+    once = {name.lower() for name in policy.ONCE_ONLY} | {"from"}
+    assert {name.decode() for name in SHOWN} <= once

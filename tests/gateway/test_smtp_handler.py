@@ -1302,6 +1302,7 @@ BAD_CONTENT = {
     "several_from": message(extra_headers=f"From: <other@{DOMAIN}>\r\n"),
     "bad_from": message(sender="not an address"),
     "bad_header_line": message(extra_headers="Not a header field\r\n"),
+    "repeated_field": message(extra_headers="subject: Annule\r\n"),
     "unsealable": (
         f"From: <a@{DOMAIN}>\r\nTo: m@example.org\r\nSubject: x\r\nMIME-Version: 1.0\r\n"
         'Content-Type: application/pdf; name="d.pdf"\r\nContent-Transfer-Encoding: x-unknown\r\n'
