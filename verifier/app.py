@@ -12,7 +12,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from verifier import api, endpoints
+from verifier import access_log, api, endpoints
 from verifier.auth import RegistryTokens
 from verifier.clientaddr import ClientAddress
 from verifier.metrics import Metrics
@@ -109,4 +109,5 @@ def shared_state(settings: Settings) -> SharedState:
 
 def app_from_env() -> Starlette:
     """The factory uvicorn's worker processes call (settings travel in the environment)."""
+    access_log.install()
     return create_app(from_env())

@@ -443,12 +443,14 @@ def server(archive_dir: Path) -> Iterator[str]:
         yield url
 
 
-def run_verifier(*args: str, stderr: int = subprocess.DEVNULL) -> subprocess.Popen[bytes]:
+def run_verifier(
+    *args: str, stderr: int = subprocess.DEVNULL, stdout: int = subprocess.DEVNULL
+) -> subprocess.Popen[bytes]:
     """`python -m verifier ARGS` from this checkout, as an operator starts it."""
     return subprocess.Popen(
         [sys.executable, "-m", "verifier", *args],
         env={**os.environ, "PYTHONPATH": str(ROOT)},
-        stdout=subprocess.DEVNULL,
+        stdout=stdout,
         stderr=stderr,
     )
 
