@@ -41,7 +41,7 @@ from gateway import queue_cli
 from gateway import settings as gateway_settings
 from gateway.metrics import Metrics
 from keys import store as key_store
-from tests.support import free_port
+from tests.support import free_port, stop
 from verifier import metrics as verifier_metrics
 from verifier import settings as verifier_settings
 from verifier.shared import SharedState
@@ -637,12 +637,7 @@ def _running(argv: list[str], env: dict[str, str], cwd: Path) -> Iterator[subpro
     try:
         yield process
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
+        stop(process, grace=15)
 
 
 def _probe(service: dict[str, Any], port: int) -> int:
