@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import getpass
 import logging
 import os
@@ -553,6 +554,7 @@ async def run(settings: Settings, lane: int | None = None, parent: int | None = 
         if writer is not None:
             writer.start()
         log.info("event=started hostname=%s workers=%d", hostname, settings.sealing.workers)
+        settle_gc()
 
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -566,6 +568,19 @@ async def run(settings: Settings, lane: int | None = None, parent: int | None = 
     # The exit stack stopped the scheduler, then closed metrics, delivery, sealer, spool.
     log.info("event=stopped")
     return EXIT_OK
+
+
+def settle_gc() -> None:
+    """Tune the cyclic garbage collector for a process that has finished starting.
+
+    Under load its passes took 2.2% of a lane's CPU, a third of it in full passes that
+    walked every object built at start (modules, key store, settings), which live as long
+    as the process. Frozen, they are no longer walked; a message's garbage is freed by
+    reference counting, so the young generation is examined every 5,000 allocations
+    rather than 700 (1.1% of a lane's CPU, measured with gc.callbacks).
+    """
+    gc.freeze()
+    gc.set_threshold(5000, 20, 20)
 
 
 async def _orphaned(stop: asyncio.Event, parent: int) -> None:
