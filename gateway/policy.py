@@ -209,22 +209,23 @@ def check_recipient_count(count: int, limit: int) -> Rejection | None:
     return None
 
 
-def check_line_ends(data: bytes) -> Rejection | None:
-    # Three counts in C are far cheaper than a scan in Python; they agree only when every
-    # CR is followed by an LF and every LF is preceded by a CR.
-    pairs = data.count(b"\r\n")
-    if data.count(b"\r") != pairs or data.count(b"\n") != pairs:
+def check_lines(data: bytes, limit: int) -> Rejection | None:
+    """Every line ends with CRLF and nothing else, and holds at most `limit` characters.
+
+    One split serves both checks: once every CRLF is cut out, a CR or LF left over is a
+    bare one (memchr finds it in the joined rest at C speed). Counting b"\r\n" instead
+    cost as much as the split, since every CR is a partial match.
+    """
+    lines = data.split(b"\r\n")
+    rest = b"".join(lines)
+    if b"\r" in rest or b"\n" in rest:
         return Rejection(
             550,
             "5.6.0",
             "Bare CR or LF in message data: every line must end with CRLF",
             "bare_line_end",
         )
-    return None
-
-
-def check_line_length(data: bytes, limit: int) -> Rejection | None:
-    if max(map(len, data.split(b"\r\n")), default=0) > limit:
+    if max(map(len, lines)) > limit:
         return Rejection(
             550, "5.6.0", f"Line too long: at most {limit} characters per line", "line_too_long"
         )
@@ -247,7 +248,7 @@ def _line_of(data: bytes, index: int) -> int:
 
 # RFC 5322 3.2.5/3.5: header text is VCHAR and WSP (obs-NO-WS-CTL is obsolete syntax that
 # must not be generated), and 8-bit header text is UTF-8 (RFC 6532 3.2). CR and LF are
-# left to check_line_ends; TAB is WSP. NUL is found by the whole-message scan first.
+# left to check_lines; TAB is WSP. NUL is found by the whole-message scan first.
 _HEADER_CONTROL = re.compile(rb"[\x01-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
