@@ -88,11 +88,14 @@ class SignatureHeaders:
 _FIELD = re.compile(rb"([\x21-\x7e]+?):")
 
 
-def parse(message: bytes) -> tuple[list[list[bytes]], bytes]:
+def parse(message: bytes, no_bare_lf: bool = False) -> tuple[list[list[bytes]], bytes]:
     """dkimpy's `rfc822_parse`, without splitting the body into lines: the same header
     list and the same body for a message whose lines all end in CRLF (what seal() signs),
-    and dkimpy's own reading of anything else."""
-    if message.count(b"\n") != message.count(b"\r\n"):
+    and dkimpy's own reading of anything else.
+
+    `no_bare_lf`: the caller knows every LF in `message` follows a CR (seal() made it so),
+    which spares the two counts over the whole message that would find it out."""
+    if not no_bare_lf and message.count(b"\n") != message.count(b"\r\n"):
         parsed: tuple[list[list[bytes]], bytes] = dkim.rfc822_parse(message)
         return parsed
     if not message:
@@ -149,16 +152,22 @@ def signature_headers(
 
 
 def sign(
-    message: bytes, domain: str, signers: Sequence[Signer], timestamp: int
+    message: bytes,
+    domain: str,
+    signers: Sequence[Signer],
+    timestamp: int,
+    no_bare_lf: bool = False,
 ) -> SignatureHeaders:
-    """As `signature_headers`, with the b= values and the body hash."""
-    headers, body = parse(message)
-    policy = CanonicalizationPolicy.from_c_value(CANONICALIZATION)
-    canonical_headers = policy.canonicalize_headers(headers)
+    """As `signature_headers`, with the b= values and the body hash. `no_bare_lf` as for
+    `parse`."""
+    headers, body = parse(message, no_bare_lf)
     include = oversigned(headers)
     body_hash = base64.b64encode(hashlib.sha256(relaxed_body(body)).digest())
+    # Every signature hashes the same selected message headers first (RFC 6376 3.7): they
+    # are selected, canonicalised and hashed once, and each signature goes on from a copy.
+    signed = hashlib.sha256(signed_header_bytes(headers, include))
     made = [
-        _signature_header(signer, domain, timestamp, include, body_hash, policy, canonical_headers)
+        _signature_header(signer, domain, timestamp, include, body_hash, signed.copy())
         for signer in signers
     ]
     return SignatureHeaders(
@@ -168,15 +177,42 @@ def sign(
     )
 
 
+_RELAXED = CanonicalizationPolicy.from_c_value(CANONICALIZATION)
+
+
+def select_headers(
+    headers: Sequence[tuple[bytes, bytes]], include: Sequence[bytes]
+) -> list[tuple[bytes, bytes]]:
+    """dkimpy's `select_headers` (RFC 6376 5.4.2: each name in `include` takes the last
+    field of that name not yet taken, a name with none left takes nothing), with one pass
+    over the fields instead of one per name."""
+    unused: dict[bytes, list[tuple[bytes, bytes]]] = {}
+    for field in headers:
+        unused.setdefault(field[0].lower(), []).append(field)
+    selected = []
+    for name in include:
+        left = unused.get(name)
+        if left:
+            selected.append(left.pop())
+    return selected
+
+
+def signed_header_bytes(headers: Sequence[Sequence[bytes]], include: Sequence[bytes]) -> bytes:
+    """What dkimpy's `hash_headers` feeds the hash before the DKIM-Signature field: the
+    `include`d fields, relaxed, each as name:value CRLF."""
+    canonical: list[tuple[bytes, bytes]] = _RELAXED.canonicalize_headers(headers)
+    return b"".join(name + b":" + value for name, value in select_headers(canonical, include))
+
+
 def _signature_header(
     signer: Signer,
     domain: str,
     timestamp: int,
     include: tuple[bytes, ...],
     body_hash: bytes,
-    policy: CanonicalizationPolicy,
-    canonical_headers: list[tuple[bytes, bytes]],
+    hasher: hashlib._Hash,
 ) -> tuple[bytes, bytes]:
+    """`hasher` has hashed the signed message headers already."""
     algorithm = b"rsa-sha256" if isinstance(signer.key, rsa.RSAPrivateKey) else b"ed25519-sha256"
     domain_bytes = domain.encode("ascii")
     # The tags and their order are dkimpy's; no l= (a body must not be extendable) and no
@@ -196,10 +232,11 @@ def _signature_header(
     # The value is folded once, with b= left empty, and those exact bytes are both signed
     # and sent: folding again after signing could move whitespace the hash covered.
     unsigned = _fold(b" ".join(b"%s=%s;" % tag for tag in tags) + b" b=", len(HEADER_NAME) + 2)
-    hasher = hashlib.sha256()
-    dkim.hash_headers(
-        hasher, policy, canonical_headers, include, (HEADER_NAME, b" " + unsigned), None
+    # As dkimpy's hash_headers ends: the signature field relaxed, b= emptied, no CRLF.
+    ((name, value),) = _RELAXED.canonicalize_headers(
+        [(HEADER_NAME, dkim.RE_BTAG.sub(b"\\1", b" " + unsigned))]
     )
+    hasher.update(name + b":" + value.rstrip())
     digest = hasher.digest()
     if isinstance(signer.key, rsa.RSAPrivateKey):
         signature = signer.key.sign(digest, padding.PKCS1v15(), utils.Prehashed(hashes.SHA256()))

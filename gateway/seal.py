@@ -134,7 +134,8 @@ def seal(
             dkim_sign.Signer(material.rsa_selector, material.rsa_key),
             dkim_sign.Signer(material.ed25519_selector, material.ed25519_key),
         )
-        signed = dkim_sign.sign(message, material.domain, signers, timestamp)
+        # The message was normalised above, and every part spliced in ends its lines in CRLF.
+        signed = dkim_sign.sign(message, material.domain, signers, timestamp, no_bare_lf=True)
     except SealError:
         raise
     except (ValueError, LookupError, email.errors.MessageError, dkim.DKIMException) as error:
