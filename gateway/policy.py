@@ -30,11 +30,10 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from email.headerregistry import Address
-from email.parser import BytesHeaderParser
 from email.policy import SMTP as SMTP_POLICY
-from email.policy import compat32 as COMPAT32
 from typing import Any
 
+from gateway import header_block
 from gateway.settings import ClientSettings
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -363,11 +362,6 @@ def check_repeated_fields(data: bytes) -> Rejection | None:
 _FROM_FIELD = re.compile(rb"^from[ \t]*:", re.IGNORECASE | re.MULTILINE)
 
 
-# The header block is split under compat32: it gives the same raw fields as the SMTP
-# policy, without parsing every Content-Type through the header registry on close.
-_SPLITTER = BytesHeaderParser(policy=COMPAT32)
-
-
 @functools.lru_cache(maxsize=512)
 def _from_addresses(value: str) -> tuple[Address, ...]:
     """The addresses of one From field as the SMTP policy's header registry reads them, or
@@ -389,7 +383,9 @@ def header_from_domain(data: bytes) -> str | Rejection:
     """The domain of the one From header's address, or why the message has none."""
     end = data.find(b"\r\n\r\n")
     head = data if end < 0 else data[: end + 2]
-    headers = _SPLITTER.parsebytes(head)
+    # Split as compat32 splits it: the same raw fields as the SMTP policy, without parsing
+    # every Content-Type through the header registry.
+    headers = header_block.parse(head)
     values = [value for name, value in headers.raw_items() if name.lower() == "from"]
     # Counted in the bytes too: "From :" (obsolete syntax, space before the colon) is not
     # a From to Python or dkimpy, but some mail readers show it.

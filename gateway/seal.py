@@ -25,7 +25,7 @@ from email.parser import BytesHeaderParser
 
 import dkim
 
-from gateway import cms, dkim_sign
+from gateway import cms, dkim_sign, header_block
 from keys.signing import SigningMaterial
 from tlog.entry import Entry, dkim_seal_hash, p7s_seal_hash
 
@@ -38,9 +38,9 @@ MAX_DEPTH = 12
 MAX_PARTS = 200
 MAX_DOCUMENTS = 50
 _BARE_LF = re.compile(rb"(?<!\r)\n")
-# compat32 reads content types and boundaries several times faster than the header
-# registry; policy.default is used only where its decoding matters, for file names.
-_STRUCTURE_PARSER = BytesHeaderParser(policy=policy.compat32)
+# compat32 (gateway.header_block) reads content types and boundaries several times faster
+# than the header registry; policy.default is used only where its decoding matters, for
+# file names.
 _NAME_PARSER = BytesHeaderParser(policy=policy.default)
 # A file name that fits a quoted string as it is, on a header line of at most 78.
 _SEALED_ELSEWHERE = ("multipart/signed", "multipart/encrypted")
@@ -166,7 +166,7 @@ def _read_part(message: bytes, start: int, end: int, depth: int, count: list[int
     else:
         blank = message.find(CRLF + CRLF, start, end)
         header_end, body_start = (end, end) if blank < 0 else (blank + 2, blank + 4)
-    headers = _STRUCTURE_PARSER.parsebytes(message[start:header_end])
+    headers = header_block.parse(message[start:header_end])
     problem = _reads_two_ways(headers)
     if problem:
         raise UnsealableMessage(f"a MIME part {problem}: mail programs would read it two ways")
