@@ -432,7 +432,7 @@ def _signature_part(
     if _PLAIN_NAME.fullmatch(name):
         # The common case, written directly: the email package's header machinery costs
         # more than the CMS signature itself.
-        encoded = base64.encodebytes(signature).replace(b"\n", CRLF).removesuffix(CRLF)
+        encoded = base64_lines(signature)
         quoted = f'"{name}.p7s"'.encode("ascii")
         return (
             b"Content-Type: application/pkcs7-signature;" + CRLF + b" name=" + quoted + CRLF
@@ -454,6 +454,13 @@ def _signature_part(
         cte="base64",
     )
     return sibling.as_bytes().removesuffix(CRLF)
+
+
+def base64_lines(data: bytes) -> bytes:
+    """`data` in base64 lines of 76 characters (RFC 2045 6.8), joined by CRLF, no final
+    CRLF: what base64.encodebytes writes, with one encode call instead of one a line."""
+    encoded = binascii.b2a_base64(data, newline=False)
+    return CRLF.join([encoded[i : i + 76] for i in range(0, len(encoded), 76)])
 
 
 def _decoded_body(message: bytes, part: _Part, name: str) -> bytes:

@@ -209,3 +209,20 @@ def test_the_shared_header_hash_is_dkimpy_s(
     ((name, value),) = relaxed.canonicalize_headers([(b"DKIM-Signature", signature)])
     ours.update(name + b":" + value.rstrip())
     assert ours.digest() == expected.digest()
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    fields=st.lists(
+        st.tuples(
+            st.sampled_from([b"From", b"X-A ", b"SUBJECT\t", b"to"]),
+            st.lists(
+                st.sampled_from([b"a", b" ", b"\t", b"\r\n", b"  ", b"\r", b"\n", b"\r\n\t"]),
+                max_size=14,
+            ).map(b"".join),
+        ),
+        max_size=5,
+    )
+)
+def test_the_relaxed_headers_are_dkimpy_s(fields: list[tuple[bytes, bytes]]) -> None:
+    assert dkim_sign.relaxed_headers(fields) == Relaxed.canonicalize_headers(fields)

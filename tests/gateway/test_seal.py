@@ -21,7 +21,14 @@ from asn1crypto import cms as asn1_cms
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from gateway.seal import DocumentRules, Sealed, SealError, UnsealableMessage, seal
+from gateway.seal import (
+    DocumentRules,
+    Sealed,
+    SealError,
+    UnsealableMessage,
+    base64_lines,
+    seal,
+)
 from keys.signing import SigningMaterial
 from tests.checks import (
     REFERENCE,
@@ -780,3 +787,10 @@ def test_the_delimiter_scan_finds_exactly_the_spans_of_the_rfc_2046_expression(
     assert _child_spans(message, start, end, boundary) == reference_child_spans(
         message, start, end, boundary
     )
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.binary(max_size=400))
+def test_base64_lines_are_what_encodebytes_writes(data: bytes) -> None:
+    expected = base64.encodebytes(data).replace(b"\n", b"\r\n").removesuffix(b"\r\n")
+    assert base64_lines(data) == expected
