@@ -101,6 +101,8 @@ class _Part:
     body_start: int  # first byte of its body
     end: int  # one past its last byte; the CRLF before the next delimiter is not the part's
     headers: Message
+    content_type: str  # headers.get_content_type(), read once
+    encoding: str  # its Content-Transfer-Encoding, in lower case
     boundary: bytes | None  # set when the part is a multipart whose children were read
     children: tuple[_Part, ...]
 
@@ -167,30 +169,40 @@ def _read_part(message: bytes, start: int, end: int, depth: int, count: list[int
         blank = message.find(CRLF + CRLF, start, end)
         header_end, body_start = (end, end) if blank < 0 else (blank + 2, blank + 4)
     headers = header_block.parse(message[start:header_end])
-    problem = _reads_two_ways(headers)
+    content_type = headers.get_content_type()
+    encoding = str(headers.get("content-transfer-encoding", "7bit")).strip().lower()
+    problem = _reads_two_ways(headers, content_type, encoding)
     if problem:
         raise UnsealableMessage(f"a MIME part {problem}: mail programs would read it two ways")
-    boundary = headers.get_boundary() if headers.get_content_maintype() == "multipart" else None
+    multipart = content_type.startswith("multipart/")
+    boundary = headers.get_boundary() if multipart else None
+    block = message[start:header_end]
     if not boundary:
-        return _Part(message[start:header_end], body_start, end, headers, None, ())
+        return _Part(block, body_start, end, headers, content_type, encoding, None, ())
     encoded = boundary.encode("utf-8", "surrogateescape")
     children = tuple(
         _read_part(message, child_start, child_end, depth + 1, count)
         for child_start, child_end in _child_spans(message, body_start, end, encoded)
     )
-    return _Part(message[start:header_end], body_start, end, headers, encoded, children)
+    return _Part(block, body_start, end, headers, content_type, encoding, encoded, children)
 
 
 _MIME_FIELDS = ("content-type", "content-transfer-encoding", "content-disposition")
 
 
-def _reads_two_ways(headers: Message) -> str | None:
+def _reads_two_ways(headers: Message, content_type: str, encoding: str) -> str | None:
     """What makes a part read differently by different programs, as the verifier judges it
     (verifier/mime.py): such a statement would never verify as authentic, so it is not
-    sealed."""
+    sealed. `content_type` and `encoding` as _read_part read them from `headers`."""
+    # The values headers.get_all() gives for each name, in one pass over the fields.
+    seen: dict[str, set[str]] = {}
+    for name, value in headers.raw_items():
+        lowered = name.lower()
+        if lowered in _MIME_FIELDS:
+            fetched = headers.policy.header_fetch_parse(name, value)
+            seen.setdefault(lowered, set()).add(" ".join(str(fetched).split()).lower())
     for name in _MIME_FIELDS:
-        values = headers.get_all(name) or []
-        if len({" ".join(str(v).split()).lower() for v in values}) > 1:
+        if len(seen.get(name, ())) > 1:
             return f"gives {name} twice, differently"
     try:
         params = headers.get_params(header="content-type") or []
@@ -198,8 +210,7 @@ def _reads_two_ways(headers: Message) -> str | None:
         params = []
     if len({str(v) for k, v in params if str(k).strip().lower() == "boundary"}) > 1:
         return "gives two boundaries"
-    encoding = str(headers.get("content-transfer-encoding", "7bit")).strip().lower()
-    if headers.get_content_maintype() == "multipart" and encoding not in ("7bit", "8bit", "binary"):
+    if content_type.startswith("multipart/") and encoding not in ("7bit", "8bit", "binary"):
         return f"is a multipart with transfer encoding {encoding[:20]!r} (RFC 2045 6.4)"
     return None
 
@@ -259,7 +270,7 @@ def _documents(part: _Part, rules: DocumentRules) -> list[tuple[_Part, bytes]]:
     is under someone else's seal, which an added part would break.
     """
     found: list[tuple[_Part, bytes]] = []
-    if part.boundary is None or part.headers.get_content_type() in _SEALED_ELSEWHERE:
+    if part.boundary is None or part.content_type in _SEALED_ELSEWHERE:
         return found
     for child in part.children:
         if child.boundary is not None:
@@ -270,9 +281,9 @@ def _documents(part: _Part, rules: DocumentRules) -> list[tuple[_Part, bytes]]:
 
 
 def _is_document(part: _Part, rules: DocumentRules) -> bool:
-    if part.headers.get_content_maintype() in ("multipart", "message"):
+    if part.content_type.startswith(("multipart/", "message/")):
         return False
-    if rules.matches_type(part.headers.get_content_type()):
+    if rules.matches_type(part.content_type):
         return True
     return bool(rules.filename_globs) and rules.matches_name(_filename(part))
 
@@ -466,7 +477,7 @@ def base64_lines(data: bytes) -> bytes:
 def _decoded_body(message: bytes, part: _Part, name: str) -> bytes:
     """The document's bytes as any MIME reader decodes them; that is what gets signed."""
     body = message[part.body_start : part.end]
-    encoding = str(part.headers.get("content-transfer-encoding", "7bit")).strip().lower()
+    encoding = part.encoding
     if encoding == "base64":
         try:
             # Strict, unlike the email package, which skips what it cannot read: a
