@@ -115,24 +115,24 @@ def parse(message: bytes, no_bare_lf: bool = False) -> tuple[list[list[bytes]], 
     return headers, body
 
 
+# A run of spaces that relaxed canonicalisation changes: one before CRLF, or two or more.
+# Its literal first byte lets the regex engine skip to each space at C speed, where
+# dkimpy's "[\t ]+" tries every position, and bytes.find / rfind of "  " and " \r\n" were
+# slowed by the CR, LF and base64 letters sharing their skip table's bits.
+_SPACE_RUN = re.compile(rb" (?: *\r\n| +)")
+
+
+def _relax(run: re.Match[bytes]) -> bytes:
+    return b"\r\n" if run.group().endswith(b"\r\n") else b" "
+
+
 def relaxed_body(body: bytes) -> bytes:
-    """RFC 6376 3.4.4, exactly as dkimpy computes it, with bytes.replace instead of its two
+    """RFC 6376 3.4.4, exactly as dkimpy computes it, in one scan instead of its two
     regular expressions over the whole body (a tenth of a lane's time under load):
-    white-space runs become one space, and one before a line end goes."""
+    white-space runs before a line end go, other runs become one space."""
     if b"\t" in body:
         body = body.replace(b"\t", b" ")
-    first = body.find(b"  ")
-    if first >= 0:
-        # Every run of spaces lies between the first and the last double space: collapse
-        # only that stretch (a statement's runs are in its text, not its base64 PDF).
-        end = body.rfind(b"  ") + 2
-        runs = body[first:end]
-        while b"  " in runs:
-            runs = runs.replace(b"  ", b" ")
-        body = body[:first] + runs + body[end:]
-    if b" \r\n" in body:
-        body = body.replace(b" \r\n", b"\r\n")
-    canonical: bytes = correct_empty_body(strip_trailing_lines(body))
+    canonical: bytes = correct_empty_body(strip_trailing_lines(_SPACE_RUN.sub(_relax, body)))
     return canonical
 
 
