@@ -37,7 +37,6 @@ CRLF = b"\r\n"
 MAX_DEPTH = 12
 MAX_PARTS = 200
 MAX_DOCUMENTS = 50
-_BARE_LF = re.compile(rb"(?<!\r)\n")
 # compat32 (gateway.header_block) reads content types and boundaries several times faster
 # than the header registry; policy.default is used only where its decoding matters, for
 # file names.
@@ -118,7 +117,8 @@ def seal(
     Raises SealError with a readable reason; nothing is half-sealed.
     """
     # SMTP delivers CRLF; only mail from elsewhere (a file, a test) needs rewriting.
-    message = raw if raw.count(b"\n") == raw.count(CRLF) else _BARE_LF.sub(CRLF, raw)
+    bare_lf = dkim_sign.BARE_LF
+    message = raw if bare_lf.search(raw) is None else bare_lf.sub(CRLF, raw)
     try:
         count = [0]
         root = _read_part(message, 0, len(message), depth=0, count=count)

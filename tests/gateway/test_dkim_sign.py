@@ -226,3 +226,13 @@ def test_the_shared_header_hash_is_dkimpy_s(
 )
 def test_the_relaxed_headers_are_dkimpy_s(fields: list[tuple[bytes, bytes]]) -> None:
     assert dkim_sign.relaxed_headers(fields) == Relaxed.canonicalize_headers(fields)
+
+
+@settings(max_examples=500, deadline=None)
+@given(pieces=st.lists(st.sampled_from([b"a", b"\r", b"\n", b"\r\n", b"\n\r"]), max_size=20))
+def test_a_bare_lf_is_found_where_the_counts_of_lf_and_crlf_differ(pieces: list[bytes]) -> None:
+    data = b"".join(pieces)
+    assert (dkim_sign.BARE_LF.search(data) is not None) == (
+        data.count(b"\n") != data.count(b"\r\n")
+    )
+    assert dkim_sign.BARE_LF.sub(b"\r\n", data) == re.sub(rb"(?<!\r)\n", b"\r\n", data)
