@@ -137,10 +137,14 @@ def too_long_by_splitting(data: bytes, limit: int) -> Rejection | None:
 
 @settings(max_examples=500, deadline=None)
 @given(
-    pieces=st.lists(st.sampled_from([b"\r", b"\n", b"\r\n", b"a", b"bc", b"x" * 7]), max_size=30),
-    limit=st.integers(min_value=0, max_value=12),
+    pieces=st.lists(
+        st.sampled_from([b"\r", b"\n", b"\r\n", b"a", b"bc", b"x" * 7, b"y" * 40]), max_size=30
+    ),
+    limit=st.integers(min_value=0, max_value=60),
 )
-def test_one_split_refuses_what_the_two_checks_refused(pieces: list[bytes], limit: int) -> None:
+def test_check_lines_refuses_what_the_two_old_checks_refused(
+    pieces: list[bytes], limit: int
+) -> None:
     data = b"".join(pieces)
     expected = bare_line_end_by_counting(data) or too_long_by_splitting(data, limit)
     assert policy.check_lines(data, limit) == expected
