@@ -19,11 +19,7 @@ from dataclasses import dataclass
 import dkim
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa, utils
-from dkim.canonicalization import (
-    CanonicalizationPolicy,
-    correct_empty_body,
-    strip_trailing_lines,
-)
+from dkim.canonicalization import correct_empty_body, strip_trailing_lines
 
 # Headers an attacker would add or change to make a sealed statement say something else.
 SIGNED_HEADERS = (
@@ -86,13 +82,20 @@ class SignatureHeaders:
 
 
 _FIELD = re.compile(rb"([\x21-\x7e]+?):")
+# An LF without a CR before it. The LF comes first in the pattern so the regex engine
+# skips from LF to LF at C speed: three times faster than comparing the counts of LF and
+# CRLF, where the lookbehind form "(?<!\r)\n" tried every position (30 times slower).
+BARE_LF = re.compile(rb"\n(?<!\r\n)")
 
 
-def parse(message: bytes) -> tuple[list[list[bytes]], bytes]:
+def parse(message: bytes, no_bare_lf: bool = False) -> tuple[list[list[bytes]], bytes]:
     """dkimpy's `rfc822_parse`, without splitting the body into lines: the same header
     list and the same body for a message whose lines all end in CRLF (what seal() signs),
-    and dkimpy's own reading of anything else."""
-    if message.count(b"\n") != message.count(b"\r\n"):
+    and dkimpy's own reading of anything else.
+
+    `no_bare_lf`: the caller knows every LF in `message` follows a CR (seal() made it so),
+    which spares a scan of the whole message to find it out."""
+    if not no_bare_lf and BARE_LF.search(message) is not None:
         parsed: tuple[list[list[bytes]], bytes] = dkim.rfc822_parse(message)
         return parsed
     if not message:
@@ -116,24 +119,24 @@ def parse(message: bytes) -> tuple[list[list[bytes]], bytes]:
     return headers, body
 
 
+# A run of spaces that relaxed canonicalisation changes: one before CRLF, or two or more.
+# Its literal first byte lets the regex engine skip to each space at C speed, where
+# dkimpy's "[\t ]+" tries every position, and bytes.find / rfind of "  " and " \r\n" were
+# slowed by the CR, LF and base64 letters sharing their skip table's bits.
+_SPACE_RUN = re.compile(rb" (?: *\r\n| +)")
+
+
+def _relax(run: re.Match[bytes]) -> bytes:
+    return b"\r\n" if run.group().endswith(b"\r\n") else b" "
+
+
 def relaxed_body(body: bytes) -> bytes:
-    """RFC 6376 3.4.4, exactly as dkimpy computes it, with bytes.replace instead of its two
+    """RFC 6376 3.4.4, exactly as dkimpy computes it, in one scan instead of its two
     regular expressions over the whole body (a tenth of a lane's time under load):
-    white-space runs become one space, and one before a line end goes."""
+    white-space runs before a line end go, other runs become one space."""
     if b"\t" in body:
         body = body.replace(b"\t", b" ")
-    first = body.find(b"  ")
-    if first >= 0:
-        # Every run of spaces lies between the first and the last double space: collapse
-        # only that stretch (a statement's runs are in its text, not its base64 PDF).
-        end = body.rfind(b"  ") + 2
-        runs = body[first:end]
-        while b"  " in runs:
-            runs = runs.replace(b"  ", b" ")
-        body = body[:first] + runs + body[end:]
-    if b" \r\n" in body:
-        body = body.replace(b" \r\n", b"\r\n")
-    canonical: bytes = correct_empty_body(strip_trailing_lines(body))
+    canonical: bytes = correct_empty_body(strip_trailing_lines(_SPACE_RUN.sub(_relax, body)))
     return canonical
 
 
@@ -149,16 +152,22 @@ def signature_headers(
 
 
 def sign(
-    message: bytes, domain: str, signers: Sequence[Signer], timestamp: int
+    message: bytes,
+    domain: str,
+    signers: Sequence[Signer],
+    timestamp: int,
+    no_bare_lf: bool = False,
 ) -> SignatureHeaders:
-    """As `signature_headers`, with the b= values and the body hash."""
-    headers, body = parse(message)
-    policy = CanonicalizationPolicy.from_c_value(CANONICALIZATION)
-    canonical_headers = policy.canonicalize_headers(headers)
+    """As `signature_headers`, with the b= values and the body hash. `no_bare_lf` as for
+    `parse`."""
+    headers, body = parse(message, no_bare_lf)
     include = oversigned(headers)
     body_hash = base64.b64encode(hashlib.sha256(relaxed_body(body)).digest())
+    # Every signature hashes the same selected message headers first (RFC 6376 3.7): they
+    # are selected, canonicalised and hashed once, and each signature goes on from a copy.
+    signed = hashlib.sha256(signed_header_bytes(headers, include))
     made = [
-        _signature_header(signer, domain, timestamp, include, body_hash, policy, canonical_headers)
+        _signature_header(signer, domain, timestamp, include, body_hash, signed.copy())
         for signer in signers
     ]
     return SignatureHeaders(
@@ -168,15 +177,55 @@ def sign(
     )
 
 
+def select_headers(
+    headers: Sequence[tuple[bytes, bytes]], include: Sequence[bytes]
+) -> list[tuple[bytes, bytes]]:
+    """dkimpy's `select_headers` (RFC 6376 5.4.2: each name in `include` takes the last
+    field of that name not yet taken, a name with none left takes nothing), with one pass
+    over the fields instead of one per name."""
+    unused: dict[bytes, list[tuple[bytes, bytes]]] = {}
+    for field in headers:
+        unused.setdefault(field[0].lower(), []).append(field)
+    selected = []
+    for name in include:
+        left = unused.get(name)
+        if left:
+            selected.append(left.pop())
+    return selected
+
+
+def relaxed_headers(headers: Sequence[Sequence[bytes]]) -> list[tuple[bytes, bytes]]:
+    """RFC 6376 3.4.2, exactly as dkimpy's `Relaxed.canonicalize_headers`, with
+    bytes.replace instead of its two regular expressions per field: names in lower case,
+    values unfolded, white-space runs made one space, leading and trailing ones gone."""
+    canonical = []
+    for name, value in headers:
+        # dkimpy removes each LF with the CR before it, if any: the CRLFs, then lone LFs.
+        value = value.replace(b"\r\n", b"").replace(b"\n", b"")
+        if b"\t" in value:
+            value = value.replace(b"\t", b" ")
+        while b"  " in value:
+            value = value.replace(b"  ", b" ")
+        canonical.append((name.lower().rstrip(), value.strip() + b"\r\n"))
+    return canonical
+
+
+def signed_header_bytes(headers: Sequence[Sequence[bytes]], include: Sequence[bytes]) -> bytes:
+    """What dkimpy's `hash_headers` feeds the hash before the DKIM-Signature field: the
+    `include`d fields, relaxed, each as name:value CRLF."""
+    selected = select_headers(relaxed_headers(headers), include)
+    return b"".join(name + b":" + value for name, value in selected)
+
+
 def _signature_header(
     signer: Signer,
     domain: str,
     timestamp: int,
     include: tuple[bytes, ...],
     body_hash: bytes,
-    policy: CanonicalizationPolicy,
-    canonical_headers: list[tuple[bytes, bytes]],
+    hasher: hashlib._Hash,
 ) -> tuple[bytes, bytes]:
+    """`hasher` has hashed the signed message headers already."""
     algorithm = b"rsa-sha256" if isinstance(signer.key, rsa.RSAPrivateKey) else b"ed25519-sha256"
     domain_bytes = domain.encode("ascii")
     # The tags and their order are dkimpy's; no l= (a body must not be extendable) and no
@@ -196,10 +245,9 @@ def _signature_header(
     # The value is folded once, with b= left empty, and those exact bytes are both signed
     # and sent: folding again after signing could move whitespace the hash covered.
     unsigned = _fold(b" ".join(b"%s=%s;" % tag for tag in tags) + b" b=", len(HEADER_NAME) + 2)
-    hasher = hashlib.sha256()
-    dkim.hash_headers(
-        hasher, policy, canonical_headers, include, (HEADER_NAME, b" " + unsigned), None
-    )
+    # As dkimpy's hash_headers ends: the signature field relaxed, b= emptied, no CRLF.
+    ((name, value),) = relaxed_headers([(HEADER_NAME, dkim.RE_BTAG.sub(b"\\1", b" " + unsigned))])
+    hasher.update(name + b":" + value.rstrip())
     digest = hasher.digest()
     if isinstance(signer.key, rsa.RSAPrivateKey):
         signature = signer.key.sign(digest, padding.PKCS1v15(), utils.Prehashed(hashes.SHA256()))

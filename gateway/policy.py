@@ -30,11 +30,10 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from email.headerregistry import Address
-from email.parser import BytesHeaderParser
 from email.policy import SMTP as SMTP_POLICY
-from email.policy import compat32 as COMPAT32
 from typing import Any
 
+from gateway import header_block
 from gateway.settings import ClientSettings
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -209,25 +208,35 @@ def check_recipient_count(count: int, limit: int) -> Rejection | None:
     return None
 
 
-def check_line_ends(data: bytes) -> Rejection | None:
-    # Three counts in C are far cheaper than a scan in Python; they agree only when every
-    # CR is followed by an LF and every LF is preceded by a CR.
-    pairs = data.count(b"\r\n")
-    if data.count(b"\r") != pairs or data.count(b"\n") != pairs:
+# A CR not followed by an LF, an LF not preceded by a CR. Each pattern starts with its
+# line-end byte, so the regex engine skips from one to the next at C speed.
+_BARE_CR = re.compile(rb"\r(?!\n)")
+_BARE_LF = re.compile(rb"\n(?<!\r\n)")
+
+
+def check_lines(data: bytes, limit: int) -> Rejection | None:
+    """Every line ends with CRLF and nothing else, and holds at most `limit` characters.
+
+    Nothing is split or counted (those cost 95 us on a 27 KB statement): two regex scans
+    find a bare line end, and a line longer than `limit` must hold one of the bytes at
+    limit, 2 * limit + 1, ... (every limit + 1 consecutive bytes hold one), so only the
+    lines under those bytes are measured, from the LF before to the CR after.
+    """
+    if _BARE_CR.search(data) is not None or _BARE_LF.search(data) is not None:
         return Rejection(
             550,
             "5.6.0",
             "Bare CR or LF in message data: every line must end with CRLF",
             "bare_line_end",
         )
-    return None
-
-
-def check_line_length(data: bytes, limit: int) -> Rejection | None:
-    if max(map(len, data.split(b"\r\n")), default=0) > limit:
-        return Rejection(
-            550, "5.6.0", f"Line too long: at most {limit} characters per line", "line_too_long"
-        )
+    for at in range(limit, len(data), limit + 1):
+        if data[at] in b"\r\n":
+            continue  # between two lines
+        end = data.find(b"\r", at)
+        if (len(data) if end < 0 else end) - data.rfind(b"\n", 0, at) - 1 > limit:
+            return Rejection(
+                550, "5.6.0", f"Line too long: at most {limit} characters per line", "line_too_long"
+            )
     return None
 
 
@@ -247,7 +256,7 @@ def _line_of(data: bytes, index: int) -> int:
 
 # RFC 5322 3.2.5/3.5: header text is VCHAR and WSP (obs-NO-WS-CTL is obsolete syntax that
 # must not be generated), and 8-bit header text is UTF-8 (RFC 6532 3.2). CR and LF are
-# left to check_line_ends; TAB is WSP. NUL is found by the whole-message scan first.
+# left to check_lines; TAB is WSP. NUL is found by the whole-message scan first.
 _HEADER_CONTROL = re.compile(rb"[\x01-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
@@ -362,11 +371,6 @@ def check_repeated_fields(data: bytes) -> Rejection | None:
 _FROM_FIELD = re.compile(rb"^from[ \t]*:", re.IGNORECASE | re.MULTILINE)
 
 
-# The header block is split under compat32: it gives the same raw fields as the SMTP
-# policy, without parsing every Content-Type through the header registry on close.
-_SPLITTER = BytesHeaderParser(policy=COMPAT32)
-
-
 @functools.lru_cache(maxsize=512)
 def _from_addresses(value: str) -> tuple[Address, ...]:
     """The addresses of one From field as the SMTP policy's header registry reads them, or
@@ -388,7 +392,9 @@ def header_from_domain(data: bytes) -> str | Rejection:
     """The domain of the one From header's address, or why the message has none."""
     end = data.find(b"\r\n\r\n")
     head = data if end < 0 else data[: end + 2]
-    headers = _SPLITTER.parsebytes(head)
+    # Split as compat32 splits it: the same raw fields as the SMTP policy, without parsing
+    # every Content-Type through the header registry.
+    headers = header_block.parse(head)
     values = [value for name, value in headers.raw_items() if name.lower() == "from"]
     # Counted in the bytes too: "From :" (obsolete syntax, space before the colon) is not
     # a From to Python or dkimpy, but some mail readers show it.

@@ -25,7 +25,7 @@ from email.parser import BytesHeaderParser
 
 import dkim
 
-from gateway import cms, dkim_sign
+from gateway import cms, dkim_sign, header_block
 from keys.signing import SigningMaterial
 from tlog.entry import Entry, dkim_seal_hash, p7s_seal_hash
 
@@ -37,10 +37,9 @@ CRLF = b"\r\n"
 MAX_DEPTH = 12
 MAX_PARTS = 200
 MAX_DOCUMENTS = 50
-_BARE_LF = re.compile(rb"(?<!\r)\n")
-# compat32 reads content types and boundaries several times faster than the header
-# registry; policy.default is used only where its decoding matters, for file names.
-_STRUCTURE_PARSER = BytesHeaderParser(policy=policy.compat32)
+# compat32 (gateway.header_block) reads content types and boundaries several times faster
+# than the header registry; policy.default is used only where its decoding matters, for
+# file names.
 _NAME_PARSER = BytesHeaderParser(policy=policy.default)
 # A file name that fits a quoted string as it is, on a header line of at most 78.
 _SEALED_ELSEWHERE = ("multipart/signed", "multipart/encrypted")
@@ -101,6 +100,8 @@ class _Part:
     body_start: int  # first byte of its body
     end: int  # one past its last byte; the CRLF before the next delimiter is not the part's
     headers: Message
+    content_type: str  # headers.get_content_type(), read once
+    encoding: str  # its Content-Transfer-Encoding, in lower case
     boundary: bytes | None  # set when the part is a multipart whose children were read
     children: tuple[_Part, ...]
 
@@ -116,7 +117,8 @@ def seal(
     Raises SealError with a readable reason; nothing is half-sealed.
     """
     # SMTP delivers CRLF; only mail from elsewhere (a file, a test) needs rewriting.
-    message = raw if raw.count(b"\n") == raw.count(CRLF) else _BARE_LF.sub(CRLF, raw)
+    bare_lf = dkim_sign.BARE_LF
+    message = raw if bare_lf.search(raw) is None else bare_lf.sub(CRLF, raw)
     try:
         count = [0]
         root = _read_part(message, 0, len(message), depth=0, count=count)
@@ -134,7 +136,8 @@ def seal(
             dkim_sign.Signer(material.rsa_selector, material.rsa_key),
             dkim_sign.Signer(material.ed25519_selector, material.ed25519_key),
         )
-        signed = dkim_sign.sign(message, material.domain, signers, timestamp)
+        # The message was normalised above, and every part spliced in ends its lines in CRLF.
+        signed = dkim_sign.sign(message, material.domain, signers, timestamp, no_bare_lf=True)
     except SealError:
         raise
     except (ValueError, LookupError, email.errors.MessageError, dkim.DKIMException) as error:
@@ -165,31 +168,41 @@ def _read_part(message: bytes, start: int, end: int, depth: int, count: list[int
     else:
         blank = message.find(CRLF + CRLF, start, end)
         header_end, body_start = (end, end) if blank < 0 else (blank + 2, blank + 4)
-    headers = _STRUCTURE_PARSER.parsebytes(message[start:header_end])
-    problem = _reads_two_ways(headers)
+    headers = header_block.parse(message[start:header_end])
+    content_type = headers.get_content_type()
+    encoding = str(headers.get("content-transfer-encoding", "7bit")).strip().lower()
+    problem = _reads_two_ways(headers, content_type, encoding)
     if problem:
         raise UnsealableMessage(f"a MIME part {problem}: mail programs would read it two ways")
-    boundary = headers.get_boundary() if headers.get_content_maintype() == "multipart" else None
+    multipart = content_type.startswith("multipart/")
+    boundary = headers.get_boundary() if multipart else None
+    block = message[start:header_end]
     if not boundary:
-        return _Part(message[start:header_end], body_start, end, headers, None, ())
+        return _Part(block, body_start, end, headers, content_type, encoding, None, ())
     encoded = boundary.encode("utf-8", "surrogateescape")
     children = tuple(
         _read_part(message, child_start, child_end, depth + 1, count)
         for child_start, child_end in _child_spans(message, body_start, end, encoded)
     )
-    return _Part(message[start:header_end], body_start, end, headers, encoded, children)
+    return _Part(block, body_start, end, headers, content_type, encoding, encoded, children)
 
 
 _MIME_FIELDS = ("content-type", "content-transfer-encoding", "content-disposition")
 
 
-def _reads_two_ways(headers: Message) -> str | None:
+def _reads_two_ways(headers: Message, content_type: str, encoding: str) -> str | None:
     """What makes a part read differently by different programs, as the verifier judges it
     (verifier/mime.py): such a statement would never verify as authentic, so it is not
-    sealed."""
+    sealed. `content_type` and `encoding` as _read_part read them from `headers`."""
+    # The values headers.get_all() gives for each name, in one pass over the fields.
+    seen: dict[str, set[str]] = {}
+    for name, value in headers.raw_items():
+        lowered = name.lower()
+        if lowered in _MIME_FIELDS:
+            fetched = headers.policy.header_fetch_parse(name, value)
+            seen.setdefault(lowered, set()).add(" ".join(str(fetched).split()).lower())
     for name in _MIME_FIELDS:
-        values = headers.get_all(name) or []
-        if len({" ".join(str(v).split()).lower() for v in values}) > 1:
+        if len(seen.get(name, ())) > 1:
             return f"gives {name} twice, differently"
     try:
         params = headers.get_params(header="content-type") or []
@@ -197,8 +210,7 @@ def _reads_two_ways(headers: Message) -> str | None:
         params = []
     if len({str(v) for k, v in params if str(k).strip().lower() == "boundary"}) > 1:
         return "gives two boundaries"
-    encoding = str(headers.get("content-transfer-encoding", "7bit")).strip().lower()
-    if headers.get_content_maintype() == "multipart" and encoding not in ("7bit", "8bit", "binary"):
+    if content_type.startswith("multipart/") and encoding not in ("7bit", "8bit", "binary"):
         return f"is a multipart with transfer encoding {encoding[:20]!r} (RFC 2045 6.4)"
     return None
 
@@ -258,7 +270,7 @@ def _documents(part: _Part, rules: DocumentRules) -> list[tuple[_Part, bytes]]:
     is under someone else's seal, which an added part would break.
     """
     found: list[tuple[_Part, bytes]] = []
-    if part.boundary is None or part.headers.get_content_type() in _SEALED_ELSEWHERE:
+    if part.boundary is None or part.content_type in _SEALED_ELSEWHERE:
         return found
     for child in part.children:
         if child.boundary is not None:
@@ -269,9 +281,9 @@ def _documents(part: _Part, rules: DocumentRules) -> list[tuple[_Part, bytes]]:
 
 
 def _is_document(part: _Part, rules: DocumentRules) -> bool:
-    if part.headers.get_content_maintype() in ("multipart", "message"):
+    if part.content_type.startswith(("multipart/", "message/")):
         return False
-    if rules.matches_type(part.headers.get_content_type()):
+    if rules.matches_type(part.content_type):
         return True
     return bool(rules.filename_globs) and rules.matches_name(_filename(part))
 
@@ -431,7 +443,7 @@ def _signature_part(
     if _PLAIN_NAME.fullmatch(name):
         # The common case, written directly: the email package's header machinery costs
         # more than the CMS signature itself.
-        encoded = base64.encodebytes(signature).replace(b"\n", CRLF).removesuffix(CRLF)
+        encoded = base64_lines(signature)
         quoted = f'"{name}.p7s"'.encode("ascii")
         return (
             b"Content-Type: application/pkcs7-signature;" + CRLF + b" name=" + quoted + CRLF
@@ -455,10 +467,17 @@ def _signature_part(
     return sibling.as_bytes().removesuffix(CRLF)
 
 
+def base64_lines(data: bytes) -> bytes:
+    """`data` in base64 lines of 76 characters (RFC 2045 6.8), joined by CRLF, no final
+    CRLF: what base64.encodebytes writes, with one encode call instead of one a line."""
+    encoded = binascii.b2a_base64(data, newline=False)
+    return CRLF.join([encoded[i : i + 76] for i in range(0, len(encoded), 76)])
+
+
 def _decoded_body(message: bytes, part: _Part, name: str) -> bytes:
     """The document's bytes as any MIME reader decodes them; that is what gets signed."""
     body = message[part.body_start : part.end]
-    encoding = str(part.headers.get("content-transfer-encoding", "7bit")).strip().lower()
+    encoding = part.encoding
     if encoding == "base64":
         try:
             # Strict, unlike the email package, which skips what it cannot read: a

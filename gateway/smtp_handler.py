@@ -931,8 +931,7 @@ class Handler:
         if client is None:  # MAIL checked this already; kept so no path skips it
             return self._refuse(server, policy.RELAY_DENIED, None, sender)
         found = (
-            policy.check_line_ends(raw)
-            or policy.check_line_length(raw, self._max_line_length)
+            policy.check_lines(raw, self._max_line_length)
             or policy.check_forbidden_bytes(raw)
             or policy.check_header_lines(raw)
             or policy.check_repeated_fields(raw)

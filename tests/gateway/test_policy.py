@@ -85,22 +85,69 @@ def test_recipient_count() -> None:
     [
         (b"a\r\nb\r\n", False),
         (b"", False),
+        (b"a\r\nno line end at the end", False),
         (b"a\nb\r\n", True),
         (b"a\r\nb\r", True),
         (b"a\rb\r\n", True),
         (b"a\r\n\nb\r\n", True),
         (b"a\r\r\nb\r\n", True),
+        (b"a\r\r\n\n", True),  # the CRLF cut out leaves CR LF: still two bare ends
     ],
 )
 def test_line_ends(data: bytes, bare: bool) -> None:
-    assert (policy.check_line_ends(data) is not None) is bare
+    found = policy.check_lines(data, 998)
+    assert (found is not None and found.reason == "bare_line_end") is bare
 
 
 def test_line_length() -> None:
-    assert policy.check_line_length(b"x" * 998 + b"\r\n", 998) is None
-    rejection = policy.check_line_length(b"ok\r\n" + b"x" * 999 + b"\r\n", 998)
-    assert rejection is not None
-    assert (rejection.code, rejection.status) == (550, "5.6.0")
+    assert policy.check_lines(b"x" * 998 + b"\r\n", 998) is None
+    assert policy.check_lines(b"ok\r\n" + b"x" * 998, 998) is None
+    for data in (b"ok\r\n" + b"x" * 999 + b"\r\n", b"ok\r\n" + b"x" * 999):
+        rejection = policy.check_lines(data, 998)
+        assert rejection is not None
+        assert (rejection.code, rejection.status, rejection.reason) == (
+            550,
+            "5.6.0",
+            "line_too_long",
+        )
+
+
+def bare_line_end_by_counting(data: bytes) -> Rejection | None:
+    """The line-end check as it was: three counts that agree only when every CR is
+    followed by an LF and every LF is preceded by a CR."""
+    pairs = data.count(b"\r\n")
+    if data.count(b"\r") != pairs or data.count(b"\n") != pairs:
+        return Rejection(
+            550,
+            "5.6.0",
+            "Bare CR or LF in message data: every line must end with CRLF",
+            "bare_line_end",
+        )
+    return None
+
+
+def too_long_by_splitting(data: bytes, limit: int) -> Rejection | None:
+    """The line-length check as it was, run after the line-end check."""
+    if max(map(len, data.split(b"\r\n")), default=0) > limit:
+        return Rejection(
+            550, "5.6.0", f"Line too long: at most {limit} characters per line", "line_too_long"
+        )
+    return None
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    pieces=st.lists(
+        st.sampled_from([b"\r", b"\n", b"\r\n", b"a", b"bc", b"x" * 7, b"y" * 40]), max_size=30
+    ),
+    limit=st.integers(min_value=0, max_value=60),
+)
+def test_check_lines_refuses_what_the_two_old_checks_refused(
+    pieces: list[bytes], limit: int
+) -> None:
+    data = b"".join(pieces)
+    expected = bare_line_end_by_counting(data) or too_long_by_splitting(data, limit)
+    assert policy.check_lines(data, limit) == expected
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ import email
 import hashlib
 import re
 from email import policy
-from email.message import EmailMessage
+from email.message import EmailMessage, Message
 from pathlib import Path
 
 import pytest
@@ -21,7 +21,16 @@ from asn1crypto import cms as asn1_cms
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from gateway.seal import DocumentRules, Sealed, SealError, UnsealableMessage, seal
+from gateway import header_block
+from gateway.seal import (
+    DocumentRules,
+    Sealed,
+    SealError,
+    UnsealableMessage,
+    _reads_two_ways,
+    base64_lines,
+    seal,
+)
 from keys.signing import SigningMaterial
 from tests.checks import (
     REFERENCE,
@@ -780,3 +789,57 @@ def test_the_delimiter_scan_finds_exactly_the_spans_of_the_rfc_2046_expression(
     assert _child_spans(message, start, end, boundary) == reference_child_spans(
         message, start, end, boundary
     )
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.binary(max_size=400))
+def test_base64_lines_are_what_encodebytes_writes(data: bytes) -> None:
+    expected = base64.encodebytes(data).replace(b"\n", b"\r\n").removesuffix(b"\r\n")
+    assert base64_lines(data) == expected
+
+
+def reads_two_ways_field_by_field(headers: Message) -> str | None:
+    """The check as it was, one get_all() and get_content_maintype() call at a time."""
+    for name in ("content-type", "content-transfer-encoding", "content-disposition"):
+        values = headers.get_all(name) or []
+        if len({" ".join(str(v).split()).lower() for v in values}) > 1:
+            return f"gives {name} twice, differently"
+    try:
+        params = headers.get_params(header="content-type") or []
+    except (ValueError, LookupError, TypeError, IndexError):
+        params = []
+    if len({str(v) for k, v in params if str(k).strip().lower() == "boundary"}) > 1:
+        return "gives two boundaries"
+    encoding = str(headers.get("content-transfer-encoding", "7bit")).strip().lower()
+    if headers.get_content_maintype() == "multipart" and encoding not in ("7bit", "8bit", "binary"):
+        return f"is a multipart with transfer encoding {encoding[:20]!r} (RFC 2045 6.4)"
+    return None
+
+
+MIME_FIELDS = st.sampled_from(
+    [
+        b"Content-Type: multipart/mixed; boundary=a\r\n",
+        b"content-type: Multipart/Mixed;  boundary=a\r\n",
+        b"Content-Type: multipart/mixed; boundary=a; boundary=b\r\n",
+        b"Content-Type: application/pdf\r\n",
+        b"Content-Type: text/plain; charset=\xc3\xa9\r\n",
+        b"Content-Transfer-Encoding: base64\r\n",
+        b"CONTENT-TRANSFER-ENCODING:  Base64 \r\n",
+        b"Content-Transfer-Encoding: quoted-printable\r\n",
+        b"Content-Disposition: attachment\r\n",
+        b"Content-Disposition: inline\r\n",
+        b"Subject: x\r\n",
+    ]
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(fields=st.lists(MIME_FIELDS, max_size=6))
+def test_the_two_ways_check_reads_each_field_once_and_judges_as_before(
+    fields: list[bytes],
+) -> None:
+    headers = header_block.parse(b"".join(fields))
+    content_type = headers.get_content_type()
+    encoding = str(headers.get("content-transfer-encoding", "7bit")).strip().lower()
+    found = _reads_two_ways(headers, content_type, encoding)
+    assert found == reads_two_ways_field_by_field(headers)
