@@ -552,3 +552,53 @@ def test_a_message_from_memory_equals_the_same_message_read_from_disk(
 
     held, from_disk = asyncio.run(both())
     assert held == from_disk
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    schedule=st.lists(
+        st.lists(
+            st.tuples(
+                st.sampled_from(["queued", "deferred", "delivered", "logging"]),
+                st.integers(min_value=0, max_value=6),  # next attempt, in steps from now
+            ),
+            min_size=1,
+            max_size=3,
+        ),
+        min_size=0,
+        max_size=8,
+    ),
+    limit=st.integers(min_value=1, max_value=5),
+    excluded=st.sets(st.integers(min_value=0, max_value=7), max_size=3),
+)
+def test_load_due_picks_what_due_and_next_due_pick(
+    tmp_path_factory: pytest.TempPathFactory,
+    schedule: list[list[tuple[str, int]]],
+    limit: int,
+    excluded: set[int],
+) -> None:
+    now = 1_000_000.0
+
+    async def both() -> None:
+        spool = Spool.open(tmp_path_factory.mktemp("spool"))
+        try:
+            ids = []
+            for n, recipients in enumerate(schedule):
+                queue_id = await spool.put(envelope(n, recipients=len(recipients), size=10))
+                updates = [
+                    Update(i, state, "", now + step - 3)  # type: ignore[arg-type]
+                    for i, (state, step) in enumerate(recipients)
+                ]
+                await spool.record(queue_id, updates)
+                ids.append(queue_id)
+            exclude = [ids[i] for i in excluded if i < len(ids)]
+            expected = await spool.due(now, limit, exclude=exclude)
+            batch = await spool.load_due(now, limit, exclude=exclude)
+            picked = [m.id for m in batch.messages] + batch.unread
+            assert picked == expected
+            assert batch.unread == []
+            assert batch.next_due == await spool.next_due(exclude=exclude + expected)
+        finally:
+            await spool.close()
+
+    asyncio.run(both())
