@@ -66,6 +66,9 @@ BUSY_TIMEOUT_MS: Final = 10_000
 # Freshly put messages kept for their first attempt, per spool (per lane): the few hundred
 # ms between the 250 and the statement log's release, at a lane's rate, with room to spare.
 HELD_BYTES: Final = 8 * 1024 * 1024
+# What a held message costs besides its bytes (its objects, its dict slot): counted, so
+# that many small messages cannot take far more than the bound.
+HELD_OVERHEAD: Final = 512
 
 # "logging": accepted, waiting for its statement-log entry to be in a published checkpoint
 # before anyone can receive it (so no recipient ever reads a statement the log lacks).
@@ -471,7 +474,10 @@ class Spool:
         of ``exclude``), with their data: from memory for a first attempt (see the module's
         docstring), else from disk, checked against its digest."""
         skip = set(exclude)
-        held = self._held.copy()  # the thread must not see this loop's changes midway
+        # Looked up from the spool's thread while this loop may add and drop entries: one
+        # dict.get is atomic, and either answer is right (a message is held only once
+        # committed, and its bytes never change), so no copy of a dict that can be large.
+        held = self._held
 
         def query(conn: sqlite3.Connection) -> DueBatch:
             ids, next_due = _due_ids(conn, now, limit, skip)
@@ -501,22 +507,23 @@ class Spool:
 
     @property
     def held_bytes(self) -> int:
-        """The bytes of messages kept in memory for their first attempt."""
+        """The memory the messages kept for their first attempt take, as counted against
+        the bound: their bytes plus ``HELD_OVERHEAD`` each."""
         return self._held_size
 
     def _hold(self, message: StoredMessage) -> None:
-        if message.size > self._held_limit:
+        if message.size + HELD_OVERHEAD > self._held_limit:
             return
         self._unhold(message.id)
         self._held[message.id] = message
-        self._held_size += message.size
+        self._held_size += message.size + HELD_OVERHEAD
         while self._held_size > self._held_limit:
             self._unhold(next(iter(self._held)))
 
     def _unhold(self, queue_id: str) -> None:
         message = self._held.pop(queue_id, None)
         if message is not None:
-            self._held_size -= message.size
+            self._held_size -= message.size + HELD_OVERHEAD
 
     async def messages(self) -> list[StoredMessage]:
         """Every queued message with its recipients, without the data, oldest first."""

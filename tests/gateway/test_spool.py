@@ -18,7 +18,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.mail_params import Body, MailParams
-from gateway.spool import DB_NAME, CorruptEntry, Envelope, Spool, SpoolError, Update
+from gateway.spool import (
+    DB_NAME,
+    HELD_OVERHEAD,
+    CorruptEntry,
+    Envelope,
+    Spool,
+    SpoolError,
+    Update,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -419,8 +427,8 @@ async def test_a_first_attempt_gets_the_committed_bytes_and_later_ones_read_the_
 
 
 async def test_the_memory_bound_holds_and_the_oldest_go_back_to_the_disk(tmp_path: Path) -> None:
-    size = len(envelope().data)
-    spool = Spool.open(tmp_path / "spool", held_bytes=3 * size)
+    size = len(envelope().data) + HELD_OVERHEAD
+    spool = Spool.open(tmp_path / "spool", held_bytes=3 * size + 100)
     try:
         ids = [await spool.put(envelope(n)) for n in range(5)]
         assert spool.held_bytes == 3 * size
