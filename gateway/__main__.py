@@ -192,7 +192,8 @@ class _NotifyingSpool:
         self._scheduler = scheduler
 
     async def put(self, envelope: Envelope) -> str:
-        queue_id = await self._spool.put(envelope)
+        # The handler writes the message's one event=queued line, with every field.
+        queue_id = await self._spool.put(envelope, log_queued=False)
         # A message waiting for its log entry is released by the log writer's process.
         if envelope.log_entry is None:
             self._scheduler.notify()

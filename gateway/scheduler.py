@@ -172,9 +172,8 @@ class Scheduler:
         while True:
             self._wake.clear()
             try:
-                await self._start_due()
+                wait = await self._start_due()
                 await self._prune()
-                wait = await self._until_next()
             except Exception as exc:
                 log.error("event=scheduler_error error=%r", exc)
                 wait = self._poll
@@ -185,17 +184,26 @@ class Scheduler:
                     async with asyncio.timeout(wait):
                         await self._wake.wait()
 
-    async def _start_due(self) -> None:
+    async def _start_due(self) -> float:
+        """Starts an attempt for each due message there is room for; returns how long
+        until the next look (an attempt that ends wakes the loop sooner)."""
         free = self._concurrency - len(self._in_flight)
         if free <= 0:
-            return
+            return self._poll
         now = self._clock()
         self._cooldown = {q: t for q, t in self._cooldown.items() if t > now}
-        ids = await self._spool.due(now, free, exclude=self._busy())
-        for queue_id in ids:
-            task = asyncio.get_running_loop().create_task(self._attempt(queue_id))
+        # One call reads the due messages whole, and when the next one is due.
+        batch = await self._spool.load_due(now, free, exclude=self._busy())
+        loop = asyncio.get_running_loop()
+        started = [(m.id, self._attempt(m.id, m)) for m in batch.messages]
+        started += [(queue_id, self._attempt(queue_id)) for queue_id in batch.unread]
+        for queue_id, attempt in started:
+            task = loop.create_task(attempt)
             self._in_flight[queue_id] = task
             task.add_done_callback(functools.partial(self._finished, queue_id))
+        if len(self._in_flight) >= self._concurrency or batch.next_due is None:
+            return self._poll
+        return min(self._poll, max(0.0, batch.next_due - self._clock()))
 
     def _busy(self) -> set[str]:
         return set(self._in_flight) | set(self._cooldown)
@@ -204,18 +212,12 @@ class Scheduler:
         self._in_flight.pop(queue_id, None)
         self._wake.set()
 
-    async def _until_next(self) -> float:
-        if len(self._in_flight) >= self._concurrency:
-            return self._poll  # a finishing attempt wakes us
-        nxt = await self._spool.next_due(exclude=self._busy())
-        if nxt is None:
-            return self._poll
-        return min(self._poll, max(0.0, nxt - self._clock()))
-
-    async def _attempt(self, queue_id: str) -> None:
-        message = None
+    async def _attempt(self, queue_id: str, message: StoredMessage | None = None) -> None:
+        """One attempt at ``queue_id``: ``message`` as ``Spool.load_due`` read it, or
+        None to load it here (which sets a corrupt entry aside)."""
         try:
-            message = await self._spool.load(queue_id)
+            if message is None:
+                message = await self._spool.load(queue_id)
             if message is not None:
                 await self.attempt(message)
         except CorruptEntry:

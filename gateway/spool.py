@@ -30,6 +30,13 @@ Choice: one SQLite database (``<spool dir>/spool.sqlite3``) in WAL mode with
 ``Spool.open(path)`` is a plain (synchronous) classmethod; every other method is a
 coroutine. All SQLite work runs on one dedicated thread, so the event loop never blocks
 on the disk.
+
+The delivery hot path (``load_due``): a message's bytes, once committed by ``put``, are
+also kept in memory (at most ``held_bytes`` of them, oldest dropped first) until its first
+attempt, so that attempt neither reads 28 KB back from SQLite nor hashes it again: the
+bytes are the very ones hashed and committed. Later attempts, a restart and anything
+dropped from memory read the disk, with the SHA-256 check. The scheduler's due query,
+its messages and the time of the next due one come in one call to the spool's thread.
 """
 
 from __future__ import annotations
@@ -43,7 +50,7 @@ import math
 import secrets
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal, TypeVar
@@ -56,6 +63,12 @@ T = TypeVar("T")
 
 DB_NAME: Final = "spool.sqlite3"
 BUSY_TIMEOUT_MS: Final = 10_000
+# Freshly put messages kept for their first attempt, per spool (per lane): the few hundred
+# ms between the 250 and the statement log's release, at a lane's rate, with room to spare.
+HELD_BYTES: Final = 8 * 1024 * 1024
+# What a held message costs besides its bytes (its objects, its dict slot): counted, so
+# that many small messages cannot take far more than the bound.
+HELD_OVERHEAD: Final = 512
 
 # "logging": accepted, waiting for its statement-log entry to be in a published checkpoint
 # before anyone can receive it (so no recipient ever reads a statement the log lacks).
@@ -164,6 +177,18 @@ class StoredMessage:
 
 
 @dataclass(frozen=True)
+class DueBatch:
+    """What the scheduler may start now, read in one call to the spool's thread."""
+
+    messages: list[StoredMessage]  # with their data, ready for an attempt
+    # Due, but not readable as part of the batch: each goes through ``load``, which sets
+    # it aside if it is corrupt (or finds it gone).
+    unread: list[str]
+    # When the earliest pending recipient of any other message not excluded is due.
+    next_due: float | None
+
+
+@dataclass(frozen=True)
 class Update:
     """A delivery attempt's result for one recipient (by its index in the envelope)."""
 
@@ -196,9 +221,18 @@ def new_queue_id() -> str:
 
 
 class Spool:
-    def __init__(self, path: Path, executor: concurrent.futures.ThreadPoolExecutor) -> None:
+    def __init__(
+        self,
+        path: Path,
+        executor: concurrent.futures.ThreadPoolExecutor,
+        held_bytes: int = HELD_BYTES,
+    ) -> None:
         self.path = path
         self._executor = executor
+        # Committed messages awaiting their first attempt, oldest first (dicts keep order).
+        self._held: dict[str, StoredMessage] = {}
+        self._held_size = 0
+        self._held_limit = held_bytes
         self._conn: sqlite3.Connection | None = None
         self._pending: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]] = []
         self._wake: asyncio.Event | None = None
@@ -206,11 +240,12 @@ class Spool:
         self._closed = False
 
     @classmethod
-    def open(cls, path: Path) -> Spool:
-        """Open (creating if needed) the spool in directory ``path``. Synchronous."""
+    def open(cls, path: Path, held_bytes: int = HELD_BYTES) -> Spool:
+        """Open (creating if needed) the spool in directory ``path``. Synchronous.
+        ``held_bytes`` bounds the messages kept in memory for their first attempt."""
         path.mkdir(parents=True, exist_ok=True)
         executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sealpost-spool")
-        spool = cls(path, executor)
+        spool = cls(path, executor, held_bytes)
         try:
             spool._conn = executor.submit(_connect_or_set_aside, path).result()
         except BaseException:
@@ -237,17 +272,21 @@ class Spool:
 
     # -- writing -----------------------------------------------------------------
 
-    async def put(self, envelope: Envelope) -> str:
-        """Store the message; returns its queue id once the commit is on stable storage."""
+    async def put(self, envelope: Envelope, *, log_queued: bool = True) -> str:
+        """Store the message; returns its queue id once the commit is on stable storage.
+        ``log_queued=False`` when the caller writes the message's ``event=queued`` line
+        itself (the SMTP handler's, with every field of this one and more)."""
         if not envelope.recipients:
             raise ValueError("an envelope needs at least one recipient")
         queue_id = new_queue_id()
-        digest = hashlib.sha256(envelope.data).hexdigest()
         at = envelope.received_at
 
         state = "queued" if envelope.log_entry is None else "logging"
 
         def insert(conn: sqlite3.Connection) -> None:
+            # Hashed here, on the spool's thread (hashlib lets go of the GIL for it), not
+            # on the event loop's, the lane's busiest.
+            digest = hashlib.sha256(envelope.data).hexdigest()
             conn.execute(
                 "INSERT INTO messages (id, sender, client, received_at, size, sha256, data,"
                 " smtputf8, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -269,10 +308,18 @@ class Spool:
             await self._write(insert)
         except sqlite3.Error as exc:
             raise SpoolError(f"message not stored: {exc}") from exc
-        log.info(
-            "event=queued id=%s client=%s sender=<%s> nrcpt=%d size=%d",
-            queue_id, envelope.client, envelope.sender, len(envelope.recipients), envelope.size,
+        self._hold(
+            StoredMessage(
+                queue_id, envelope.sender, envelope.client, at, envelope.size, (),
+                envelope.data, envelope.params,
+            )
         )  # fmt: skip
+        if log_queued:
+            log.info(
+                "event=queued id=%s client=%s sender=<%s> nrcpt=%d size=%d",
+                queue_id, envelope.client, envelope.sender, len(envelope.recipients),
+                envelope.size,
+            )  # fmt: skip
         return queue_id
 
     async def record(self, queue_id: str, updates: Sequence[Update]) -> bool:
@@ -290,7 +337,10 @@ class Spool:
             )
             return _remove_if_done(conn, queue_id)
 
-        return bool(await self._write(apply))
+        done = bool(await self._write(apply))
+        if done:
+            self._unhold(queue_id)
+        return done
 
     async def retry(self, queue_id: str, now: float | None = None) -> bool:
         """Make every pending recipient of one message due now. False if no such message."""
@@ -331,6 +381,7 @@ class Spool:
             return cursor.rowcount > 0
 
         deleted = bool(await self._write(apply))
+        self._unhold(queue_id)
         if deleted:
             log.info("event=deleted id=%s", queue_id)
         return deleted
@@ -413,9 +464,66 @@ class Spool:
             return await self._read(lambda conn: _load(conn, queue_id, with_data=True))
         except (_Unreadable, sqlite3.DatabaseError, ValueError, TypeError) as exc:
             reason = str(exc) or type(exc).__name__
+            self._unhold(queue_id)
             await self._write(lambda conn: _set_aside(conn, queue_id, reason))
             log.error("event=set_aside id=%s reason=%s", queue_id, reason)
             raise CorruptEntry(f"{queue_id}: {reason}") from exc
+
+    async def load_due(self, now: float, limit: int, exclude: Iterable[str] = ()) -> DueBatch:
+        """Up to ``limit`` messages with a recipient due at ``now`` (earliest first, none
+        of ``exclude``), with their data: from memory for a first attempt (see the module's
+        docstring), else from disk, checked against its digest."""
+        skip = set(exclude)
+        # Looked up from the spool's thread while this loop may add and drop entries: one
+        # dict.get is atomic, and either answer is right (a message is held only once
+        # committed, and its bytes never change), so no copy of a dict that can be large.
+        held = self._held
+
+        def query(conn: sqlite3.Connection) -> DueBatch:
+            ids, next_due = _due_ids(conn, now, limit, skip)
+            messages: list[StoredMessage] = []
+            unread: list[str] = []
+            for queue_id in ids:
+                kept = held.get(queue_id)
+                try:
+                    if kept is None:
+                        found = _load(conn, queue_id, with_data=True)
+                    else:
+                        found = _with_recipients(conn, kept)
+                except (_Unreadable, sqlite3.DatabaseError, ValueError, TypeError):
+                    found = None
+                if found is None:
+                    unread.append(queue_id)
+                else:
+                    messages.append(found)
+            return DueBatch(messages, unread, next_due)
+
+        batch = await self._read(query)
+        for message in batch.messages:
+            self._unhold(message.id)  # a later attempt reads the disk
+        for queue_id in batch.unread:
+            self._unhold(queue_id)
+        return batch
+
+    @property
+    def held_bytes(self) -> int:
+        """The memory the messages kept for their first attempt take, as counted against
+        the bound: their bytes plus ``HELD_OVERHEAD`` each."""
+        return self._held_size
+
+    def _hold(self, message: StoredMessage) -> None:
+        if message.size + HELD_OVERHEAD > self._held_limit:
+            return
+        self._unhold(message.id)
+        self._held[message.id] = message
+        self._held_size += message.size + HELD_OVERHEAD
+        while self._held_size > self._held_limit:
+            self._unhold(next(iter(self._held)))
+
+    def _unhold(self, queue_id: str) -> None:
+        message = self._held.pop(queue_id, None)
+        if message is not None:
+            self._held_size -= message.size + HELD_OVERHEAD
 
     async def messages(self) -> list[StoredMessage]:
         """Every queued message with its recipients, without the data, oldest first."""
@@ -622,14 +730,7 @@ def _load(
     data = bytes(row[7]) if with_data else b""
     if with_data and check and hashlib.sha256(data).hexdigest() != digest:
         raise _Unreadable("data does not match its SHA-256")
-    recipients = tuple(
-        Recipient(int(i), str(a), _state(s), int(n), float(t), str(r))
-        for i, a, s, n, t, r in conn.execute(
-            "SELECT idx, address, state, attempts, next_attempt, last_reply FROM recipients"
-            " WHERE message_id = ? ORDER BY idx",
-            (queue_id,),
-        )
-    )
+    recipients = _recipients(conn, queue_id)
     if not recipients:
         raise _Unreadable("no recipients")
     params = MailParams(bool(smtputf8), body_of(body))
@@ -639,7 +740,48 @@ def _load(
     )  # fmt: skip
 
 
-def _pending_in_order(conn: sqlite3.Connection, until: float | None) -> Iterator[tuple[str, float]]:
+def _with_recipients(conn: sqlite3.Connection, kept: StoredMessage) -> StoredMessage | None:
+    """A message kept in memory, with its recipients as stored now; None when it has none
+    (gone, or not readable: ``load`` tells which)."""
+    recipients = _recipients(conn, kept.id)
+    if not recipients:
+        return None
+    return StoredMessage(
+        kept.id, kept.sender, kept.client, kept.received_at, kept.size, recipients, kept.data,
+        kept.params,
+    )  # fmt: skip
+
+
+def _recipients(conn: sqlite3.Connection, queue_id: str) -> tuple[Recipient, ...]:
+    return tuple(
+        Recipient(int(i), str(a), _state(s), int(n), float(t), str(r))
+        for i, a, s, n, t, r in conn.execute(
+            "SELECT idx, address, state, attempts, next_attempt, last_reply FROM recipients"
+            " WHERE message_id = ? ORDER BY idx",
+            (queue_id,),
+        )
+    )
+
+
+def _due_ids(
+    conn: sqlite3.Connection, now: float, limit: int, skip: set[str]
+) -> tuple[list[str], float | None]:
+    """Up to ``limit`` ids of messages due at ``now`` not in ``skip``, earliest first, and
+    when the first pending recipient of any other message not in ``skip`` is due."""
+    found: dict[str, None] = {}
+    with contextlib.closing(_pending_in_order(conn, None)) as pending:
+        for queue_id, at in pending:
+            if queue_id in skip or queue_id in found:
+                continue
+            if at > now or len(found) >= limit:
+                return list(found), at
+            found[queue_id] = None
+    return list(found), None
+
+
+def _pending_in_order(
+    conn: sqlite3.Connection, until: float | None
+) -> Generator[tuple[str, float], None, None]:
     """Pending recipients' (message id, next attempt), earliest first, read lazily off the
     partial index: callers stop early, so a deep queue costs no more than a shallow one."""
     cursor = conn.execute(

@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives import serialization
 from gateway.delivery import Delivery, Outcome, Smarthost
 from gateway.mail_params import MailParams
 from gateway.scheduler import RetryPolicy, Scheduler
-from gateway.spool import DB_NAME, Envelope, Spool
+from gateway.spool import DB_NAME, HELD_OVERHEAD, Envelope, Spool
 from keys.signing import SigningMaterial
 from tests.gateway.conftest import Peer, Received
 from tests.gateway.test_dsn import parse, status_blocks
@@ -159,6 +159,36 @@ async def test_451_for_a_while_then_250_everything_arrives(
     assert peer.transactions == 5
     assert dsns(peer) == []
     assert len(ids) == 2
+
+
+async def test_a_first_attempt_that_defers_is_delivered_later_from_disk_with_the_same_bytes(
+    spool: Spool, peer: Peer, seal: DkimSeal
+) -> None:
+    peer.fail_next(1, "451 4.3.0 Try again later")
+    async with running(spool, peer, seal) as scheduler:
+        queue_id = await queue(spool, scheduler, ["a@x.example"])
+        assert spool.held_bytes == len(message()) + HELD_OVERHEAD  # kept for its first try
+        await until(lambda: _attempted(spool, queue_id))
+        assert spool.held_bytes == 0  # so the retry reads the disk
+        await peer.wait_for(1)
+        await until(lambda: _depth_is(spool, 0))
+    assert peer.transactions == 2
+    assert [(m.recipients, m.data) for m in peer.messages] == [(["a@x.example"], message())]
+
+
+async def test_a_restart_delivers_from_disk_what_the_last_run_accepted(
+    spool: Spool, peer: Peer, seal: DkimSeal
+) -> None:
+    before = Spool.open(spool.path)
+    try:
+        await queue(before, None, ["a@x.example"])
+    finally:
+        await before.close()
+    assert spool.held_bytes == 0
+    async with running(spool, peer, seal):
+        await peer.wait_for(1)
+        await until(lambda: _depth_is(spool, 0))
+    assert peer.messages[0].data == message()
 
 
 async def test_deferral_is_recorded_with_attempts_reply_and_backoff(
@@ -337,8 +367,14 @@ async def test_changes_from_another_process_are_seen_at_the_next_poll(
 async def test_corrupt_entry_is_set_aside_and_the_rest_delivered(
     spool: Spool, peer: Peer, seal: DkimSeal
 ) -> None:
-    bad = await queue(spool, None, ["bad@x.example"])
-    await queue(spool, None, ["good@x.example"])
+    # Queued before a restart: what this process delivers comes from the disk (a message
+    # it put itself goes out from the bytes it committed, see the next test).
+    before = Spool.open(spool.path)
+    try:
+        bad = await queue(before, None, ["bad@x.example"])
+        await queue(before, None, ["good@x.example"])
+    finally:
+        await before.close()
     conn = sqlite3.connect(spool.path / DB_NAME)
     try:
         conn.execute("UPDATE messages SET data = ? WHERE id = ?", (b"damaged", bad))

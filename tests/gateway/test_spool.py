@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import sqlite3
@@ -13,9 +14,19 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from gateway.mail_params import MailParams
-from gateway.spool import DB_NAME, CorruptEntry, Envelope, Spool, SpoolError, Update
+from gateway.mail_params import Body, MailParams
+from gateway.spool import (
+    DB_NAME,
+    HELD_OVERHEAD,
+    CorruptEntry,
+    Envelope,
+    Spool,
+    SpoolError,
+    Update,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -380,3 +391,222 @@ async def test_log_entries_survive_reopen_with_their_messages(tmp_path: Path) ->
         assert [e.message_id for e in await reopened.log_entries(10)] == [queue_id]
     finally:
         await reopened.close()
+
+
+# ---------------------------------------------------------------------------- the hot path
+
+
+def _damage(spool: Spool, queue_id: str) -> None:
+    """Overwrites a message's data on disk, behind the spool's back."""
+    conn = sqlite3.connect(spool.path / DB_NAME)
+    try:
+        conn.execute("UPDATE messages SET data = ? WHERE id = ?", (b"damaged", queue_id))
+        conn.commit()
+    finally:
+        conn.close()
+
+
+async def test_a_first_attempt_gets_the_committed_bytes_and_later_ones_read_the_disk(
+    spool: Spool,
+) -> None:
+    sent = envelope(recipients=2)
+    queue_id = await spool.put(sent)
+    # Damage on disk is the witness of where the bytes come from.
+    _damage(spool, queue_id)
+    now = time.time() + 1
+    first = await spool.load_due(now, 10)
+    assert [m.id for m in first.messages] == [queue_id]
+    assert first.messages[0].data == sent.data
+    assert [r.address for r in first.messages[0].recipients] == sent.recipients
+    assert spool.held_bytes == 0  # taken by the first attempt
+    await spool.record(queue_id, [Update(0, "deferred", "451 later", now)])
+    second = await spool.load_due(now, 10)
+    assert (second.messages, second.unread) == ([], [queue_id])
+    with pytest.raises(CorruptEntry):
+        await spool.load(queue_id)  # what the scheduler does with an unread one
+
+
+async def test_the_memory_bound_holds_and_the_oldest_go_back_to_the_disk(tmp_path: Path) -> None:
+    size = len(envelope().data) + HELD_OVERHEAD
+    spool = Spool.open(tmp_path / "spool", held_bytes=3 * size + 100)
+    try:
+        ids = [await spool.put(envelope(n)) for n in range(5)]
+        assert spool.held_bytes == 3 * size
+        for queue_id in ids:
+            _damage(spool, queue_id)
+        batch = await spool.load_due(time.time() + 1, 10)
+        assert [m.id for m in batch.messages] == ids[2:]  # the three newest, from memory
+        assert [m.data for m in batch.messages] == [envelope(n).data for n in range(2, 5)]
+        assert batch.unread == ids[:2]  # dropped from memory, read from disk: damaged
+        assert spool.held_bytes == 0
+    finally:
+        await spool.close()
+
+
+async def test_a_message_larger_than_the_bound_is_not_held(tmp_path: Path) -> None:
+    spool = Spool.open(tmp_path / "spool", held_bytes=500)
+    try:
+        queue_id = await spool.put(envelope(size=1000))
+        assert spool.held_bytes == 0
+        batch = await spool.load_due(time.time() + 1, 10)
+        assert [m.id for m in batch.messages] == [queue_id]  # read from disk, checked
+    finally:
+        await spool.close()
+
+
+async def test_after_a_restart_the_first_attempt_reads_the_disk(tmp_path: Path) -> None:
+    before = Spool.open(tmp_path / "spool")
+    sent = envelope()
+    queue_id = await before.put(sent)
+    await before.close()
+    spool = Spool.open(tmp_path / "spool")
+    try:
+        assert spool.held_bytes == 0
+        (loaded,) = (await spool.load_due(time.time() + 1, 10)).messages
+        assert loaded == await spool.load(queue_id)
+        assert loaded.data == sent.data
+    finally:
+        await spool.close()
+
+
+async def test_a_message_done_or_deleted_is_dropped_from_memory(spool: Spool) -> None:
+    done = await spool.put(envelope(1, recipients=1))
+    deleted = await spool.put(envelope(2, recipients=1))
+    assert await spool.record(done, [Update(0, "delivered", "250 ok", time.time())])
+    assert await spool.delete(deleted)
+    assert spool.held_bytes == 0
+
+
+async def test_load_due_takes_the_due_earliest_first_and_says_when_the_next_is_due(
+    spool: Spool,
+) -> None:
+    now = time.time()
+    ids = [await spool.put(envelope(n)) for n in range(4)]
+    later = now + 600
+    await spool.record(
+        ids[3], [Update(0, "deferred", "451", later), Update(1, "deferred", "451", later)]
+    )
+    batch = await spool.load_due(now + 1, 2, exclude=[ids[0]])
+    assert [m.id for m in batch.messages] == ids[1:3]
+    assert batch.next_due == pytest.approx(later)
+    batch = await spool.load_due(now + 1, 1)
+    assert [m.id for m in batch.messages] == [ids[0]]
+    assert batch.next_due is not None
+    assert batch.next_due <= now + 1  # more were due than the limit let in
+    assert (await spool.load_due(now + 1, 2, exclude=ids)).next_due is None
+
+
+async def test_a_held_message_waiting_for_its_log_entry_is_not_due(spool: Spool) -> None:
+    queue_id = await spool.put(
+        Envelope("s@caisses.example", ["a@x.example"], b"x\r\n", log_entry=b"entry")
+    )
+    assert (await spool.load_due(time.time() + 1, 10)).messages == []
+    assert await spool.log_published(1, 1) == 1
+    (released,) = (await spool.load_due(time.time() + 1, 10)).messages
+    assert (released.id, released.data, released.recipients[0].state) == (
+        queue_id,
+        b"x\r\n",
+        "queued",
+    )
+
+
+async def test_put_logs_queued_unless_its_caller_does(
+    spool: Spool, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="sealpost.spool")
+    logged = await spool.put(envelope(1))
+    quiet = await spool.put(envelope(2), log_queued=False)
+    lines = [r.getMessage() for r in caplog.records]
+    assert [line.split()[0] for line in lines if f"id={logged}" in line] == ["event=queued"]
+    assert not [line for line in lines if quiet in line]
+
+
+addresses = st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=30)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    sender=addresses,
+    recipients=st.lists(addresses, min_size=1, max_size=4),
+    data=st.binary(max_size=5000),
+    client=addresses,
+    received_at=st.floats(min_value=0, max_value=4e9),
+    smtputf8=st.booleans(),
+    body=st.sampled_from(["", "7BIT", "8BITMIME"]),
+)
+def test_a_message_from_memory_equals_the_same_message_read_from_disk(
+    tmp_path_factory: pytest.TempPathFactory,
+    sender: str,
+    recipients: list[str],
+    data: bytes,
+    client: str,
+    received_at: float,
+    smtputf8: bool,
+    body: Body,
+) -> None:
+    sent = Envelope(
+        sender, recipients, data, client, received_at, params=MailParams(smtputf8, body)
+    )
+
+    async def both() -> tuple[object, object]:
+        spool = Spool.open(tmp_path_factory.mktemp("spool"))
+        try:
+            queue_id = await spool.put(sent)
+            (held,) = (await spool.load_due(4e9 + 1, 10)).messages
+            assert spool.held_bytes == 0  # so it did come from memory
+            return held, await spool.load(queue_id)
+        finally:
+            await spool.close()
+
+    held, from_disk = asyncio.run(both())
+    assert held == from_disk
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    schedule=st.lists(
+        st.lists(
+            st.tuples(
+                st.sampled_from(["queued", "deferred", "delivered", "logging"]),
+                st.integers(min_value=0, max_value=6),  # next attempt, in steps from now
+            ),
+            min_size=1,
+            max_size=3,
+        ),
+        min_size=0,
+        max_size=8,
+    ),
+    limit=st.integers(min_value=1, max_value=5),
+    excluded=st.sets(st.integers(min_value=0, max_value=7), max_size=3),
+)
+def test_load_due_picks_what_due_and_next_due_pick(
+    tmp_path_factory: pytest.TempPathFactory,
+    schedule: list[list[tuple[str, int]]],
+    limit: int,
+    excluded: set[int],
+) -> None:
+    now = 1_000_000.0
+
+    async def both() -> None:
+        spool = Spool.open(tmp_path_factory.mktemp("spool"))
+        try:
+            ids = []
+            for n, recipients in enumerate(schedule):
+                queue_id = await spool.put(envelope(n, recipients=len(recipients), size=10))
+                updates = [
+                    Update(i, state, "", now + step - 3)  # type: ignore[arg-type]
+                    for i, (state, step) in enumerate(recipients)
+                ]
+                await spool.record(queue_id, updates)
+                ids.append(queue_id)
+            exclude = [ids[i] for i in excluded if i < len(ids)]
+            expected = await spool.due(now, limit, exclude=exclude)
+            batch = await spool.load_due(now, limit, exclude=exclude)
+            picked = [m.id for m in batch.messages] + batch.unread
+            assert picked == expected
+            assert batch.unread == []
+            assert batch.next_due == await spool.next_due(exclude=exclude + expected)
+        finally:
+            await spool.close()
+
+    asyncio.run(both())
