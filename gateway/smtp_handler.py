@@ -26,11 +26,11 @@ import re
 import ssl
 import time
 import weakref
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from email._header_value_parser import AddrSpec, AngleAddr, get_addr_spec, get_angle_addr
 from email.errors import HeaderParseError
-from typing import Any, AnyStr, Protocol
+from typing import Any, AnyStr, Protocol, TypeVar, cast
 
 from aiosmtpd.smtp import SMTP, Envelope, Session, TLSSetupException, syntax
 
@@ -217,6 +217,31 @@ def _with_status(reply: str) -> str:
     return f"{reply[:4]}{status} {reply[4:]}"
 
 
+# aiosmtpd's own fixed replies carry no enhanced status code; ours do. (Its 552 for a SIZE
+# over the limit is answered with the connection's own `_too_big`.)
+_AIOSMTPD_SIZE_REPLY = "552 Error: message size exceeds fixed maximum message size"
+_REPLIES = {
+    "500 Command line too long": "500 5.5.6 Command line too long",
+    "530 Must issue a STARTTLS command first": "530 5.7.0 Must issue a STARTTLS command first",
+    "503 Error: need MAIL command": "503 5.5.1 Error: need MAIL command",
+    "503 Error: need RCPT command": "503 5.5.1 Error: need RCPT command",
+    "503 Error: nested MAIL command": "503 5.5.1 Error: nested MAIL command",
+    "503 Error: send HELO first": "503 5.5.1 Error: send HELO first",
+    "503 Error: send EHLO first": "503 5.5.1 Error: send EHLO first",
+    "503 Already authenticated": "503 5.5.1 Already authenticated",
+    "220 Ready to start TLS": "220 2.0.0 Ready to start TLS",
+    "454 TLS not available": "454 4.7.0 TLS not available",
+    "501 Syntax: STARTTLS": "501 5.5.4 Syntax: STARTTLS",
+    "501 Not enough value": "501 5.5.4 Syntax: AUTH mechanism [initial-response]",
+    "501 Too many values": "501 5.5.4 Syntax: AUTH mechanism [initial-response]",
+    "250 OK": "250 2.0.0 OK",
+    "252 Cannot VRFY user, but will accept message and attempt delivery": (
+        "252 2.5.2 Cannot VRFY user, but will accept message and attempt delivery"
+    ),
+    "221 Bye": "221 2.0.0 Bye",
+}
+
+
 def _utf8(line: bytes) -> bool:
     if line.isascii():  # nearly every command, and no decode needed
         return True
@@ -291,6 +316,31 @@ class Sessions:
 # ---------------------------------------------------------------------------- protocol
 
 
+_Command = TypeVar("_Command", bound=Callable[[Any, str], Coroutine[Any, Any, None]])
+
+
+def _junk_counted(name: str, method: _Command) -> _Command:
+    """`method` (a GatewaySMTP command) counted against the junk-command budget: past
+    the limit, 421 and the connection closed. Wrapped once, on the class, rather than
+    per connection."""
+    only_refused = name in JUNK_WHEN_REFUSED
+    too_many = f"421 4.7.0 Too many {name} commands, closing connection"
+
+    # functools.wraps keeps aiosmtpd's syntax attributes, which HELP lists.
+    @functools.wraps(method)
+    async def counted(self: GatewaySMTP, arg: str) -> None:
+        if self._junk >= self._limits.max_junk_commands:
+            log.info("event=junk_limit client_ip=%s command=%s", self.client_ip, name)
+            self.close_with(too_many)
+            # Ends the command loop now: commands pipelined behind it are not served.
+            raise asyncio.CancelledError
+        await method(self, arg)
+        if not only_refused or self._refused:
+            self._junk += 1
+
+    return cast(_Command, counted)
+
+
 class GatewaySMTP(SMTP):
     def __init__(
         self,
@@ -345,56 +395,10 @@ class GatewaySMTP(SMTP):
         self.authenticated_client: str | None = None
         self._too_big = f"552 5.3.4 Message too big: at most {limits.max_message_size} bytes"
         # aiosmtpd's own command_call_limit is not used: its counts never start again, so
-        # it would also cut a batch connection after so many messages.
+        # it would also cut a batch connection after so many messages. The commands that
+        # count are wrapped once, on the class (`_junk_counted`).
         self._junk = 0
         self._refused = False  # the last reply was 4xx or 5xx
-        for name in (*JUNK_COMMANDS, *JUNK_WHEN_REFUSED):
-            method = self._smtp_methods.get(name)
-            if method is not None:
-                self._smtp_methods[name] = self._counted(name, method)
-        # aiosmtpd's own fixed replies carry no enhanced status code; ours do.
-        self._replies = {
-            "552 Error: message size exceeds fixed maximum message size": self._too_big,
-            "500 Command line too long": "500 5.5.6 Command line too long",
-            "530 Must issue a STARTTLS command first": (
-                "530 5.7.0 Must issue a STARTTLS command first"
-            ),
-            "503 Error: need MAIL command": "503 5.5.1 Error: need MAIL command",
-            "503 Error: need RCPT command": "503 5.5.1 Error: need RCPT command",
-            "503 Error: nested MAIL command": "503 5.5.1 Error: nested MAIL command",
-            "503 Error: send HELO first": "503 5.5.1 Error: send HELO first",
-            "503 Error: send EHLO first": "503 5.5.1 Error: send EHLO first",
-            "503 Already authenticated": "503 5.5.1 Already authenticated",
-            "220 Ready to start TLS": "220 2.0.0 Ready to start TLS",
-            "454 TLS not available": "454 4.7.0 TLS not available",
-            "501 Syntax: STARTTLS": "501 5.5.4 Syntax: STARTTLS",
-            "501 Not enough value": "501 5.5.4 Syntax: AUTH mechanism [initial-response]",
-            "501 Too many values": "501 5.5.4 Syntax: AUTH mechanism [initial-response]",
-            "250 OK": "250 2.0.0 OK",
-            "252 Cannot VRFY user, but will accept message and attempt delivery": (
-                "252 2.5.2 Cannot VRFY user, but will accept message and attempt delivery"
-            ),
-            "221 Bye": "221 2.0.0 Bye",
-        }
-
-    def _counted(
-        self, name: str, method: Callable[[str], Awaitable[None]]
-    ) -> Callable[[str], Awaitable[None]]:
-        # functools.wraps keeps aiosmtpd's syntax attributes, which HELP lists.
-        only_refused = name in JUNK_WHEN_REFUSED
-
-        @functools.wraps(method)
-        async def counted(arg: str) -> None:
-            if self._junk >= self._limits.max_junk_commands:
-                log.info("event=junk_limit client_ip=%s command=%s", self.client_ip, name)
-                self.close_with(f"421 4.7.0 Too many {name} commands, closing connection")
-                # Ends the command loop now: commands pipelined behind it are not served.
-                raise asyncio.CancelledError
-            await method(arg)
-            if not only_refused or self._refused:
-                self._junk += 1
-
-        return counted
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         """aiosmtpd 1.4.6's answer for MAIL, RCPT and VRFY, without the typing.Protocol
@@ -539,7 +543,7 @@ class GatewaySMTP(SMTP):
         return result
 
     @syntax("STARTTLS", when="tls_context")
-    async def smtp_STARTTLS(self, arg: str) -> None:
+    async def _starttls(self, arg: str) -> None:
         # aiosmtpd would start a handshake inside the TLS session (answering 220), which
         # the standard library cannot unwind: every such connection ended in tracebacks.
         # RFC 3207 section 4.2: STARTTLS is not to be issued again once TLS is on; on the
@@ -548,6 +552,18 @@ class GatewaySMTP(SMTP):
             await self.push(_TLS_ACTIVE_REPLY)
             return
         await super().smtp_STARTTLS(arg)
+
+    # Commands that move no mail, counted (JUNK_COMMANDS, JUNK_WHEN_REFUSED).
+    smtp_STARTTLS = _junk_counted("STARTTLS", _starttls)
+    smtp_NOOP = _junk_counted("NOOP", SMTP.smtp_NOOP)
+    smtp_RSET = _junk_counted("RSET", SMTP.smtp_RSET)
+    smtp_VRFY = _junk_counted("VRFY", SMTP.smtp_VRFY)
+    smtp_EXPN = _junk_counted("EXPN", SMTP.smtp_EXPN)
+    smtp_HELP = _junk_counted("HELP", SMTP.smtp_HELP)
+    smtp_EHLO = _junk_counted("EHLO", SMTP.smtp_EHLO)
+    smtp_HELO = _junk_counted("HELO", SMTP.smtp_HELO)
+    smtp_MAIL = _junk_counted("MAIL", SMTP.smtp_MAIL)
+    smtp_RCPT = _junk_counted("RCPT", SMTP.smtp_RCPT)
 
     @syntax("AUTH <mechanism>")
     async def smtp_AUTH(self, arg: str) -> None:
@@ -564,7 +580,9 @@ class GatewaySMTP(SMTP):
     async def push(self, status: AnyStr) -> None:
         self._refused = status[:1] in ("4", "5", b"4", b"5")
         if isinstance(status, str):
-            await super().push(_with_status(self._replies.get(status, status)))
+            if status == _AIOSMTPD_SIZE_REPLY:
+                status = self._too_big
+            await super().push(_with_status(_REPLIES.get(status, status)))
         else:
             await super().push(status)
 
