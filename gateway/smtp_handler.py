@@ -383,6 +383,10 @@ class GatewaySMTP(SMTP):
         )
         self._sessions = sessions
         self._limits = limits
+        # The idle timeout's deadline (loop time), and whether a timer is set for it or
+        # sooner: see _reset_timeout.
+        self._deadline = 0.0
+        self._timer_set = False
         self._admitted = False
         self._ip: str | None = None
         self._proxied_ip: str | None = None
@@ -503,6 +507,35 @@ class GatewaySMTP(SMTP):
         if isinstance(transport, asyncio.WriteTransport) and not transport.is_closing():
             transport.write(reply.encode("ascii") + b"\r\n")
             transport.close()
+
+    def _reset_timeout(self, duration: float | None = None) -> None:
+        """aiosmtpd's (the timeout starts again from now), without cancelling a timer and
+        scheduling a new one on every command: the deadline moves, and the timer, when it
+        comes due before it, sets itself for the deadline (`_timer_due`). A timer is
+        scheduled anew only when the deadline comes sooner than the one set."""
+        loop = self.loop
+        deadline = loop.time() + (duration or self._timeout_duration)
+        self._deadline = deadline
+        handle = self._timeout_handle
+        if (
+            handle is None
+            or not self._timer_set
+            or handle.cancelled()  # by connection_lost: as aiosmtpd, a new one
+            or handle.when() > deadline
+        ):
+            if handle is not None:
+                handle.cancel()
+            self._timeout_handle = loop.call_at(deadline, self._timer_due, deadline)
+            self._timer_set = True
+
+    def _timer_due(self, when: float) -> None:
+        if self._deadline > when:  # a command came since: not idle for long enough yet
+            self._timeout_handle = self.loop.call_at(
+                self._deadline, self._timer_due, self._deadline
+            )
+            return
+        self._timer_set = False
+        self._timeout_cb()
 
     def _timeout_cb(self) -> None:
         timeout = self._limits.data_timeout if self.busy else self._limits.command_timeout
