@@ -130,6 +130,7 @@ async def _run(args: argparse.Namespace, tls: ssl.SSLContext) -> list[float]:
         for count in [min(args.sessions, 400)] + [args.sessions] * args.repeat:
             profiler = cProfile.Profile() if args.profile and count == args.sessions else None
             started = time.process_time()
+            times = os.times()
             if profiler is not None:
                 profiler.enable()
             source = _source(port, count, args.parallel, args.message)
@@ -137,11 +138,16 @@ async def _run(args: argparse.Namespace, tls: ssl.SSLContext) -> list[float]:
             if profiler is not None:
                 profiler.disable()
             used = time.process_time() - started
+            after = os.times()
+            user, system = after.user - times.user, after.system - times.system
             if source.returncode != 0:
                 raise SystemExit(f"smtp-source exit {source.returncode}")
             if count == args.sessions:
                 results.append(used / count * 1e6)
-                print(f"{count} sessions: {results[-1]:.0f} us of server CPU per session")
+                print(
+                    f"{count} sessions: {results[-1]:.0f} us of server CPU per session "
+                    f"(user {user / count * 1e6:.0f}, system {system / count * 1e6:.0f})"
+                )
             if profiler is not None:
                 profiler.dump_stats(args.profile)
                 stats = pstats.Stats(profiler)

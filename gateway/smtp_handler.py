@@ -187,10 +187,35 @@ class _StrictLineReader(asyncio.StreamReader):
             self._limit = line_limit
         if too_big:
             return None
-        data = b"".join(parts)[:-3]
-        if data.startswith(b"."):
-            data = data[1:]
-        return data.replace(b"\r\n.", b"\r\n")
+        return unstuffed(b"".join(parts), 3)
+
+
+# Dots looked at one by one before `unstuffed` searches for CRLF "." instead.
+_DOTS_CHECKED = 32
+
+
+def unstuffed(data: bytes, cut: int = 0) -> bytes:
+    """`data` without its last `cut` bytes, its dot-stuffing undone (RFC 5321 4.5.2): a
+    "." that starts a line is dropped.
+
+    The same as dropping a leading "." and replacing CRLF "." by CRLF, but a message
+    has few dots and CPython 3.11 finds one byte with memchr while it searches for the
+    three of CRLF "." byte by byte (26 us for the bench's 27 KB, nearly all of it to
+    find none): the dots are looked at first, up to _DOTS_CHECKED of them.
+    """
+    end = len(data) - cut
+    start = 1 if data.startswith(b".", 0, end) else 0
+    dot = data.find(b".", start + 2, end)
+    for _ in range(_DOTS_CHECKED):
+        if dot == -1:
+            return data[start:end]
+        if data[dot - 2 : dot] == b"\r\n":
+            break
+        dot = data.find(b".", dot + 1, end)
+    else:
+        if dot == -1 or data.find(b"\r\n.", dot - 2, end) == -1:
+            return data[start:end]
+    return data[start:end].replace(b"\r\n.", b"\r\n")
 
 
 # RFC 2034 section 3: once ENHANCEDSTATUSCODES is advertised, every 2xx, 4xx and 5xx

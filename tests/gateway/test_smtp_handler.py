@@ -34,7 +34,14 @@ from gateway.mail_params import MailParams
 from gateway.metrics import Metrics
 from gateway.seal import DocumentRules, Sealed, seal
 from gateway.settings import ClientSettings, hash_password
-from gateway.smtp_handler import AuthGuard, GatewaySMTP, Handler, SessionLimits, Sessions
+from gateway.smtp_handler import (
+    AuthGuard,
+    GatewaySMTP,
+    Handler,
+    SessionLimits,
+    Sessions,
+    unstuffed,
+)
 from gateway.spool import Envelope
 from keys.signing import SigningMaterial
 from tests.gateway import test_smtp_setup as smtp_setup_test
@@ -746,6 +753,36 @@ async def test_oversized_message_of_dotted_lines_is_drained_and_refused(gateway:
     assert reply == "552 5.3.4 Message too big: at most 65536 bytes"
     assert after.startswith("250 ")
     assert gateway.spool.puts == []
+
+
+def _unstuffed_by_replace(data: bytes, cut: int) -> bytes:
+    """What read_data did before `unstuffed`: drop a leading ".", replace CRLF "."."""
+    data = data[: len(data) - cut]
+    if data.startswith(b"."):
+        data = data[1:]
+    return data.replace(b"\r\n.", b"\r\n")
+
+
+@settings(max_examples=3000, deadline=None)
+@given(
+    # Up to 80 dots that start no line (more than are looked at one by one), then dots,
+    # line ends and text in every mix.
+    dots=st.integers(0, 80).map(lambda n: b"a." * n),
+    rest=st.lists(
+        st.sampled_from([b".", b"..", b"\r\n", b"\r\n.", b"\r", b"\n", b"a", b"a.", b"x" * 40]),
+        max_size=60,
+    ).map(b"".join),
+    cut=st.sampled_from([0, 1, 2, 3]),
+)
+def test_unstuffing_gives_what_the_replace_gave(dots: bytes, rest: bytes, cut: int) -> None:
+    data = dots + rest
+    assert unstuffed(data, cut) == _unstuffed_by_replace(data, cut)
+
+
+def test_unstuffing_the_bench_message_and_a_text_full_of_dots() -> None:
+    text = b"Une phrase. Une autre.\r\n" * 100 + b"\r\n..stuffed\r\n.\r\n"
+    assert unstuffed(text, 3) == _unstuffed_by_replace(text, 3)
+    assert unstuffed(text, 3).endswith(b"\r\n.stuffed\r\n")
 
 
 # ---------------------------------------------------------------------------- PROXY
