@@ -26,7 +26,7 @@ import re
 import ssl
 import time
 import weakref
-from collections.abc import Callable, Coroutine, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from email._header_value_parser import AddrSpec, AngleAddr, get_addr_spec, get_angle_addr
 from email.errors import HeaderParseError
@@ -113,7 +113,13 @@ _COMMAND_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 class _StrictLineReader(asyncio.StreamReader):
-    _limit: int  # StreamReader's own, which typeshed leaves out
+    # StreamReader's own, which typeshed leaves out (annotations only: nothing replaced).
+    _limit: int
+    _buffer: bytearray
+    _eof: bool
+    _exception: BaseException | None
+    _wait_for_data: Callable[[str], Awaitable[None]]
+    _maybe_resume_transport: Callable[[], None]
     _overrun = False
 
     # `Any` because typeshed's buffer protocol type for the separator is private.
@@ -152,42 +158,69 @@ class _StrictLineReader(asyncio.StreamReader):
         """The message after DATA, up to the CRLF "." CRLF that ends it, dot-unstuffed; None
         when it is larger than `max_size` (then it is read to its end and dropped).
 
-        One search per block rather than aiosmtpd's Python loop per line: the end is the
-        first ".\r\n" preceded by CRLF (or at the very start, the DATA line's CRLF being
-        the one before it). A "." after a bare LF or CR never ends the message.
+        The end is the first ".\r\n" preceded by CRLF (or at the very start, the DATA
+        line's CRLF being the one before it); a "." after a bare LF or CR never ends the
+        message. It is looked for in the reader's buffer as data comes (`_message_end`),
+        and the message taken out in one copy: StreamReader.readuntil(b".\r\n") stopped at
+        every line ending in a dot and copied each piece three times.
         """
+        if self._exception is not None:
+            raise self._exception
         line_limit = self._limit
-        # StreamReader offers no public way to change its limit; the block may be as large
-        # as the message (the line limit is checked on the whole message afterwards).
-        self._limit = max_size + 3
-        parts: list[bytes] = []
-        size = 0
-        too_big = False
-        tail = b"\r\n"
+        # The buffer may hold the whole message: past twice the limit StreamReader stops
+        # reading from the socket (the line limit is checked on the message afterwards).
+        limit = self._limit = max_size + 3
+        buffer = self._buffer
+        dropped = 0  # bytes of an oversized message already thrown away
+        dot = 0  # where the next "." that may end the message is looked for
         try:
             while True:
-                try:
-                    chunk = await super().readuntil(b".\r\n")
-                    ended = (tail + chunk[:-3])[-2:] == b"\r\n"
-                except asyncio.LimitOverrunError as error:
-                    # No end within the limit: too big; drop what was read, keep looking.
-                    chunk = await self.readexactly(error.consumed)
-                    ended = False
-                    too_big = True
-                tail = (tail + chunk)[-2:]
-                size += len(chunk)
-                too_big = too_big or size > max_size + 3
-                if too_big:
-                    parts.clear()
-                else:
-                    parts.append(chunk)
-                if ended:
+                end, dot = _message_end(buffer, dot)
+                if end != -1:
                     break
+                if len(buffer) > limit and dot > 2:
+                    # Too big already: keep only the two bytes the next "." is checked by.
+                    del buffer[: dot - 2]
+                    dropped += dot - 2
+                    dot = 2
+                if self._eof:
+                    # As readuntil(b".\r\n") left it: what came after the last ".\r\n".
+                    last = buffer.rfind(b".\r\n")
+                    partial = bytes(buffer if last == -1 else buffer[last + 3 :])
+                    buffer.clear()
+                    raise asyncio.IncompleteReadError(partial, None)
+                await self._wait_for_data("read_data")
+            data = bytes(buffer[:end]) if dropped + end <= limit else None
+            del buffer[:end]
+            self._maybe_resume_transport()
         finally:
             self._limit = line_limit
-        if too_big:
-            return None
-        return unstuffed(b"".join(parts), 3)
+        return None if data is None else unstuffed(data, 3)
+
+
+def _message_end(buffer: bytearray, start: int) -> tuple[int, int]:
+    """(end, resume): `end` is just past the "." CRLF that ends the message in `buffer` (-1
+    while it has not come), `resume` where to look again once more data has come. No "."
+    before `start` ends it; one at 0 is the first byte of the message.
+
+    Dots are found with memchr (see `unstuffed`), up to _DOTS_CHECKED of them; then the
+    five bytes CRLF "." CRLF are searched for."""
+    size = len(buffer)
+    dot = buffer.find(b".", start)
+    for _ in range(_DOTS_CHECKED):
+        if dot == -1:
+            return -1, size
+        if dot + 3 > size:
+            return -1, dot  # its line end has not come yet
+        if buffer[dot + 1 : dot + 3] == b"\r\n" and (dot == 0 or buffer[dot - 2 : dot] == b"\r\n"):
+            return dot + 3, dot
+        dot = buffer.find(b".", dot + 1)
+    if dot == -1:
+        return -1, size
+    found = buffer.find(b"\r\n.\r\n", dot - 2)
+    if found != -1:
+        return found + 5, found + 2
+    return -1, max(dot, size - 2)
 
 
 # Dots looked at one by one before `unstuffed` searches for CRLF "." instead.

@@ -40,6 +40,7 @@ from gateway.smtp_handler import (
     Handler,
     SessionLimits,
     Sessions,
+    _StrictLineReader,
     unstuffed,
 )
 from gateway.spool import Envelope
@@ -783,6 +784,116 @@ def test_unstuffing_the_bench_message_and_a_text_full_of_dots() -> None:
     text = b"Une phrase. Une autre.\r\n" * 100 + b"\r\n..stuffed\r\n.\r\n"
     assert unstuffed(text, 3) == _unstuffed_by_replace(text, 3)
     assert unstuffed(text, 3).endswith(b"\r\n.stuffed\r\n")
+
+
+class _ReadUntilReader(asyncio.StreamReader):
+    """_StrictLineReader.read_data as it was: StreamReader.readuntil(b".\r\n") and a
+    check of the two bytes before each stop."""
+
+    _limit: int  # StreamReader's own, which typeshed leaves out
+
+    async def read_data(self, max_size: int) -> bytes | None:
+        line_limit = self._limit
+        self._limit = max_size + 3
+        parts: list[bytes] = []
+        size = 0
+        too_big = False
+        tail = b"\r\n"
+        try:
+            while True:
+                try:
+                    chunk = await self.readuntil(b".\r\n")
+                    ended = (tail + chunk[:-3])[-2:] == b"\r\n"
+                except asyncio.LimitOverrunError as error:
+                    chunk = await self.readexactly(error.consumed)
+                    ended = False
+                    too_big = True
+                tail = (tail + chunk)[-2:]
+                size += len(chunk)
+                too_big = too_big or size > max_size + 3
+                if too_big:
+                    parts.clear()
+                else:
+                    parts.append(chunk)
+                if ended:
+                    break
+        finally:
+            self._limit = line_limit
+        if too_big:
+            return None
+        return _unstuffed_by_replace(b"".join(parts), 3)
+
+
+async def _read_data_outcome(
+    reader: asyncio.StreamReader, chunks: list[bytes], eof: bool, max_size: int
+) -> tuple[object, bytes]:
+    """What read_data answers for `chunks` fed one by one, and what it leaves unread."""
+    task = asyncio.create_task(reader.read_data(max_size))  # type: ignore[attr-defined]
+    for chunk in chunks:
+        await asyncio.sleep(0)
+        if not task.done():
+            reader.feed_data(chunk)
+    if eof:
+        reader.feed_eof()
+    for _ in range(5):  # every byte is in: a few turns of the loop decide it
+        await asyncio.sleep(0)
+    if not task.done():
+        task.cancel()  # the session closes the connection then: nothing more is read
+        return "waiting", b""
+    try:
+        outcome: object = task.result()
+    except asyncio.IncompleteReadError as error:
+        # Which bytes the error carries is only logged (as a count), and an oversized
+        # message has been thrown away as it came, differently: there only the error.
+        oversized = sum(map(len, chunks)) > max_size + 3
+        outcome = ("incomplete", None if oversized else error.partial)
+    if not eof:
+        reader.feed_eof()
+    return outcome, await reader.read()
+
+
+@settings(max_examples=1500, deadline=None)
+@given(
+    pieces=st.lists(
+        st.sampled_from(
+            [b".", b"..", b"\r\n", b"\r\n.", b".\r\n", b"\r\n.\r\n", b"\r", b"\n", b"a", b"x" * 30]
+        ),
+        max_size=60,
+    ),
+    many_dots=st.integers(0, 50).map(lambda n: b"a." * n),
+    end=st.sampled_from([b"\r\n.\r\nNOOP\r\n", b"\r\n.\r\n", b""]),
+    cuts=st.lists(st.integers(1, 40), max_size=12),
+    max_size=st.sampled_from([0, 5, 40, 120, 10_000]),
+    eof=st.booleans(),
+)
+def test_read_data_reads_what_readuntil_read(
+    pieces: list[bytes],
+    many_dots: bytes,
+    end: bytes,
+    cuts: list[int],
+    max_size: int,
+    eof: bool,
+) -> None:
+    """The message, its size verdict, what is left unread, an end of stream before the
+    end: the same as the readuntil loop it replaced, however the bytes arrive."""
+    stream = many_dots + b"".join(pieces) + end
+    chunks, at = [], 0
+    for cut in cuts:
+        chunks.append(stream[at : at + cut])
+        at += cut
+    chunks.append(stream[at:])
+
+    async def both() -> tuple[object, object]:
+        loop = asyncio.get_running_loop()
+        new = _StrictLineReader(limit=1001, loop=loop)
+        old = _ReadUntilReader(limit=1001, loop=loop)
+        return (
+            await _read_data_outcome(new, chunks, eof, max_size),
+            await _read_data_outcome(old, chunks, eof, max_size),
+        )
+
+    new, old = asyncio.run(both())
+    assert new == old
 
 
 # ---------------------------------------------------------------------------- PROXY
