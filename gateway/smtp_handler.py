@@ -32,7 +32,18 @@ from email._header_value_parser import AddrSpec, AngleAddr, get_addr_spec, get_a
 from email.errors import HeaderParseError
 from typing import Any, AnyStr, Protocol, TypeVar, cast
 
-from aiosmtpd.smtp import SMTP, Envelope, Session, TLSSetupException, syntax
+import aiosmtpd
+from aiosmtpd.proxy_protocol import get_proxy
+from aiosmtpd.smtp import (
+    ALLOWED_BEFORE_STARTTLS,
+    BOGUS_LIMIT,
+    MISSING,
+    SMTP,
+    Envelope,
+    Session,
+    TLSSetupException,
+    syntax,
+)
 
 from gateway import mail_params, policy, smtp_setup
 from gateway.insurers import RULE_ENDED, Insurers, Violation
@@ -44,6 +55,7 @@ from gateway.spool import Envelope as SpoolEnvelope
 from orgs.registry import View
 
 log = logging.getLogger("sealpost.gateway.smtp")
+_aiosmtpd_log = logging.getLogger("mail.log")  # aiosmtpd's own, for its warnings
 
 # A stand-in hash checked for unknown users, so a login name's existence does not show in
 # the time a failed AUTH takes.
@@ -614,9 +626,131 @@ class GatewaySMTP(SMTP):
         # exception nobody retrieves, which asyncio logs with a traceback when the task is
         # collected. The client left: one line says so.
         try:
-            await super()._handle_client()
+            if aiosmtpd.__version__ == smtp_setup.COPIED_VERSION:
+                await self._command_loop()
+            else:
+                await super()._handle_client()
         except _CLIENT_FAULTS as error:
             log.info("event=disconnected client_ip=%s error=%r", self.client_ip, error)
+
+    async def _command_loop(self) -> None:
+        """aiosmtpd 1.4.6's SMTP._handle_client, less its INFO and DEBUG lines to
+        "mail.log" (two sanitising passes over each command line and five logging calls
+        per command, for a logger the gateway keeps at WARNING) and the command_call_limit
+        the gateway does not use (see _junk_counted). Its warnings are kept. Other aiosmtpd
+        versions run their own loop."""
+        if self._proxy_timeout is not None:
+            assert self.session is not None
+            self._reset_timeout(self._proxy_timeout)
+            self.session.proxy_data = await get_proxy(self._reader)
+            if self.session.proxy_data:
+                status = await self._call_handler_hook("PROXY", self.session.proxy_data)
+            else:
+                _aiosmtpd_log.warning("%r invalid PROXY handshake", self.session.peer)
+                status = False
+            if status is MISSING or not status:
+                assert self.transport is not None
+                self.transport.close()
+                return
+            self._reset_timeout()
+
+        await self.push(f"220 {self.hostname} {self.__ident__}")
+        bogus_budget = BOGUS_LIMIT
+
+        while self.transport is not None:
+            # After STARTTLS the session is a new one: read it anew for each command.
+            session = self.session
+            assert session is not None
+            try:
+                try:
+                    line: bytes = await self._reader.readuntil()
+                except asyncio.LimitOverrunError as error:
+                    # Line too long. Read until end of line before sending 500.
+                    await self._reader.read(error.consumed)
+                    while True:
+                        try:
+                            await self._reader.readuntil()
+                            break
+                        except asyncio.LimitOverrunError as more:
+                            await self._reader.read(more.consumed)
+                    await self.push("500 Command line too long")
+                    continue
+                line = line.rstrip(b"\r\n")
+                if not line:
+                    await self.push("500 Error: bad syntax")
+                    continue
+                command_bytes, _, arg_bytes = line.partition(b" ")
+                try:
+                    command = command_bytes.upper().decode(encoding="ascii")
+                except UnicodeDecodeError:
+                    await self.push("500 Error: bad syntax")
+                    continue
+                arg: str | None
+                if not arg_bytes:
+                    arg = None
+                else:
+                    arg_bytes = arg_bytes.strip()
+                    if self.enable_SMTPUTF8:
+                        arg = str(arg_bytes, encoding="utf-8", errors="surrogateescape")
+                    else:
+                        try:
+                            arg = str(arg_bytes, encoding="ascii", errors="strict")
+                        except UnicodeDecodeError:
+                            await self.push("500 Error: strict ASCII mode")
+                            continue
+                max_size = (
+                    self.command_size_limits[command]
+                    if session.extended_smtp
+                    else self.command_size_limit
+                )
+                if len(line) > max_size:
+                    await self.push("500 Command line too long")
+                    continue
+                if not self._tls_handshake_okay and command != "QUIT":
+                    await self.push("554 Command refused due to lack of security")
+                    continue
+                if (
+                    self.require_starttls
+                    and not self._tls_protocol
+                    and command not in ALLOWED_BEFORE_STARTTLS
+                ):
+                    await self.push("530 Must issue a STARTTLS command first")
+                    continue
+                method = self._smtp_methods.get(command)
+                if method is None:
+                    _aiosmtpd_log.warning("%r unrecognised: %s", session.peer, command)
+                    bogus_budget -= 1
+                    if bogus_budget < 1:
+                        _aiosmtpd_log.warning("%r too many bogus commands", session.peer)
+                        await self.push("502 5.5.1 Too many unrecognized commands, goodbye.")
+                        self.transport.close()
+                        continue
+                    await self.push(f'500 Error: command "{command}" not recognized')
+                    continue
+                # Received a valid command, reset the timer.
+                self._reset_timeout()
+                await method(arg)
+            except (asyncio.CancelledError, ConnectionResetError):
+                self._writer.close()
+                raise
+            except Exception as error:
+                status = None
+                try:
+                    status = await self.handle_exception(error)
+                except Exception as inner_error:
+                    try:
+                        _aiosmtpd_log.exception(
+                            "%r Exception in handle_exception()", (self.session or session).peer
+                        )
+                        status = f"500 Error: ({inner_error.__class__.__name__}) {inner_error}"
+                    except Exception:
+                        status = "500 Error: Cannot describe error"
+                finally:
+                    if isinstance(error, TLSSetupException):
+                        self.transport.close()
+                        self.connection_lost(error)
+                    else:
+                        await self.push(status)
 
     def _getparams(self, params: Sequence[str]) -> dict[str, str | bool] | None:
         """aiosmtpd's MAIL/RCPT parameter reader, stricter (None answers 501): each keyword

@@ -29,7 +29,7 @@ from aiosmtpd.smtp import SMTP
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway import policy, server
+from gateway import policy, server, smtp_setup
 from gateway.mail_params import MailParams
 from gateway.metrics import Metrics
 from gateway.seal import DocumentRules, Sealed, seal
@@ -894,6 +894,101 @@ def test_read_data_reads_what_readuntil_read(
 
     new, old = asyncio.run(both())
     assert new == old
+
+
+_MAIL = f"MAIL FROM:<decomptes@{DOMAIN}>".encode()
+_SCRIPTS: dict[str, tuple[server.Mode, list[bytes]]] = {
+    "a message": (
+        "relay",
+        [
+            b"EHLO c.test",
+            _MAIL,
+            b"RCPT TO:<m@example.org>",
+            b"DATA",
+            *message().split(b"\r\n")[:-1],
+            b".",
+            b"QUIT",
+        ],
+    ),
+    "HELO, then commands refused": (
+        "relay",
+        [
+            b"noop",
+            b"HELO c.test",
+            b"",
+            b"   ",
+            b"NOOP \x00",
+            b"\xff\xfeX",
+            b"X" * 600,
+            _MAIL + b" X=" + b"y" * 600,
+            b"RCPT TO:<a@b.example>",
+            b"MAIL FROM:<a@b.example> SIZE=1",
+            b"HELO",
+            b"STARTTLS x",
+            b"DATA",
+            b"RSET",
+            b"VRFY <a@b.example>",
+            b"HELP",
+            b"HELP MAIL",
+            b"QUIT x",
+            b"QUIT",
+        ],
+    ),
+    "unknown commands until the budget is spent": (
+        "relay",
+        [b"EHLO c.test", b"FOO", b"BAR x", b"BAZ", b"\tQUX", b"QUUX", b"NOOP"],
+    ),
+    "before STARTTLS on submission": (
+        "submission",
+        [b"EHLO c.test", _MAIL, b"AUTH PLAIN", b"NOOP", b"HELP", b"QUIT"],
+    ),
+}
+
+
+@pytest.mark.parametrize("script", list(_SCRIPTS))
+async def test_the_command_loop_answers_as_aiosmtpds_own(
+    signing_material: SigningMaterial,
+    server_tls: ssl.SSLContext,
+    monkeypatch: pytest.MonkeyPatch,
+    script: str,
+) -> None:
+    """GatewaySMTP._command_loop is aiosmtpd's loop less its logging: every reply byte for
+    byte the same, pipelined or not, to the close. (Another aiosmtpd version, here
+    pretended, runs aiosmtpd's own loop and set-up.)"""
+    mode, lines = _SCRIPTS[script]
+
+    async def transcript(pipelined: bool) -> str:
+        async with running_gateway(signing_material, server_tls) as gateway:
+            client = await Raw.connect(gateway.port(mode))
+            try:
+                if pipelined:
+                    await client.send(b"".join(line + b"\r\n" for line in lines))
+                    async with asyncio.timeout(5):
+                        return (await client.reader.read()).decode()
+                got = [await client.reply()]
+                in_data = False
+                for line in lines:
+                    await client.send(line + b"\r\n")
+                    if in_data and line != b".":
+                        continue
+                    try:
+                        got.append(await client.reply())
+                    except ConnectionError:
+                        break
+                    in_data = line == b"DATA" and got[-1].startswith("354 ")
+                async with asyncio.timeout(5):
+                    got.append((await client.reader.read()).decode())
+                return "\n".join(got)
+            finally:
+                client.close()
+
+    for pipelined in (True, False):
+        ours = await transcript(pipelined)
+        with monkeypatch.context() as patch:
+            patch.setattr(smtp_setup, "COPIED_VERSION", "another aiosmtpd")
+            theirs = await transcript(pipelined)
+        assert ours == theirs
+        assert ours.count("\n") >= 4
 
 
 # ---------------------------------------------------------------------------- PROXY
