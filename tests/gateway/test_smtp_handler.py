@@ -262,6 +262,25 @@ async def test_message_from_allow_listed_network_is_sealed_and_queued(gateway: G
     assert gateway.metrics.signing_seconds.count == 1
 
 
+async def test_the_ehlo_reply_is_written_at_once(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its seven lines in one write (one send), not one each; the same bytes."""
+    written: list[bytes] = []
+    write = asyncio.selector_events._SelectorSocketTransport.write  # type: ignore[attr-defined]
+
+    def spying(transport: asyncio.Transport, data: bytes) -> None:
+        written.append(bytes(data))
+        write(transport, data)
+
+    monkeypatch.setattr(asyncio.selector_events._SelectorSocketTransport, "write", spying)  # type: ignore[attr-defined]
+    async with raw(gateway.port()) as client:
+        ehlo = await client.greet()
+    [reply] = [data for data in written if data.startswith(b"250-")]
+    assert reply.decode() == ehlo.replace("\n", "\r\n") + "\r\n"
+    assert len(ehlo.splitlines()) >= 7
+
+
 async def test_ehlo_advertises_extensions_and_no_auth_before_tls(gateway: Gateway) -> None:
     async with raw(gateway.port("submission")) as client:
         ehlo = await client.greet()
