@@ -1,7 +1,7 @@
 """Server CPU per inbound SMTP session, as a lane spends it, with nothing else in the way.
 
     .venv/bin/python bench/smtp_session.py [--sessions 4000] [--parallel 20]
-        [--handler real|null] [--profile FILE] [--repeat 3]
+        [--handler real|null] [--client smtp-source|ehlo] [--profile FILE] [--repeat 3]
 
 The lane's relay listener (`gateway.server.start`, STARTTLS offered, the default limits)
 runs in this process on 127.0.0.1; Postfix's ``smtp-source`` drives it from another
@@ -9,6 +9,10 @@ process exactly as the end-to-end bench does (one message per connection: greeti
 MAIL, RCPT, DATA with the bench's 27 KB message, QUIT, each waiting for its reply), so
 the client's CPU is not counted. The figure is this process's CPU time
 (`time.process_time`) per session.
+
+`--client ehlo`: smtp-source says HELO; most clients (Postfix's smtp, aiosmtplib) say
+EHLO, whose reply has eight lines. This client (Python, blocking sockets, a thread per
+parallel session, in its own process) does the same session with EHLO.
 
 `--handler real`: the gateway's Handler with its policy checks, the sealer and the spool
 replaced by stand-ins that return at once (this script only; the tests use real ones).
@@ -23,13 +27,16 @@ import cProfile
 import logging
 import os
 import pstats
+import socket
 import ssl
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -98,10 +105,64 @@ def _tls(directory: Path) -> ssl.SSLContext:
     return server.tls_context(cert, key)
 
 
-def _source(port: int, sessions: int, parallel: int, message: Path) -> subprocess.Popen[bytes]:
-    argv = ["smtp-source", "-s", str(parallel), "-m", str(sessions), "-F", str(message)]
-    argv += ["-f", SENDER, "-t", RECIPIENT, "-M", HELO, f"127.0.0.1:{port}"]
+def _source(
+    client: str, port: int, sessions: int, parallel: int, message: Path
+) -> subprocess.Popen[bytes]:
+    if client == "ehlo":
+        argv = [sys.executable, __file__, "--ehlo-client", str(port)]
+        argv += [
+            "--sessions",
+            str(sessions),
+            "--parallel",
+            str(parallel),
+            "--message",
+            str(message),
+        ]
+    else:
+        argv = ["smtp-source", "-s", str(parallel), "-m", str(sessions), "-F", str(message)]
+        argv += ["-f", SENDER, "-t", RECIPIENT, "-M", HELO, f"127.0.0.1:{port}"]
     return subprocess.Popen(argv, stdout=subprocess.DEVNULL)
+
+
+def _ehlo_client(port: int, sessions: int, parallel: int, message: Path) -> None:
+    """smtp-source's session with EHLO: one message per connection, each reply awaited."""
+    body = message.read_bytes().replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    body = body.replace(b"\r\n.", b"\r\n..") + b".\r\n"
+    left = [sessions]
+    lock = threading.Lock()
+
+    def reply(file: Any) -> None:
+        while True:
+            line = file.readline()
+            if not line.startswith((b"2", b"3")):
+                raise SystemExit(f"unexpected reply {line!r}")
+            if line[3:4] != b"-":
+                return
+
+    def run() -> None:
+        while True:
+            with lock:
+                if left[0] <= 0:
+                    return
+                left[0] -= 1
+            with socket.create_connection(("127.0.0.1", port)) as sock:
+                file = sock.makefile("rb")
+                reply(file)
+                for command in (f"EHLO {HELO}", f"MAIL FROM:<{SENDER}>", f"RCPT TO:<{RECIPIENT}>"):
+                    sock.sendall(command.encode() + b"\r\n")
+                    reply(file)
+                sock.sendall(b"DATA\r\n")
+                reply(file)
+                sock.sendall(body)
+                reply(file)
+                sock.sendall(b"QUIT\r\n")
+                reply(file)
+
+    threads = [threading.Thread(target=run) for _ in range(parallel)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
 
 
 async def _run(args: argparse.Namespace, tls: ssl.SSLContext) -> list[float]:
@@ -133,7 +194,7 @@ async def _run(args: argparse.Namespace, tls: ssl.SSLContext) -> list[float]:
             times = os.times()
             if profiler is not None:
                 profiler.enable()
-            source = _source(port, count, args.parallel, args.message)
+            source = _source(args.client, port, count, args.parallel, args.message)
             await loop.run_in_executor(None, source.wait)
             if profiler is not None:
                 profiler.disable()
@@ -166,7 +227,12 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--profile", help="write cProfile stats of one run to this file")
     parser.add_argument("--message", type=Path, default=MESSAGE)
+    parser.add_argument("--client", choices=("smtp-source", "ehlo"), default="smtp-source")
+    parser.add_argument("--ehlo-client", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.ehlo_client:
+        _ehlo_client(args.ehlo_client, args.sessions, args.parallel, args.message)
+        return
     # As a lane logs: every line formatted and written (here to /dev/null), aiosmtpd's own
     # chatter off.
     with open(os.devnull, "w") as sink:
