@@ -992,6 +992,8 @@ class AuthGuard:
 
 # ---------------------------------------------------------------------------- handler
 
+_ADDRESSES_KEPT = 4096
+
 
 class Handler:
     def __init__(
@@ -1010,6 +1012,10 @@ class Handler:
     ) -> None:
         clients = tuple(clients)
         self._directory = ClientDirectory(clients)
+        # The client each address is, as the directory (fixed for the handler's life)
+        # answers: by_address parses the address and tests it against every network,
+        # twice a message (MAIL, DATA). The oldest answer goes past _ADDRESSES_KEPT.
+        self._by_address: dict[str | None, Client | None] = {}
         self._passwords = {
             c.name: parse_password_hash(c.password_hash) for c in clients if c.password_hash
         }
@@ -1094,7 +1100,16 @@ class Handler:
     def _client(self, server: GatewaySMTP, session: Session) -> Client | None:
         if server.authenticated_client is not None:
             return self._directory.by_name(server.authenticated_client)
-        return self._directory.by_address(server.client_ip)
+        ip = server.client_ip
+        try:
+            return self._by_address[ip]
+        except KeyError:
+            pass
+        client = self._directory.by_address(ip)
+        if len(self._by_address) >= _ADDRESSES_KEPT:
+            del self._by_address[next(iter(self._by_address))]  # the oldest
+        self._by_address[ip] = client
+        return client
 
     def _refuse(
         self, server: GatewaySMTP, rejection: Rejection, client: Client | None, sender: str | None

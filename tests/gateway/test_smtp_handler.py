@@ -21,6 +21,7 @@ import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
+from unittest import mock
 
 import aiosmtplib
 import pytest
@@ -29,7 +30,7 @@ from aiosmtpd.smtp import SMTP
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway import policy, server, smtp_setup
+from gateway import policy, server, smtp_handler, smtp_setup
 from gateway.mail_params import MailParams
 from gateway.metrics import Metrics
 from gateway.seal import DocumentRules, Sealed, seal
@@ -1648,3 +1649,40 @@ def test_mail_and_rcpt_addresses_parse_as_aiosmtpds_own(arg: str, local_part_lim
             return type(exc)
 
     assert outcome(protocol._getaddr) == outcome(lambda a: SMTP._getaddr(protocol, a))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    addresses=st.lists(
+        st.one_of(
+            st.ip_addresses().map(str),
+            st.sampled_from(["127.0.0.1", "::ffff:127.0.0.1", "127.0.0.2", "not an address"]),
+            st.none(),
+        ),
+        max_size=20,
+    )
+)
+def test_the_client_of_an_address_is_the_directorys_answer(addresses: list[str | None]) -> None:
+    """Handler._client keeps each address's answer (at most _ADDRESSES_KEPT of them, the
+    oldest dropped first): the same answer as the directory's, asked again or not."""
+    clients = (
+        *CLIENTS,
+        ClientSettings(name="lan", networks=("10.0.0.0/8", "fd00::/8"), sender_domains=(DOMAIN,)),
+    )
+    handler = Handler(
+        clients=clients,
+        signing_domains=lambda: SIGNING_DOMAINS,
+        sealer=None,  # type: ignore[arg-type]  # never reached
+        spool=RecordingSpool(),
+        metrics=Metrics(),
+        auth_guard=AuthGuard(3, 5, lockout=60.0, delay=0.01),
+        max_recipients=3,
+        max_line_length=998,
+    )
+    directory = policy.ClientDirectory(clients)
+    protocol = _unconnected_protocol()
+    with mock.patch.object(smtp_handler, "_ADDRESSES_KEPT", 4):
+        for address in addresses + addresses[::-1]:
+            protocol._ip = address
+            assert handler._client(protocol, None) == directory.by_address(address)  # type: ignore[arg-type]
+            assert len(handler._by_address) <= 4
