@@ -131,29 +131,31 @@ def _factory(
     implicit = spec.mode == "smtps"
 
     def make() -> asyncio.Protocol:
-        session = smtp()
         if implicit:
             assert tls is not None
+            # aiosmtpd warns of AUTH without TLS (the implicit-TLS notice above) only here;
+            # catching warnings costs a few microseconds, so only here.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                session = smtp()
             return _ImplicitTls(session, tls, limits.tls_handshake_timeout, loop)
-        return session
+        return smtp()
 
     def smtp() -> GatewaySMTP:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the implicit-TLS notice above, as a warning
-            return GatewaySMTP(
-                handler,
-                sessions=sessions,
-                limits=limits,
-                hostname=hostname,
-                ident=BANNER,
-                tls_context=None if implicit else tls,
-                require_starttls=spec.mode == "submission",
-                auth_required=spec.mode != "relay",
-                # AUTH only over TLS: after STARTTLS, or from the start on smtps.
-                auth_require_tls=not implicit,
-                proxy_protocol_timeout=spec.proxy_protocol_timeout,
-                loop=loop,
-            )
+        return GatewaySMTP(
+            handler,
+            sessions=sessions,
+            limits=limits,
+            hostname=hostname,
+            ident=BANNER,
+            tls_context=None if implicit else tls,
+            require_starttls=spec.mode == "submission",
+            auth_required=spec.mode != "relay",
+            # AUTH only over TLS: after STARTTLS, or from the start on smtps.
+            auth_require_tls=not implicit,
+            proxy_protocol_timeout=spec.proxy_protocol_timeout,
+            loop=loop,
+        )
 
     return make
 

@@ -129,6 +129,53 @@ async def test_stalled_data_gets_421_after_the_data_timeout(
         assert gateway.spool.puts == []
 
 
+async def test_the_command_timeout_counts_from_the_last_command(
+    signing_material: SigningMaterial, server_tls: ssl.SSLContext
+) -> None:
+    """The deadline moves with each command (one timer, set again when it comes due
+    early): a client busy for longer than the timeout is not cut, and once it is idle it
+    is cut the timeout after its last command, not before."""
+    loop = asyncio.get_running_loop()
+    async with (
+        running_gateway(signing_material, server_tls, command_timeout=0.4) as gateway,
+        raw(gateway.port()) as client,
+    ):
+        await client.greet()
+        for _ in range(4):  # 0.6 s in all, each command 0.15 s after the last
+            await asyncio.sleep(0.15)
+            assert await client.command("NOOP") == "250 2.0.0 OK"
+        last = loop.time()
+        assert await client.reply() == "421 4.4.2 Timeout, closing connection"
+        assert loop.time() - last >= 0.4 - 0.05  # loop clock granularity
+        assert await client.closed()
+
+
+async def test_the_data_timeout_applies_during_data_and_the_command_timeout_after(
+    signing_material: SigningMaterial, server_tls: ssl.SSLContext
+) -> None:
+    """A DATA timeout longer than the command timeout: a message sent slowly over more
+    than the command timeout is accepted; afterwards the command timeout applies again."""
+    loop = asyncio.get_running_loop()
+    async with running_gateway(
+        signing_material, server_tls, command_timeout=0.3, data_timeout=5.0
+    ) as gateway:
+        async with raw(gateway.port()) as client:
+            await client.greet()
+            await client.command(f"MAIL FROM:<decomptes@{DOMAIN}>")
+            await client.command("RCPT TO:<m@example.org>")
+            assert (await client.command("DATA")).startswith("354 ")
+            body = message()
+            half = len(body) // 2
+            await client.send(body[:half])
+            await asyncio.sleep(0.5)  # past the command timeout, within the DATA one
+            await client.send(body[half:] + b"\r\n.\r\n")
+            assert (await client.reply()).startswith("250 2.0.0 Queued as ")
+            answered = loop.time()
+            assert await client.reply() == "421 4.4.2 Timeout, closing connection"
+            assert loop.time() - answered >= 0.3 - 0.05
+        assert len(gateway.spool.puts) == 1
+
+
 async def test_shutdown_closes_idle_sessions_and_refuses_new_ones(gateway: Gateway) -> None:
     port = gateway.port()
     async with raw(port) as idle:
