@@ -367,15 +367,25 @@ def test_the_metrics_are_the_hosts_totals(verifier: Verifier, sealed: bytes) -> 
     def grew(series: str) -> float:
         return after.get(series, 0.0) - before.get(series, 0.0)
 
+    rate_limited = 'sealpost_verifier_rejections_total{reason="rate_limited"}'
+    unauthorized = 'sealpost_verifier_rejections_total{reason="unauthorized"}'
+
+    def counted() -> bool:
+        return (grew(authentic), grew(tampered)) == (4, 1) and (
+            grew(rate_limited) >= 1
+            and grew(unauthorized) >= 1
+            and after["sealpost_verifier_uploads_in_progress"] == 0
+        )
+
     # Each worker adds its counts to the host's totals every FLUSH_INTERVAL.
     deadline = time.monotonic() + 10 * FLUSH_INTERVAL
     after = scrape(verifier)
-    while (grew(authentic), grew(tampered)) != (4, 1) and time.monotonic() < deadline:
+    while not counted() and time.monotonic() < deadline:
         time.sleep(0.1)
         after = scrape(verifier)
     assert (grew(authentic), grew(tampered)) == (4, 1)
-    assert grew('sealpost_verifier_rejections_total{reason="rate_limited"}') >= 1
-    assert grew('sealpost_verifier_rejections_total{reason="unauthorized"}') >= 1
+    assert grew(rate_limited) >= 1
+    assert grew(unauthorized) >= 1
     assert grew("sealpost_verifier_verification_seconds_count") >= 5
     assert (
         after['sealpost_verifier_verification_seconds_bucket{le="+Inf"}']
