@@ -11,8 +11,8 @@ Every write is one statement (`execute`), never BEGIN ... COMMIT around several.
 write lock is shared by the processes and SQLite waits for it by polling (a sleep of
 1 ms, then 2, 5, 10 ...), on the event loop's thread; a multi-statement transaction held
 it across each statement's GIL hand-back, which waits for a check thread to let go (up
-to the 5 ms switch interval). Under 16 clients the workers then slept on each other's
-lock: 300 verifications/s with the CPU a third idle. One statement holds the lock only
+to the 5 ms switch interval), and the other worker's event loop slept meanwhile (9-13%
+of a loop's wall time on a busy host, bench/README.md). One statement holds the lock only
 inside SQLite's own step, with the GIL released: tens of microseconds.
 
 Nothing from an upload is ever written here: client addresses, organisation codes,
