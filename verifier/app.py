@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import jinja2
@@ -83,8 +85,19 @@ def create_app(settings: Settings) -> Starlette:
         Route("/log/{path:path}", endpoints.log_file, methods=["GET"]),
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
     ]
-    app = Starlette(routes=routes, exception_handlers={HTTPException: endpoints.http_error})
     state = shared_state(settings)
+    metrics = Metrics(state)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        metrics.close()  # a stopping worker's last counts reach the host's totals
+
+    app = Starlette(
+        routes=routes,
+        exception_handlers={HTTPException: endpoints.http_error},
+        lifespan=lifespan,
+    )
     app.state.services = endpoints.Services(
         settings=settings,
         trust=TrustSource(settings.archive_dir),
@@ -92,7 +105,7 @@ def create_app(settings: Settings) -> Starlette:
         organisations=RateLimiter(state, settings.org_rate_limit_per_minute),
         clients=ClientAddress(settings.trusted_proxies, settings.proxy_header),
         owners=RegistryTokens(settings.orgs_registry),
-        metrics=Metrics(state),
+        metrics=metrics,
         templates=templates(),
     )
     app.add_middleware(SecurityHeaders)

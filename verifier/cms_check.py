@@ -144,7 +144,10 @@ def _check(
         _verify_signature(signer, signer_info, signed_attrs.dump(), hash_cls())
     except _Invalid as exc:
         return _replace(base, reason=exc.reason, detail=exc.detail)
-    usage = trust.derived("usage_problem", signer, lambda: _usage_problem(signer))
+    try:
+        usage = trust.derived("usage_problem", signer, lambda: _usage_problem(signer))
+    except x509.DuplicateExtension as exc:  # RFC 5280 4.2: cryptography will not read them
+        return _replace(base, reason="malformed_signature", detail=type(exc).__name__)
     if usage is not None:
         return _replace(base, reason="wrong_key_usage", detail=usage)
     if trust.issuing_root(signer) is None:

@@ -3,10 +3,17 @@ rate limits and the metrics' counters, in one SQLite database under the runtime 
 
 A limit counted per process lets a client through N times over with N workers, and a
 scrape of one worker sees a fraction of the traffic. SQLite in WAL mode gives every
-process the same figures with a short write lock per update (tens of microseconds, far
-below a verification's milliseconds) and needs nothing running besides the verifier.
-Nothing in it outlives the verifier's run: the launcher starts it empty, and the
-durability of a counter is not worth an fsync (`synchronous=OFF`).
+process the same figures and needs nothing running besides the verifier. Nothing in it
+outlives the verifier's run: the launcher starts it empty, and the durability of a
+counter is not worth an fsync (`synchronous=OFF`).
+
+Every write is one statement (`execute`), never BEGIN ... COMMIT around several. The
+write lock is shared by the processes and SQLite waits for it by polling (a sleep of
+1 ms, then 2, 5, 10 ...), on the event loop's thread; a multi-statement transaction held
+it across each statement's GIL hand-back, which waits for a check thread to let go (up
+to the 5 ms switch interval), and the other worker's event loop slept meanwhile (9-13%
+of a loop's wall time on a busy host, bench/README.md). One statement holds the lock only
+inside SQLite's own step, with the GIL released: tens of microseconds.
 
 Nothing from an upload is ever written here: client addresses, organisation codes,
 verdicts and reasons only.
@@ -14,18 +21,17 @@ verdicts and reasons only.
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Sequence
 from pathlib import Path
 
 DATABASE = "shared.sqlite"
 LOCK = "verifier.lock"
-# A writer holds the lock for one short transaction; waiting longer means something is
-# wrong with the disk, and the request fails rather than hang.
+# A writer holds the lock for one statement; waiting longer means something is wrong with
+# the disk, and the request fails rather than hang.
 BUSY_TIMEOUT_S = 5.0
 
 _SCHEMA = """
@@ -60,17 +66,10 @@ class SharedState:
         """For one process that nobody launched with workers (an app embedded in tests)."""
         return cls(":memory:")
 
-    @contextlib.contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction: the check and the update in it are atomic across processes."""
+    def execute(self, sql: str, parameters: Sequence[object] = ()) -> int:
+        """One statement, atomic on its own (SQLite's autocommit); the rows it changed."""
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+            return self._db.execute(sql, parameters).rowcount
 
     def read(self, sql: str, parameters: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
         with self._lock:

@@ -13,6 +13,7 @@ import itertools
 import re
 import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -28,6 +29,7 @@ from tests.verifier.conftest import (
     wait_until_up,
     write_archive,
 )
+from verifier.metrics import FLUSH_INTERVAL
 from verifier.workers import free_port
 
 EML = "message/rfc822"
@@ -359,16 +361,31 @@ def test_the_metrics_are_the_hosts_totals(verifier: Verifier, sealed: bytes) -> 
     assert post(verifier, sealed, token).status_code == 200
     assert post(verifier, sealed, token).status_code == 429
     assert post(verifier, sealed, "spt_" + "B" * 43).status_code == 401
-    after = scrape(verifier)
+    authentic = 'sealpost_verifier_verifications_total{org="METRICS",verdict="authentic"}'
+    tampered = 'sealpost_verifier_verifications_total{org="METRICS",verdict="tampered"}'
 
     def grew(series: str) -> float:
         return after.get(series, 0.0) - before.get(series, 0.0)
 
-    authentic = 'sealpost_verifier_verifications_total{org="METRICS",verdict="authentic"}'
-    tampered = 'sealpost_verifier_verifications_total{org="METRICS",verdict="tampered"}'
+    rate_limited = 'sealpost_verifier_rejections_total{reason="rate_limited"}'
+    unauthorized = 'sealpost_verifier_rejections_total{reason="unauthorized"}'
+
+    def counted() -> bool:
+        return (grew(authentic), grew(tampered)) == (4, 1) and (
+            grew(rate_limited) >= 1
+            and grew(unauthorized) >= 1
+            and after["sealpost_verifier_uploads_in_progress"] == 0
+        )
+
+    # Each worker adds its counts to the host's totals every FLUSH_INTERVAL.
+    deadline = time.monotonic() + 10 * FLUSH_INTERVAL
+    after = scrape(verifier)
+    while not counted() and time.monotonic() < deadline:
+        time.sleep(0.1)
+        after = scrape(verifier)
     assert (grew(authentic), grew(tampered)) == (4, 1)
-    assert grew('sealpost_verifier_rejections_total{reason="rate_limited"}') >= 1
-    assert grew('sealpost_verifier_rejections_total{reason="unauthorized"}') >= 1
+    assert grew(rate_limited) >= 1
+    assert grew(unauthorized) >= 1
     assert grew("sealpost_verifier_verification_seconds_count") >= 5
     assert (
         after['sealpost_verifier_verification_seconds_bucket{le="+Inf"}']

@@ -435,3 +435,15 @@ def test_extra_certificates_of_another_chain_change_nothing(
         "d.pdf", DOCUMENT, _reshaped(_sign_at(material, NOW), carrying), trust, NOW
     )
     assert check.status is DocStatus.VALID
+
+
+def test_a_signer_certificate_with_a_duplicated_extension_is_malformed(
+    signature: bytes, trust: Trust
+) -> None:
+    """RFC 5280 4.2: an extension appears at most once. The signer's subjectKeyIdentifier
+    renamed authorityKeyIdentifier (a byte hypothesis found): cryptography refuses to read
+    its extensions, and the check says so instead of raising."""
+    at = signature.rindex(b"\x06\x03\x55\x1d\x0e")  # the signer's, which comes last
+    forged = signature[: at + 4] + b"\x23" + signature[at + 5 :]
+    check = check_document("d.pdf", DOCUMENT, forged, trust, NOW)
+    assert (check.status, check.reason) == (DocStatus.INVALID, "malformed_signature")

@@ -10,8 +10,10 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.verifier.conftest import make_settings, run_verifier, serve, wait_until_up
+from verifier import metrics as metrics_module
 from verifier.app import create_app
 from verifier.endpoints import HttpError
 from verifier.metrics import REJECTION_REASONS, UPLOADS, Metrics, render
@@ -37,6 +39,8 @@ def test_every_process_adds_to_the_same_totals(tmp_path: Path) -> None:
     second.verification("tampered", None, 30.0)
     first.rejection("rate_limited")
     second.rejection("rate_limited")
+    first.flush()
+    second.flush()
     text = render(SharedState(database))
     found = values(text)
     assert found['sealpost_verifier_verifications_total{org="MUTAZUR",verdict="authentic"}'] == "2"
@@ -53,6 +57,74 @@ def test_every_process_adds_to_the_same_totals(tmp_path: Path) -> None:
     assert "# TYPE sealpost_verifier_uploads_in_progress gauge" in text
 
 
+def test_a_worker_counts_in_memory_and_adds_them_to_the_host_when_it_flushes(
+    tmp_path: Path,
+) -> None:
+    database, _ = prepare(tmp_path / "run")
+    scraper = SharedState(database)
+    metrics = Metrics(SharedState(database), interval=3600)
+    metrics.verification("authentic", None, 0.004)
+    metrics.upload(+1)
+    before = values(render(scraper))
+    assert before["sealpost_verifier_verification_seconds_count"] == "0"
+    assert before[UPLOADS] == "0"
+    metrics.flush()
+    metrics.verification("authentic", None, 0.004)
+    metrics.flush()
+    metrics.flush()  # nothing new: nothing added twice
+    after = values(render(scraper))
+    assert (
+        after['sealpost_verifier_verifications_total{org="anonymous",verdict="authentic"}'] == "2"
+    )
+    assert after["sealpost_verifier_verification_seconds_count"] == "2"
+    assert after[UPLOADS] == "1"
+    metrics.upload(-1)
+    metrics.close()  # a worker stopping: its last counts are written
+    assert values(render(scraper))[UPLOADS] == "0"
+
+
+def test_the_flusher_writes_on_its_own_every_interval(tmp_path: Path) -> None:
+    database, _ = prepare(tmp_path / "run")
+    scraper = SharedState(database)
+    metrics = Metrics(SharedState(database), interval=0.05)
+    metrics.rejection("busy")
+    deadline = time.monotonic() + 10
+    while values(render(scraper)).get('sealpost_verifier_rejections_total{reason="busy"}') != "1":
+        assert time.monotonic() < deadline, "never flushed"
+        time.sleep(0.02)
+    metrics.close()
+
+
+def test_counts_that_could_not_be_written_wait_for_the_next_flush(tmp_path: Path) -> None:
+    database, _ = prepare(tmp_path / "run")
+    scraper = SharedState(database)
+    metrics = Metrics(SharedState(database), interval=3600)
+    metrics.rejection("timeout")
+    scraper.execute("DROP TABLE counters")
+    metrics.flush()  # fails: logged, kept
+    scraper.execute(
+        "CREATE TABLE counters (name TEXT NOT NULL, labels TEXT NOT NULL, value REAL NOT NULL,"
+        " PRIMARY KEY (name, labels))"
+    )
+    metrics.rejection("timeout")
+    metrics.flush()
+    assert values(render(scraper))['sealpost_verifier_rejections_total{reason="timeout"}'] == "2"
+
+
+def test_many_series_are_written_in_parts_and_all_counted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(metrics_module, "_SERIES_PER_WRITE", 2)
+    database, _ = prepare(tmp_path / "run")
+    metrics = Metrics(SharedState(database), interval=3600)
+    for reason in REJECTION_REASONS:
+        metrics.rejection(reason)
+    metrics.flush()
+    found = values(render(SharedState(database)))
+    for reason in REJECTION_REASONS:
+        assert found[f'sealpost_verifier_rejections_total{{reason="{reason}"}}'] == "1"
+
+
 def test_an_empty_host_still_describes_every_metric() -> None:
     found = values(render(SharedState.in_memory()))
     assert found["sealpost_verifier_uploads_in_progress"] == "0"
@@ -61,13 +133,14 @@ def test_an_empty_host_still_describes_every_metric() -> None:
 
 def test_uploads_of_a_worker_that_died_no_longer_count(tmp_path: Path) -> None:
     state = SharedState.in_memory()
-    Metrics(state).upload(+1)
+    metrics = Metrics(state)
+    metrics.upload(+1)
+    metrics.flush()
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True)  # fmt: skip
-    with state.transaction() as db:
-        db.execute(
-            "INSERT INTO gauges (name, pid, value) VALUES (?, ?, 3)", (UPLOADS, int(dead.stdout))
-        )
+    state.execute(
+        "INSERT INTO gauges (name, pid, value) VALUES (?, ?, 3)", (UPLOADS, int(dead.stdout))
+    )
     assert values(render(state))[UPLOADS] == "1"
 
 
@@ -98,7 +171,9 @@ def test_an_upload_in_progress_is_counted_until_it_ends(tmp_path: Path, archive_
 
 def test_the_endpoint_answers_get_metrics_only() -> None:
     state = SharedState.in_memory()
-    Metrics(state).rejection("too_large")
+    metrics = Metrics(state)
+    metrics.rejection("too_large")
+    metrics.flush()
     port = free_port("127.0.0.1")
     server = serve_metrics(state, "127.0.0.1", port)
     try:

@@ -18,8 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_a_run_starts_from_an_empty_private_state(tmp_path: Path) -> None:
     directory = tmp_path / "run"
     database, lock = prepare(directory)
-    with SharedState(database).transaction() as db:
-        db.execute("INSERT INTO hits (bucket, at) VALUES ('ip:192.0.2.1', 1.0)")
+    SharedState(database).execute("INSERT INTO hits (bucket, at) VALUES ('ip:192.0.2.1', 1.0)")
     os.close(lock)
     database, lock = prepare(directory)  # the next run
     try:
