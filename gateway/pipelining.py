@@ -29,7 +29,7 @@ from aiosmtplib.protocol import COMMAND_INJECTION_REGEX
 from aiosmtplib.response import SMTPResponse
 
 from gateway.dot_stuffing import END_OF_DATA, data_body, normalized_line_ends
-from gateway.reply_queue import ReplyQueue
+from gateway.reply_queue import OutOfStep, ReplyQueue
 
 _ACCEPTED_RCPT: Final = frozenset({250, 251})
 _START_INPUT: Final = 354
@@ -88,6 +88,10 @@ async def send_pipelined(
             if reset:
                 await _reset(protocol, reset_timeout)
             done = await _exchange(protocol, len(recipients), message, reply_timeout)
+            if not protocol.in_step and not any(v.delivered for v in done.verdicts):
+                # A surplus reply came after those read: they may each belong to the
+                # command before, so no refusal among them is trusted.
+                raise OutOfStep("the server sent more replies than commands")
     except BaseException:
         client.close()
         raise

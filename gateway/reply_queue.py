@@ -10,10 +10,11 @@ written (one per ``write``, as aiosmtplib writes one command at a time; `send` f
 pipelined group) and parses no more than that.
 
 A server that sends a reply nobody asked for (more replies than commands, a reply before
-its command, anything after the greeting or between transactions) is out of step, and no
-later reply can be trusted to pair with its command: the connection fails and is closed,
-as is one that sends a malformed or overlong reply. Replies parsed before the fault are
-still read in order; every read after them raises.
+its command, anything after the greeting or between transactions) is out of step: no
+reply of it, those already queued included, can be trusted to pair with its command, so
+every read raises `OutOfStep` and the connection is closed. One that sends a malformed or
+overlong reply, or closes, fails the same way, but the replies parsed before the fault
+are still read in order (a 421 before the close says why).
 """
 
 from __future__ import annotations
@@ -144,9 +145,16 @@ class ReplyQueue(aiosmtplib.protocol.SMTPProtocol):
         if unread:
             self._fail(OutOfStep("the server sent more than its greeting"))
 
+    @property
+    def in_step(self) -> bool:
+        """False once the server has sent a reply to no command."""
+        return not isinstance(self._failure, OutOfStep)
+
     def _fail(self, failure: aiosmtplib.SMTPException, *, close: bool = True) -> None:
         if self._failure is None:
             self._failure = failure
+        if isinstance(failure, OutOfStep):
+            self._replies.clear()
         self._buffer.clear()
         self._wake()
         if close and self.transport is not None:
