@@ -19,6 +19,7 @@ after the body was written. A session left in an unknown state is closed, never 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
@@ -112,9 +113,14 @@ def _envelope(
     options = [o.encode("ascii") for o in mail_options]
     if client.supports_extension("size"):  # RFC 1870: the octets as sent, before stuffing
         options.insert(0, b"SIZE=%d" % len(normalized_line_ends(message)))
-    mail = _command(b"MAIL", b"FROM:" + quote_address(sender).encode(encoding), *options)
-    rcpts = [_command(b"RCPT", b"TO:" + quote_address(r).encode(encoding)) for r in recipients]
+    mail = _command(b"MAIL", b"FROM:" + _quoted(sender).encode(encoding), *options)
+    rcpts = [_command(b"RCPT", b"TO:" + _quoted(r).encode(encoding)) for r in recipients]
     return [mail, *rcpts, b"DATA\r\n"]
+
+
+# aiosmtplib's quoting runs the email package's address parser (tens of us an address);
+# the sender is always the fund's and the recipients a few insurers'.
+_quoted = functools.lru_cache(maxsize=4096)(quote_address)
 
 
 def _command(*args: bytes) -> bytes:
