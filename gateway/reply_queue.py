@@ -61,7 +61,7 @@ class ReplyQueue(aiosmtplib.protocol.SMTPProtocol):
         """Write `commands` at once; the server owes `replies` replies for them."""
         if self._failure is not None:
             raise self._failure
-        aiosmtplib.protocol.SMTPProtocol.write(self, commands)
+        super().write(commands)
         self._owed += replies
 
     def write(self, data: bytes) -> None:
