@@ -163,8 +163,8 @@ async def _exchange(
         if data.code == _START_INPUT:
             # The server waits for a message no one will get: end it empty, as Postfix
             # does; its reply (a refusal, with no recipient) concerns no one.
-            protocol.send(END_OF_DATA, 1)
             try:
+                protocol.send(END_OF_DATA, 1)
                 ended = await protocol.read_response(reply_timeout)
             except (aiosmtplib.SMTPException, OSError):
                 return Transaction(verdicts, reusable=False)
