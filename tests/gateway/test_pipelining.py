@@ -34,6 +34,7 @@ class Downstream:
     # to give, in turn, then the usual one; CLOSE closes the connection.
     script: dict[str, list[bytes | None]] = field(default_factory=dict)
     extra: dict[str, bytes] = field(default_factory=dict)  # sent after that command's reply
+    close_after: str = ""  # the command after whose reply the connection is closed, once
     greeting: bytes = b"220 downstream.test ESMTP\r\n"
     pieces: int = 1  # each write cut into this many segments
     close_when_idle: bool = False  # close after each transaction, as an idle timeout would
@@ -104,7 +105,8 @@ class Downstream:
                     closing = True
                     break
                 out += reply + self.extra.get(verb, b"")
-                if verb == "QUIT":
+                if verb in ("QUIT", self.close_after):
+                    self.close_after = ""  # once
                     closing = True
                     break
             if out:
@@ -252,6 +254,22 @@ async def test_every_recipient_refused_and_354_to_data_ends_an_empty_message() -
     assert later.status == "delivered"
     assert scripted.connections == 1
     assert scripted.messages == [(SENDER, ["c@x.example"], MESSAGE)]
+
+
+@pytest.mark.parametrize("closes", ["END", "DATA"], ids=["before-its-reply", "after-354"])
+async def test_refusals_stand_when_the_empty_message_cannot_be_ended(closes: str) -> None:
+    scripted = Downstream(
+        script={"RCPT": replies("550 5.1.1 no a"), "DATA": replies("354 go ahead anyway")},
+        close_after=closes,
+    )
+    if closes == "END":
+        scripted.script["END"] = [CLOSE]
+    async with delivering(scripted) as delivery:
+        (refused,) = await send(delivery, "a@x.example")
+        (later,) = await send(delivery, "b@x.example")
+    assert (refused.status, refused.reply) == ("permanent", "550 5.1.1 no a")
+    assert later.status == "delivered"
+    assert scripted.connections == 2  # the first session was not reused
 
 
 async def test_every_recipient_refused_and_554_to_data_sends_nothing_more() -> None:
