@@ -1,6 +1,7 @@
 """Delivery of one message to its recipients, by route: smarthost, direct MX or Maildir.
 
-The only module that speaks SMTP outward (the only one importing aiosmtplib). It knows
+The only module that speaks SMTP outward (with aiosmtplib, whose replies come through
+`gateway.reply_queue`; transactions pipelined by `gateway.pipelining`). It knows
 nothing of the spool or of retries: ``Delivery.deliver`` takes a sender, recipients and
 the sealed bytes and returns one ``Outcome`` per recipient, each delivered, transient
 (try again later) or permanent (bounce), with the reply text kept for the DSN and logs.
@@ -17,7 +18,8 @@ or TLS without authentication; it may also leave hosts out.
 
 Connections are pooled per host, port and the TLS asked of that host (``HostTls``: two
 domains' policies asking different things of one MX host never share a session), checked
-with RSET before each reuse and closed with QUIT once idle for ``idle_timeout``
+with RSET before each reuse (in the same write as the envelope to a hop offering
+PIPELINING) and closed with QUIT once idle for ``idle_timeout``
 (gateway.connection_pool); the number of simultaneous transactions per destination is
 bounded. Credentials for a
 smarthost are only ever sent over TLS.
@@ -51,36 +53,19 @@ from pathlib import Path
 from typing import Final, Literal, Protocol
 
 import aiosmtplib
-import aiosmtplib.protocol
 import dns.asyncresolver
 import dns.exception
 import dns.name
 import dns.rdatatype
 import dns.resolver
 
-from gateway import dane
+from gateway import dane, pipelining
 from gateway.connection_pool import IdlePool
 from gateway.destinations import Destinations, Hold, Refusal, Ticket, next_hop
 from gateway.mail_params import NO_PARAMS, MailParams, Unsendable, options_for
+from gateway.reply_queue import QueuedSMTP
 from gateway.tls_policy import OPPORTUNISTIC, HostTls, TlsPolicy
 from keys.safeio import fsync_dir
-
-_normalize_line_ends = aiosmtplib.protocol.normalize_message_line_endings
-
-
-def normalized_line_ends(message: bytes) -> bytes:
-    """aiosmtplib's line-end normalisation, without its regular expression rewriting every
-    CRLF of a message that has no other kind (every sealed message: 5% of a lane's time
-    under load). Anything else still goes through aiosmtplib's own."""
-    crlf = message.count(b"\r\n")
-    if message.count(b"\n") == crlf == message.count(b"\r") and message.endswith(b"\r\n"):
-        return message
-    normalized: bytes = _normalize_line_ends(message)
-    return normalized
-
-
-# execute_data_command looks the name up in its module at each call.
-aiosmtplib.protocol.normalize_message_line_endings = normalized_line_ends
 
 log = logging.getLogger("sealpost.delivery")
 
@@ -396,17 +381,18 @@ class Delivery:
             client, reused = await self._checkout(pool_key)
             try:
                 outcomes, healthy = await self._transaction(
-                    client, host, rcpts, sender, data, params
+                    client, host, rcpts, sender, data, params, reset=reused
                 )
             except aiosmtplib.SMTPServerDisconnected:
                 client.close()
                 if not reused:
                     raise _LostMidTransaction(f"4.4.2 {host}: connection lost") from None
-                # A pooled connection the peer had already closed: one fresh try.
+                # A pooled connection the peer had already closed (or that failed its
+                # pipelined RSET): one fresh try.
                 client, _ = await self._checkout(pool_key, fresh=True)
                 try:
                     outcomes, healthy = await self._transaction(
-                        client, host, rcpts, sender, data, params
+                        client, host, rcpts, sender, data, params, reset=False
                     )
                 except aiosmtplib.SMTPServerDisconnected:
                     client.close()
@@ -428,7 +414,10 @@ class Delivery:
     ) -> tuple[aiosmtplib.SMTP, bool]:
         while not fresh and (client := self._pool.take(key)) is not None:
             # RSET first: a clean envelope, and proof the session still lives (RFC 5321
-            # 4.1.1.5), before a message is committed to it.
+            # 4.1.1.5), before a message is committed to it. With PIPELINING it goes in
+            # the same write as the envelope (`_transaction`).
+            if pipelining.offered(client):
+                return client, True
             try:
                 await client.rset(timeout=min(self._timeout, _RSET_TIMEOUT))
             except (aiosmtplib.SMTPException, OSError):
@@ -486,7 +475,7 @@ class Delivery:
         smarthost = self.route if isinstance(self.route, Smarthost) else None
         addresses = tls.addresses or (host,)
         for i, address in enumerate(addresses):
-            client = aiosmtplib.SMTP(
+            client = QueuedSMTP(
                 hostname=address,
                 port=port,
                 local_hostname=self._local_hostname,
@@ -531,8 +520,12 @@ class Delivery:
         sender: str,
         data: bytes,
         params: MailParams,
+        *,
+        reset: bool,
     ) -> tuple[list[Outcome], bool]:
-        """One MAIL/RCPT/DATA; returns outcomes and whether the connection is reusable."""
+        """One MAIL/RCPT/DATA; returns outcomes and whether the connection is reusable.
+        `reset`: a pooled session, to be proven alive by a pipelined RSET (when the hop
+        pipelines; `_checkout` sent it otherwise)."""
         if client.is_ehlo_or_helo_needed:
             # STARTTLS makes the client forget the extensions (RFC 3207 4.2) until its next
             # EHLO, which sendmail would send only after the options were chosen.
@@ -550,6 +543,20 @@ class Delivery:
             log.info("event=unsendable host=%s reason=%s", host, refusal)
             return [Outcome(r, "permanent", str(refusal)) for r in rcpts], True
         try:
+            if pipelining.offered(client):
+                done = await pipelining.send_pipelined(
+                    client,
+                    sender,
+                    rcpts,
+                    data,
+                    options,
+                    reset=reset,
+                    reply_timeout=self._timeout,
+                    reset_timeout=min(self._timeout, _RSET_TIMEOUT),
+                )
+                return [_decided(r, v) for r, v in zip(rcpts, done.verdicts, strict=True)], (
+                    done.reusable
+                )
             refused, reply = await client.sendmail(sender, rcpts, data, mail_options=options)
         except aiosmtplib.SMTPRecipientsRefused as exc:
             by_rcpt = {
@@ -580,6 +587,12 @@ def _check_dane(client: aiosmtplib.SMTP, host: str, tlsa: tuple[dane.Tlsa, ...])
     chain = dane.peer_chain(ssl_object) if ssl_object else []
     if dane.verify(tlsa, chain, host) is None:
         raise _Unauthenticated(f"certificate matches none of its {len(tlsa)} TLSA records")
+
+
+def _decided(rcpt: str, verdict: pipelining.Verdict) -> Outcome:
+    if verdict.delivered:
+        return Outcome(rcpt, "delivered", f"250 {_one_line(verdict.reply.message)}")
+    return _classify(verdict.reply.code, verdict.reply.message, rcpt)
 
 
 def _classify(code: int, message: str, rcpt: str) -> Outcome:

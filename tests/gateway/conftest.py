@@ -4,9 +4,10 @@ It can be told to refuse a recipient (``peer.refuse[address] = "550 ..."``), to 
 next N transactions at DATA (``peer.fail_next(3, "451 ...")``), and to offer STARTTLS
 with a trustme certificate (the ``tls_peer`` fixture); ``data_delay`` keeps a transaction
 in flight; ``withhold`` names EHLO extensions it does not advertise (``{"SMTPUTF8"}``: a
-hop without internationalised mail). It counts connections, records the RSET and QUIT
-commands it sees, and records
-each accepted message with whether it came over TLS.
+hop without internationalised mail), ``advertise`` those it adds (``["PIPELINING"]``:
+aiosmtpd takes pipelined commands in order but does not say so). It counts connections,
+records the RSET and QUIT commands it sees, and records each accepted message with
+whether it came over TLS.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ class Peer:
     credentials: dict[str, str] = field(default_factory=dict)  # AUTH user -> password
     data_delay: float = 0.0  # seconds to sit on DATA before answering
     withhold: set[str] = field(default_factory=set)  # EHLO keywords not advertised
+    advertise: list[str] = field(default_factory=list)  # EHLO keywords added ("PIPELINING")
     sessions: list[SMTP] = field(default_factory=list)
     commands: list[str] = field(default_factory=list)  # "RSET" and "QUIT", in order
     _failures_left: int = 0
@@ -83,6 +85,7 @@ class Peer:
     ) -> list[str]:
         session.host_name = hostname
         kept = [r for r in responses if r[4:].split(" ")[0].upper() not in self.withhold]
+        kept += [f"250 {keyword}" for keyword in self.advertise]
         # The last line of a multi-line reply is "250 ", the others "250-".
         return [*(f"250-{r[4:]}" for r in kept[:-1]), f"250 {kept[-1][4:]}"]
 

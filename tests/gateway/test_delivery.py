@@ -9,14 +9,10 @@ import ssl
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
-import aiosmtplib.protocol
 import dns.name
 import dns.resolver
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
-from gateway import delivery
 from gateway.delivery import (
     Delivery,
     DirectMX,
@@ -357,13 +353,3 @@ async def test_dns_resolver_orders_mx_and_falls_back_to_the_address() -> None:
         with pytest.raises(DnsFailure) as failure:
             await resolver.mx_hosts(domain)
         assert failure.value.permanent is permanent, domain
-
-
-@settings(max_examples=300, deadline=None)
-@given(
-    st.lists(st.sampled_from([b"a", b"\r\n", b"\r", b"\n", b".", b" "]), max_size=20).map(b"".join)
-)
-def test_line_ends_are_normalised_as_aiosmtplib_does(message: bytes) -> None:
-    assert aiosmtplib.protocol.normalize_message_line_endings is delivery.normalized_line_ends
-    normalized = delivery.normalized_line_ends(message)
-    assert normalized == delivery._normalize_line_ends(message)

@@ -16,6 +16,7 @@ import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -35,8 +36,9 @@ class ScriptedServer:
     `reply` verbatim (None: the connection is closed instead; a reply cut off before its
     line end is followed by a close)."""
 
-    def __init__(self, command: str, reply: bytes | None) -> None:
+    def __init__(self, command: str, reply: bytes | None, *, pipelining: bool = False) -> None:
         self.command, self.reply = command, reply
+        self.pipelining = pipelining  # offered in EHLO: MAIL, RCPT and DATA come at once
         self.delivered = 0
 
     def answer(self, command: str, normal: bytes) -> bytes | None:
@@ -65,11 +67,15 @@ class ScriptedServer:
             if verb == "DATA":
                 if not await send("DATA", b"354 go ahead\r\n"):
                     return
-                while await reader.readline() not in (b".\r\n", b""):
+                while (line := await reader.readline()) not in (b".\r\n", b""):
                     pass
+                if not line:  # closed before the end of data: nothing was taken
+                    return
                 self.delivered += 1
                 verb = "END"
-            normal = {"EHLO": b"250-hostile.test\r\n250 8BITMIME\r\n", "QUIT": b"221 bye\r\n"}
+            offer = b"250-PIPELINING\r\n" if self.pipelining else b""
+            ehlo = b"250-hostile.test\r\n" + offer + b"250 8BITMIME\r\n"
+            normal = {"EHLO": ehlo, "QUIT": b"221 bye\r\n"}
             if not await send(verb, normal.get(verb, b"250 2.0.0 ok\r\n")):
                 return
             if verb == "QUIT":
@@ -77,8 +83,10 @@ class ScriptedServer:
 
 
 @contextlib.asynccontextmanager
-async def hostile(command: str, reply: bytes | None) -> AsyncIterator[tuple[ScriptedServer, int]]:
-    scripted = ScriptedServer(command, reply)
+async def hostile(
+    command: str, reply: bytes | None, *, pipelining: bool = False
+) -> AsyncIterator[tuple[ScriptedServer, int]]:
+    scripted = ScriptedServer(command, reply, pipelining=pipelining)
     server = await asyncio.start_server(scripted.session, "127.0.0.1", 0)
     try:
         yield scripted, server.sockets[0].getsockname()[1]
@@ -86,14 +94,24 @@ async def hostile(command: str, reply: bytes | None) -> AsyncIterator[tuple[Scri
         server.close()
 
 
-async def deliver_once(command: str, reply: bytes | None, wait: float = 2.0) -> Outcome:
-    async with hostile(command, reply) as (_, port):
+async def deliver_once(
+    command: str, reply: bytes | None, wait: float = 2.0, *, pipelining: bool = False
+) -> Outcome:
+    outcome, _ = await deliver_and_count(command, reply, wait, pipelining=pipelining)
+    return outcome
+
+
+async def deliver_and_count(
+    command: str, reply: bytes | None, wait: float, *, pipelining: bool
+) -> tuple[Outcome, int]:
+    """The outcome, and how many messages the server took to the end of data."""
+    async with hostile(command, reply, pipelining=pipelining) as (scripted, port):
         delivery = Delivery(Smarthost("127.0.0.1", port), local_hostname="gw.test", timeout=wait)
         try:
             [outcome] = await delivery.deliver("s@caisses.example", ["a@insurer.example"], MESSAGE)
         finally:
             await delivery.close()
-    return outcome
+    return outcome, scripted.delivered
 
 
 def assert_recordable(outcome: Outcome) -> None:
@@ -168,6 +186,28 @@ async def test_close_in_the_middle_of_a_reply_is_transient() -> None:
     assert_recordable(outcome)
 
 
+@pytest.mark.parametrize("pipelining", [False, True], ids=["lock-step", "pipelined"])
+@pytest.mark.parametrize(
+    ("command", "reply"),
+    [
+        ("MAIL", b"250-accepted\r\n250 and more\r\n250 unasked\r\n"),  # multi-line, then extra
+        ("RCPT", b"250 ok\r\n550 5.1.1 unasked\r\n"),
+        ("DATA", b"354 go\r\n250 2.0.0 unasked, before the body\r\n"),
+        ("RCPT", b"\xff\xfe\x00 garbage\r\n"),
+        ("DATA", b"354-go\r\n"),  # never finished
+        ("RCPT", None),
+    ],
+    ids=["extra-after-mail", "extra-after-rcpt", "reply-before-body", "8bit", "cut", "closed"],
+)
+async def test_a_stray_or_broken_reply_delivers_nothing(
+    command: str, reply: bytes | None, pipelining: bool
+) -> None:
+    outcome, taken = await deliver_and_count(command, reply, 0.3, pipelining=pipelining)
+    assert outcome.status == "transient", outcome
+    assert taken == 0
+    assert_recordable(outcome)
+
+
 async def test_an_eight_bit_acceptance_is_recorded_once_and_not_sent_again(
     tmp_path: Path,
 ) -> None:
@@ -229,12 +269,16 @@ _REPLY = st.one_of(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
-@given(command=st.sampled_from(COMMANDS), reply=_REPLY)
-def test_any_reply_gives_an_outcome_that_can_be_recorded(command: str, reply: bytes | None) -> None:
+@given(command=st.sampled_from(COMMANDS), reply=_REPLY, pipelining=st.booleans())
+def test_any_reply_gives_an_outcome_that_can_be_recorded(
+    command: str, reply: bytes | None, pipelining: bool
+) -> None:
     # A reply that never completes waits for the timeout: kept short.
-    outcome = asyncio.run(deliver_once(command, reply, wait=0.3))
+    outcome, taken = asyncio.run(deliver_and_count(command, reply, 0.3, pipelining=pipelining))
     assert_recordable(outcome)
-    if command == "END" and outcome.status == "delivered":
-        # Delivered only if the peer really accepted the end of data.
-        assert reply is not None
-        assert reply.startswith(b"2")
+    if outcome.status == "delivered":
+        # Delivered only if the peer received the whole message and accepted it.
+        assert taken == 1
+        if command == "END":
+            assert reply is not None
+            assert reply.startswith(b"2")
