@@ -30,8 +30,12 @@ def normalized_line_ends(message: bytes) -> bytes:
 
 def data_body(message: bytes) -> bytes:
     """What follows the 354 reply to DATA: the message dot-stuffed, then ".\\r\\n"."""
-    normalized = normalized_line_ends(message)
-    # Every line end is CRLF now, so a line's start is the message's or follows "\r\n".
-    stuffed = normalized.replace(b"\r\n.", b"\r\n..")
-    lead = b"." if stuffed.startswith(b".") else b""
-    return b"".join((lead, stuffed, END_OF_DATA))
+    return stuffed(normalized_line_ends(message))
+
+
+def stuffed(normalized: bytes) -> bytes:
+    """`data_body` of a message whose line ends `normalized_line_ends` has made CRLF."""
+    # Every line end is CRLF, so a line's start is the message's or follows "\r\n".
+    body = normalized.replace(b"\r\n.", b"\r\n..")
+    lead = b"." if body.startswith(b".") else b""
+    return b"".join((lead, body, END_OF_DATA))

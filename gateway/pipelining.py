@@ -29,7 +29,7 @@ from aiosmtplib.email import quote_address
 from aiosmtplib.protocol import COMMAND_INJECTION_REGEX
 from aiosmtplib.response import SMTPResponse
 
-from gateway.dot_stuffing import END_OF_DATA, data_body, normalized_line_ends
+from gateway.dot_stuffing import END_OF_DATA, normalized_line_ends, stuffed
 from gateway.reply_queue import OutOfStep, ReplyQueue
 
 _ACCEPTED_RCPT: Final = frozenset({250, 251})
@@ -80,7 +80,8 @@ async def send_pipelined(
     protocol = client.protocol
     if not isinstance(protocol, ReplyQueue):
         raise aiosmtplib.SMTPServerDisconnected("Server not connected")
-    commands = _envelope(client, sender, recipients, message, mail_options)
+    wire = normalized_line_ends(message)  # SIZE counts it, the body is made of it
+    commands = _envelope(client, sender, recipients, wire, mail_options)
     if reset:
         commands.insert(0, b"RSET\r\n")
     try:
@@ -88,7 +89,7 @@ async def send_pipelined(
             protocol.send(b"".join(commands), len(commands))
             if reset:
                 await _reset(protocol, reset_timeout)
-            done = await _exchange(protocol, len(recipients), message, reply_timeout)
+            done = await _exchange(protocol, len(recipients), wire, reply_timeout)
             if not protocol.in_step and not any(v.delivered for v in done.verdicts):
                 # A surplus reply came after those read: they may each belong to the
                 # command before, so no refusal among them is trusted.
@@ -105,14 +106,14 @@ def _envelope(
     client: aiosmtplib.SMTP,
     sender: str,
     recipients: Sequence[str],
-    message: bytes,
+    wire: bytes,
     mail_options: Sequence[str],
 ) -> list[bytes]:
     """MAIL, RCPT... and DATA, as aiosmtplib's sendmail words them."""
     encoding = "utf-8" if any(o.lower() == "smtputf8" for o in mail_options) else "ascii"
     options = [o.encode("ascii") for o in mail_options]
     if client.supports_extension("size"):  # RFC 1870: the octets as sent, before stuffing
-        options.insert(0, b"SIZE=%d" % len(normalized_line_ends(message)))
+        options.insert(0, b"SIZE=%d" % len(wire))
     mail = _command(b"MAIL", b"FROM:" + _quoted(sender).encode(encoding), *options)
     rcpts = [_command(b"RCPT", b"TO:" + _quoted(r).encode(encoding)) for r in recipients]
     return [mail, *rcpts, b"DATA\r\n"]
@@ -140,7 +141,7 @@ async def _reset(protocol: ReplyQueue, reply_timeout: float) -> None:
 
 
 async def _exchange(
-    protocol: ReplyQueue, count: int, message: bytes, reply_timeout: float
+    protocol: ReplyQueue, count: int, wire: bytes, reply_timeout: float
 ) -> Transaction:
     """Each reply waits at most `reply_timeout`, as each lock-step command does."""
     mail = await protocol.read_response(reply_timeout)
@@ -174,7 +175,7 @@ async def _exchange(
         for i in accepted:
             verdicts[i] = Verdict(data)
         return Transaction(verdicts, reusable=in_step and _fits(data, "45"))
-    protocol.send(data_body(message), 1)
+    protocol.send(stuffed(wire), 1)
     end = await protocol.read_response(reply_timeout)
     for i in accepted:
         verdicts[i] = Verdict(end, delivered=end.code == 250)
