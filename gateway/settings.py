@@ -99,8 +99,8 @@ class LimitsSettings:
     # NOOP, RSET, VRFY, EXPN, HELP, EHLO, HELO, STARTTLS and refused MAIL/RCPT allowed per
     # message (Postfix's smtpd_junk_command_limit); past it, 421 4.7.0 and a close.
     max_junk_commands: int = 100
-    # Seconds an implicit-TLS (smtps) client has to finish its handshake; the connection
-    # counts against max_connections from the moment it is accepted.
+    # Seconds a client has to finish its TLS handshake: on smtps from accept (the
+    # connection counts against max_connections from then), after STARTTLS from the 220.
     tls_handshake_timeout: float = 30.0
     auth_failure_delay: float = 1.0  # seconds before a failed AUTH is answered
     auth_max_failures_per_ip: int = 5

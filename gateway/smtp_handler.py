@@ -4,8 +4,9 @@
 leaves out: command lines must end with CRLF (bare LF or CR is refused, so a command
 cannot be smuggled), a separate DATA timeout, a 421 reply before a timeout closes the
 connection, connection limits, enhanced status codes on aiosmtpd's own replies, STARTTLS
-refused once TLS is active, AUTH mechanism names matched without regard to case, and a
-generic reply (never a Python error text) when something fails inside. What a client does
+refused once TLS is active and its handshake bounded in time, AUTH mechanism names
+matched without regard to case, and a generic reply (never a Python error text) when
+something fails inside. What a client does
 to its own connection (a failed TLS handshake, a reset, a close mid-command) is logged as
 one line, never as a traceback: the log's tracebacks are kept for the gateway's own faults.
 
@@ -26,6 +27,7 @@ import re
 import ssl
 import time
 import weakref
+from asyncio import sslproto
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from email._header_value_parser import AddrSpec, AngleAddr, get_addr_spec, get_angle_addr
@@ -108,7 +110,8 @@ class SessionLimits:
     # Commands that move no mail (JUNK_COMMANDS) allowed per message, as Postfix's
     # smtpd_junk_command_limit: past it, 421 and the connection is closed.
     max_junk_commands: int = 100
-    tls_handshake_timeout: float = 30.0  # implicit TLS (smtps): from accept to handshake done
+    # The TLS handshake: on smtps from accept, after STARTTLS from the 220, to its end.
+    tls_handshake_timeout: float = 30.0
 
 
 class BareLineEnding(Exception):
@@ -777,7 +780,51 @@ class GatewaySMTP(SMTP):
         if self.tls_active:
             await self.push(_TLS_ACTIVE_REPLY)
             return
-        await super().smtp_STARTTLS(arg)
+        if arg or self.tls_context is None or aiosmtpd.__version__ != smtp_setup.COPIED_VERSION:
+            await super().smtp_STARTTLS(arg)  # its refusals (501, 454), or its own layer
+            return
+        await self._start_tls(self.tls_context)
+
+    async def _start_tls(self, context: ssl.SSLContext) -> None:
+        """aiosmtpd 1.4.6's STARTTLS after its checks, its TLS layer given
+        ``limits.tls_handshake_timeout`` (aiosmtpd leaves asyncio's 60 s), and a handshake
+        cut short by the gateway (a timeout, a shutdown) made a failure like the others.
+
+        During the handshake the TLS layer tells the session nothing of a closed
+        connection (asyncio's SSLProtocol calls connection_lost only once it is set up);
+        it ends the handshake instead, with an error or, when the gateway closed it, with
+        none. Either way the session is still counted, so the command loop is told by
+        TLSSetupException, and ends the connection and releases its place."""
+        await self.push("220 Ready to start TLS")
+        waiter = self.loop.create_future()
+        tls = sslproto.SSLProtocol(
+            self.loop,
+            self,
+            context,
+            waiter,
+            server_side=True,
+            # typeshed says int; asyncio takes any positive number of seconds.
+            ssl_handshake_timeout=cast(int, self._limits.tls_handshake_timeout),
+        )
+        self._tls_protocol = tls
+        plain = self.transport
+        assert plain is not None
+        self._original_transport = plain
+        plain.set_protocol(tls)
+        self.transport = tls._app_transport
+        tls.connection_made(plain)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            raise TLSSetupException() from error
+        # connection_made (the TLS session's) runs before the waiter is woken.
+        assert self.session is not None
+        if self.session.ssl is None:
+            raise TLSSetupException() from ConnectionAbortedError(
+                "connection closed during the TLS handshake"
+            )
 
     @syntax("EHLO hostname")
     async def _ehlo(self, hostname: str) -> None:

@@ -1552,6 +1552,92 @@ async def test_a_slow_smtps_handshake_is_cut_and_frees_its_place(
             assert (await client.greet()).startswith("250-")
 
 
+async def _stalled_after_starttls(port: int, hello: bytes) -> Raw:
+    client = await Raw.connect(port)
+    await client.greet()
+    assert await client.command("STARTTLS") == "220 2.0.0 Ready to start TLS"
+    await client.send(hello)
+    return client
+
+
+@pytest.mark.parametrize("hello", [b"", PARTIAL_HELLO], ids=["silent", "partial_hello"])
+async def test_a_stalled_starttls_handshake_is_cut_and_frees_its_place(
+    signing_material: SigningMaterial,
+    server_tls: ssl.SSLContext,
+    client_tls: ssl.SSLContext,
+    caplog: pytest.LogCaptureFixture,
+    hello: bytes,
+) -> None:
+    """limits.tls_handshake_timeout bounds the handshake after STARTTLS as it bounds the
+    smtps one: the connection is closed and its place, per address too, is free again."""
+    caplog.set_level(logging.INFO)
+    async with running_gateway(
+        signing_material, server_tls, tls_handshake_timeout=0.3, max_connections_per_ip=2
+    ) as gw:
+        stalled = [await _stalled_after_starttls(gw.port("submission"), hello) for _ in range(2)]
+        try:
+            async with raw(gw.port()) as third:  # the address has used up its places
+                assert await third.reply() == (
+                    "421 4.7.0 Too many connections from your address, try again later"
+                )
+            for client in stalled:
+                await until_closed(client)  # within 5 s, not asyncio's default of 60
+        finally:
+            for client in stalled:
+                client.close()
+        await sessions_ended(gw)
+        assert caplog.text.count("event=tls_failed client_ip=127.0.0.1") == 2
+        assert "SSL handshake is taking longer than 0.3 seconds" in caplog.text
+        assert_no_traceback(caplog)
+        async with raw(gw.port("submission")) as client:
+            await client.greet()
+            await starttls(client, client_tls)
+
+
+async def test_a_starttls_handshake_dripped_a_byte_at_a_time_is_cut_at_the_timeout(
+    signing_material: SigningMaterial, server_tls: ssl.SSLContext
+) -> None:
+    """The timeout bounds the whole handshake, not the silence between its bytes."""
+    async with running_gateway(signing_material, server_tls, tls_handshake_timeout=0.3) as gw:
+        client = await _stalled_after_starttls(gw.port("submission"), b"")
+        try:
+            async with asyncio.timeout(5):
+                for byte in PARTIAL_HELLO:
+                    await client.send(bytes([byte]))
+                    await asyncio.sleep(0.1)
+                    if client.reader.at_eof() or client.writer.is_closing():
+                        break
+                await until_closed(client)
+        except ConnectionError:
+            pass  # the gateway closed the socket while a byte was on its way
+        finally:
+            client.close()
+        await sessions_ended(gw)
+
+
+async def test_a_timeout_during_the_starttls_handshake_frees_its_place(
+    signing_material: SigningMaterial, server_tls: ssl.SSLContext, client_tls: ssl.SSLContext
+) -> None:
+    """The command timeout, coming first, closes a connection in its handshake just as
+    well: closing aiosmtpd's TLS layer then must not leave the session counted."""
+    async with running_gateway(
+        signing_material,
+        server_tls,
+        command_timeout=0.3,
+        tls_handshake_timeout=30.0,
+        max_connections_per_ip=1,
+    ) as gw:
+        client = await _stalled_after_starttls(gw.port("submission"), PARTIAL_HELLO)
+        try:
+            await until_closed(client)
+        finally:
+            client.close()
+        await sessions_ended(gw)
+        async with raw(gw.port("submission")) as again:
+            await again.greet()
+            await starttls(again, client_tls)
+
+
 # ---------------------------------------------------------------------------- content refusals
 
 # One sample per content check of gateway/policy.py, by its metrics reason.
