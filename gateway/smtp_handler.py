@@ -25,6 +25,7 @@ import functools
 import logging
 import re
 import ssl
+import sys
 import time
 import weakref
 from asyncio import sslproto
@@ -75,6 +76,16 @@ _TLS_ACTIVE_REPLY = "503 5.5.1 Error: TLS already active"  # Postfix's words
 JUNK_COMMANDS = ("NOOP", "RSET", "VRFY", "EXPN", "HELP", "EHLO", "HELO", "STARTTLS")
 JUNK_WHEN_REFUSED = ("MAIL", "RCPT")
 
+# Errors: every 4xx or 5xx reply counts, whatever drew it (an empty or unknown line, a
+# command out of order, one refused before STARTTLS, a message refused for its content,
+# a failed AUTH), as Postfix's smtpd_hard_error_limit; most of them are no junk command,
+# so a client could otherwise draw them without end. A 4.5.3 (too many recipients) is
+# left out: a client may send more recipients than allowed and the rest in the next
+# transaction (RFC 5321 4.5.3.1.10; Postfix's smtpd_recipient_overshoot_limit), and the
+# junk budget counts them. As in Postfix, an accepted message forgives the errors before.
+_TOO_MANY_ERRORS = "421 4.7.0 Too many errors, closing connection"
+_NOT_AN_ERROR = "452 4.5.3 "
+
 # Raised by what the client does to its connection, not by a fault of the gateway's: a TLS
 # handshake that fails (aiosmtpd wraps its error in TLSSetupException), a reset or broken
 # pipe, an end of stream in the middle of a read.
@@ -110,6 +121,9 @@ class SessionLimits:
     # Commands that move no mail (JUNK_COMMANDS) allowed per message, as Postfix's
     # smtpd_junk_command_limit: past it, 421 and the connection is closed.
     max_junk_commands: int = 100
+    # 4xx/5xx replies allowed before a message is accepted, as Postfix's
+    # smtpd_hard_error_limit: past it, 421 and the connection is closed. 0: no limit.
+    max_errors: int = 20
     # The TLS handshake: on smtps from accept, after STARTTLS from the 220, to its end.
     tls_handshake_timeout: float = 30.0
 
@@ -477,6 +491,7 @@ class GatewaySMTP(SMTP):
         # count are wrapped once, on the class (`_junk_counted`).
         self._junk = 0
         self._refused = False  # the last reply was 4xx or 5xx
+        self._errors = 0  # 4xx and 5xx replies since the last accepted message
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         """aiosmtpd 1.4.6's answer for MAIL, RCPT and VRFY, without the typing.Protocol
@@ -660,8 +675,15 @@ class GatewaySMTP(SMTP):
 
         await self.push(f"220 {self.hostname} {self.__ident__}")
         bogus_budget = BOGUS_LIMIT
+        max_errors = self._limits.max_errors or sys.maxsize
 
         while self.transport is not None:
+            # Postfix's place for it: once the reply that reached the limit is sent,
+            # before anything more is read (what is pipelined behind is not served).
+            if self._errors >= max_errors:
+                log.info("event=error_limit client_ip=%s errors=%d", self.client_ip, self._errors)
+                self.close_with(_TOO_MANY_ERRORS)
+                return
             # After STARTTLS the session is a new one: read it anew for each command.
             session = self.session
             assert session is not None
@@ -866,7 +888,9 @@ class GatewaySMTP(SMTP):
     async def push(self, status: AnyStr) -> None:
         """aiosmtpd's, with enhanced status codes and without its DEBUG line to mail.log.
         Within EHLO the lines are gathered and written together (see _ehlo)."""
-        self._refused = status[:1] in ("4", "5", b"4", b"5")
+        refused = self._refused = status[:1] in ("4", "5", b"4", b"5")
+        if refused and not (isinstance(status, str) and status.startswith(_NOT_AN_ERROR)):
+            self._errors += 1
         if isinstance(status, str):
             if status == _AIOSMTPD_SIZE_REPLY:
                 status = self._too_big
@@ -909,7 +933,8 @@ class GatewaySMTP(SMTP):
                 self.envelope.content = self.envelope.original_content = content
                 status = await self._call_handler_hook("DATA")
                 if status.startswith("250"):
-                    self._junk = 0  # the budget is per message, as in Postfix
+                    # The budgets are per message, as in Postfix.
+                    self._junk = self._errors = 0
             self.envelope = self._create_envelope()
             await self.push(status)
         finally:
