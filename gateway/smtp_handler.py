@@ -5,10 +5,10 @@ leaves out: command lines must end with CRLF (bare LF or CR is refused, so a com
 cannot be smuggled), a separate DATA timeout, a 421 reply before a timeout closes the
 connection, connection limits, enhanced status codes on aiosmtpd's own replies, STARTTLS
 refused once TLS is active and its handshake bounded in time, AUTH mechanism names
-matched without regard to case, and a generic reply (never a Python error text) when
-something fails inside. What a client does
-to its own connection (a failed TLS handshake, a reset, a close mid-command) is logged as
-one line, never as a traceback: the log's tracebacks are kept for the gateway's own faults.
+matched without regard to case, budgets for junk commands and for errors, and a generic
+reply (never a Python error text) when something fails inside. What a client does to its
+own connection (a failed TLS handshake, a reset, a close mid-command) is logged as one
+line, never as a traceback: the log's tracebacks are kept for the gateway's own faults.
 
 `Handler` is the aiosmtpd handler: AUTH (PLAIN, LOGIN; scrypt hashes checked in a
 thread; delay then lockout per IP and per user), the policy checks, and the DATA flow
