@@ -533,6 +533,7 @@ async def run(settings: Settings, lane: int | None = None, parent: int | None = 
                     data_timeout=limits.data_timeout,
                     max_line_length=limits.max_line_length,
                     max_junk_commands=limits.max_junk_commands,
+                    max_errors=limits.max_errors,
                     tls_handshake_timeout=limits.tls_handshake_timeout,
                 ),
                 sessions=Sessions(limits.max_connections, limits.max_connections_per_ip),

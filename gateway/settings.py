@@ -99,8 +99,11 @@ class LimitsSettings:
     # NOOP, RSET, VRFY, EXPN, HELP, EHLO, HELO, STARTTLS and refused MAIL/RCPT allowed per
     # message (Postfix's smtpd_junk_command_limit); past it, 421 4.7.0 and a close.
     max_junk_commands: int = 100
-    # Seconds an implicit-TLS (smtps) client has to finish its handshake; the connection
-    # counts against max_connections from the moment it is accepted.
+    # 4xx/5xx replies allowed before a message is accepted (Postfix's
+    # smtpd_hard_error_limit); past it, 421 4.7.0 and a close. 0: no limit.
+    max_errors: int = 20
+    # Seconds a client has to finish its TLS handshake: on smtps from accept (the
+    # connection counts against max_connections from then), after STARTTLS from the 220.
     tls_handshake_timeout: float = 30.0
     auth_failure_delay: float = 1.0  # seconds before a failed AUTH is answered
     auth_max_failures_per_ip: int = 5
@@ -439,6 +442,8 @@ def validate(settings: Settings) -> list[str]:
     ):
         if getattr(s.limits, name) < 1:
             errors.append(f"limits.{name}: must be 1 or more")
+    if s.limits.max_errors < 0:
+        errors.append("limits.max_errors: must be 0 (no limit) or more")
     for name in ("command_timeout", "data_timeout", "auth_lockout", "tls_handshake_timeout"):
         if getattr(s.limits, name) <= 0:
             errors.append(f"limits.{name}: must be more than 0 seconds")

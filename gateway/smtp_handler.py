@@ -4,10 +4,11 @@
 leaves out: command lines must end with CRLF (bare LF or CR is refused, so a command
 cannot be smuggled), a separate DATA timeout, a 421 reply before a timeout closes the
 connection, connection limits, enhanced status codes on aiosmtpd's own replies, STARTTLS
-refused once TLS is active, AUTH mechanism names matched without regard to case, and a
-generic reply (never a Python error text) when something fails inside. What a client does
-to its own connection (a failed TLS handshake, a reset, a close mid-command) is logged as
-one line, never as a traceback: the log's tracebacks are kept for the gateway's own faults.
+refused once TLS is active and its handshake bounded in time, AUTH mechanism names
+matched without regard to case, budgets for junk commands and for errors, and a generic
+reply (never a Python error text) when something fails inside. What a client does to its
+own connection (a failed TLS handshake, a reset, a close mid-command) is logged as one
+line, never as a traceback: the log's tracebacks are kept for the gateway's own faults.
 
 `Handler` is the aiosmtpd handler: AUTH (PLAIN, LOGIN; scrypt hashes checked in a
 thread; delay then lockout per IP and per user), the policy checks, and the DATA flow
@@ -24,8 +25,10 @@ import functools
 import logging
 import re
 import ssl
+import sys
 import time
 import weakref
+from asyncio import sslproto
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from email._header_value_parser import AddrSpec, AngleAddr, get_addr_spec, get_angle_addr
@@ -73,6 +76,16 @@ _TLS_ACTIVE_REPLY = "503 5.5.1 Error: TLS already active"  # Postfix's words
 JUNK_COMMANDS = ("NOOP", "RSET", "VRFY", "EXPN", "HELP", "EHLO", "HELO", "STARTTLS")
 JUNK_WHEN_REFUSED = ("MAIL", "RCPT")
 
+# Errors: every 4xx or 5xx reply counts, whatever drew it (an empty or unknown line, a
+# command out of order, one refused before STARTTLS, a message refused for its content,
+# a failed AUTH), as Postfix's smtpd_hard_error_limit; most of them are no junk command,
+# so a client could otherwise draw them without end. A 4.5.3 (too many recipients) is
+# left out: a client may send more recipients than allowed and the rest in the next
+# transaction (RFC 5321 4.5.3.1.10; Postfix's smtpd_recipient_overshoot_limit), and the
+# junk budget counts them. As in Postfix, an accepted message forgives the errors before.
+_TOO_MANY_ERRORS = "421 4.7.0 Too many errors, closing connection"
+_NOT_AN_ERROR = "452 4.5.3 "
+
 # Raised by what the client does to its connection, not by a fault of the gateway's: a TLS
 # handshake that fails (aiosmtpd wraps its error in TLSSetupException), a reset or broken
 # pipe, an end of stream in the middle of a read.
@@ -108,7 +121,11 @@ class SessionLimits:
     # Commands that move no mail (JUNK_COMMANDS) allowed per message, as Postfix's
     # smtpd_junk_command_limit: past it, 421 and the connection is closed.
     max_junk_commands: int = 100
-    tls_handshake_timeout: float = 30.0  # implicit TLS (smtps): from accept to handshake done
+    # 4xx/5xx replies allowed before a message is accepted, as Postfix's
+    # smtpd_hard_error_limit: past it, 421 and the connection is closed. 0: no limit.
+    max_errors: int = 20
+    # The TLS handshake: on smtps from accept, after STARTTLS from the 220, to its end.
+    tls_handshake_timeout: float = 30.0
 
 
 class BareLineEnding(Exception):
@@ -474,6 +491,7 @@ class GatewaySMTP(SMTP):
         # count are wrapped once, on the class (`_junk_counted`).
         self._junk = 0
         self._refused = False  # the last reply was 4xx or 5xx
+        self._errors = 0  # 4xx and 5xx replies since the last accepted message
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         """aiosmtpd 1.4.6's answer for MAIL, RCPT and VRFY, without the typing.Protocol
@@ -657,8 +675,15 @@ class GatewaySMTP(SMTP):
 
         await self.push(f"220 {self.hostname} {self.__ident__}")
         bogus_budget = BOGUS_LIMIT
+        max_errors = self._limits.max_errors or sys.maxsize
 
         while self.transport is not None:
+            # Postfix's place for it: once the reply that reached the limit is sent,
+            # before anything more is read (what is pipelined behind is not served).
+            if self._errors >= max_errors:
+                log.info("event=error_limit client_ip=%s errors=%d", self.client_ip, self._errors)
+                self.close_with(_TOO_MANY_ERRORS)
+                return
             # After STARTTLS the session is a new one: read it anew for each command.
             session = self.session
             assert session is not None
@@ -777,7 +802,51 @@ class GatewaySMTP(SMTP):
         if self.tls_active:
             await self.push(_TLS_ACTIVE_REPLY)
             return
-        await super().smtp_STARTTLS(arg)
+        if arg or self.tls_context is None or aiosmtpd.__version__ != smtp_setup.COPIED_VERSION:
+            await super().smtp_STARTTLS(arg)  # its refusals (501, 454), or its own layer
+            return
+        await self._start_tls(self.tls_context)
+
+    async def _start_tls(self, context: ssl.SSLContext) -> None:
+        """aiosmtpd 1.4.6's STARTTLS after its checks, its TLS layer given
+        ``limits.tls_handshake_timeout`` (aiosmtpd leaves asyncio's 60 s), and a handshake
+        cut short by the gateway (a timeout, a shutdown) made a failure like the others.
+
+        During the handshake the TLS layer tells the session nothing of a closed
+        connection (asyncio's SSLProtocol calls connection_lost only once it is set up);
+        it ends the handshake instead, with an error or, when the gateway closed it, with
+        none. Either way the session is still counted, so the command loop is told by
+        TLSSetupException, and ends the connection and releases its place."""
+        await self.push("220 Ready to start TLS")
+        waiter = self.loop.create_future()
+        tls = sslproto.SSLProtocol(
+            self.loop,
+            self,
+            context,
+            waiter,
+            server_side=True,
+            # typeshed says int; asyncio takes any positive number of seconds.
+            ssl_handshake_timeout=cast(int, self._limits.tls_handshake_timeout),
+        )
+        self._tls_protocol = tls
+        plain = self.transport
+        assert plain is not None
+        self._original_transport = plain
+        plain.set_protocol(tls)
+        self.transport = tls._app_transport
+        tls.connection_made(plain)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            raise TLSSetupException() from error
+        # connection_made (the TLS session's) runs before the waiter is woken.
+        assert self.session is not None
+        if self.session.ssl is None:
+            raise TLSSetupException() from ConnectionAbortedError(
+                "connection closed during the TLS handshake"
+            )
 
     @syntax("EHLO hostname")
     async def _ehlo(self, hostname: str) -> None:
@@ -819,7 +888,9 @@ class GatewaySMTP(SMTP):
     async def push(self, status: AnyStr) -> None:
         """aiosmtpd's, with enhanced status codes and without its DEBUG line to mail.log.
         Within EHLO the lines are gathered and written together (see _ehlo)."""
-        self._refused = status[:1] in ("4", "5", b"4", b"5")
+        refused = self._refused = status[:1] in ("4", "5", b"4", b"5")
+        if refused and not (isinstance(status, str) and status.startswith(_NOT_AN_ERROR)):
+            self._errors += 1
         if isinstance(status, str):
             if status == _AIOSMTPD_SIZE_REPLY:
                 status = self._too_big
@@ -862,7 +933,8 @@ class GatewaySMTP(SMTP):
                 self.envelope.content = self.envelope.original_content = content
                 status = await self._call_handler_hook("DATA")
                 if status.startswith("250"):
-                    self._junk = 0  # the budget is per message, as in Postfix
+                    # The budgets are per message, as in Postfix.
+                    self._junk = self._errors = 0
             self.envelope = self._create_envelope()
             await self.push(status)
         finally:

@@ -18,6 +18,7 @@ from keys.signing import SigningMaterial
 from tests.gateway.test_smtp_handler import (
     DOMAIN,
     HOST,
+    PARTIAL_HELLO,
     Gateway,
     Raw,
     message,
@@ -188,6 +189,20 @@ async def test_shutdown_closes_idle_sessions_and_refuses_new_ones(gateway: Gatew
             assert await late.closed()
     except ConnectionRefusedError:
         pass
+
+
+async def test_shutdown_closes_a_session_in_its_starttls_handshake(gateway: Gateway) -> None:
+    """Closed in its handshake, the session is gone at once: not left counted, where the
+    shutdown would wait out its grace for it."""
+    async with raw(gateway.port("submission")) as client:
+        await client.greet()
+        assert await client.command("STARTTLS") == "220 2.0.0 Ready to start TLS"
+        await client.send(PARTIAL_HELLO)
+        await asyncio.sleep(0.05)  # the gateway has read it: it is inside the handshake
+        closing = asyncio.create_task(gateway.receiver.close(grace=30.0))
+        assert await client.closed()
+        await asyncio.wait_for(closing, 5)
+    assert len(gateway.receiver.sessions) == 0
 
 
 async def test_shutdown_lets_a_message_in_progress_finish(gateway: Gateway) -> None:

@@ -159,6 +159,16 @@ def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
     assert "clients[0] (batch).sender_domains: at least one domain" in text
 
 
+def test_max_errors_0_means_no_limit_and_below_is_refused(tmp_path: Path) -> None:
+    assert load(write(tmp_path, "[limits]\nmax_errors = 0\n"), {}).limits.max_errors == 0
+    assert errors_of(tmp_path, "[limits]\nmax_errors = -1\n") == [
+        "limits.max_errors: must be 0 (no limit) or more"
+    ]
+    loaded = load(None, {"SEALPOST_GATEWAY_LIMITS_MAX_ERRORS": "5"})
+    assert loaded.limits.max_errors == 5
+    assert settings.LimitsSettings().max_errors == 20
+
+
 def test_tls_policy_settings_are_checked(tmp_path: Path) -> None:
     errors = errors_of(
         tmp_path,

@@ -119,6 +119,7 @@ async def running_gateway(
         "data_timeout": 5.0,
         "max_line_length": 998,
         "max_junk_commands": 100,
+        "max_errors": 20,
         "tls_handshake_timeout": 5.0,
         "max_connections": 20,
         "max_connections_per_ip": 10,
@@ -1063,13 +1064,19 @@ async def test_proxy_listener_drops_a_connection_without_header(
         assert await client.closed()
 
 
-async def test_random_line_ends_never_split_or_merge_messages(gateway: Gateway) -> None:
+async def test_random_line_ends_never_split_or_merge_messages(
+    signing_material: SigningMaterial, server_tls: ssl.SSLContext
+) -> None:
     """Bodies made of dots, CRs, LFs and CRLFs, stuffed as a conforming client would: each
     transaction gets exactly one reply, accepted exactly as sent or refused whole."""
     rng = random.Random(20231218)  # fixed: the same payloads on every run
     pieces = [b"a", b".", b"\r", b"\n", b"\r\n", b"\r\n.", b".\r\n", b" "]
     accepted = 0
-    async with raw(gateway.port()) as client:
+    # More refusals in a row than the error budget allows: that budget is not tested here.
+    async with (
+        running_gateway(signing_material, server_tls, max_errors=0) as gateway,
+        raw(gateway.port()) as client,
+    ):
         await client.greet()
         for _ in range(150):
             body = b"".join(rng.choice(pieces) for _ in range(rng.randrange(1, 24)))
@@ -1510,6 +1517,120 @@ async def test_the_junk_budget_starts_again_with_each_message(
     assert len(gw.spool.puts) == 5
 
 
+TOO_MANY_ERRORS = "421 4.7.0 Too many errors, closing connection"
+
+
+# Lines the junk budget does not count, each answered with an error, without end before
+# the error budget: (listener, line, the reply's code).
+ENDLESS_ERRORS = {
+    "empty_line": ("relay", b"\r\n", "500"),
+    "bare_lf": ("relay", b"NOOP\n", "500"),
+    "data_without_recipient": ("relay", b"DATA\r\n", "503"),
+    "auth_before_tls": ("relay", b"AUTH PLAIN\r\n", "538"),
+    "mail_before_starttls": ("submission", b"MAIL FROM:<a@caisses.example>\r\n", "530"),
+}
+
+
+@pytest.mark.parametrize("case", ENDLESS_ERRORS.values(), ids=ENDLESS_ERRORS.keys())
+async def test_a_client_that_keeps_making_errors_is_cut_with_421(
+    signing_material: SigningMaterial,
+    server_tls: ssl.SSLContext,
+    caplog: pytest.LogCaptureFixture,
+    case: tuple[server.Mode, bytes, str],
+) -> None:
+    """Postfix's smtpd_hard_error_limit: the 5th error reply is followed at once by 421
+    and a close; nothing pipelined behind it is served."""
+    caplog.set_level(logging.INFO)
+    mode, line, code = case
+    async with (
+        running_gateway(signing_material, server_tls, max_errors=5) as gw,
+        raw(gw.port(mode)) as client,
+    ):
+        assert (await client.reply()).startswith("220 ")
+        await client.send(b"EHLO client.test\r\n" + line * 2000)
+        got = await replies(client, 2001)
+        assert await client.closed()
+        await sessions_ended(gw)
+    assert got[0].startswith("250-")
+    assert [r[:3] for r in got[1:6]] == [code] * 5
+    assert got[6:] == [TOO_MANY_ERRORS]
+    assert "event=error_limit client_ip=127.0.0.1 errors=5" in caplog.text
+    assert_no_traceback(caplog)
+
+
+async def test_a_client_cycling_refused_messages_is_cut_with_421(
+    signing_material: SigningMaterial, server_tls: ssl.SSLContext
+) -> None:
+    """Each refused message is a whole accepted MAIL, RCPT and DATA (no junk), then one
+    error: the error budget is what ends the cycle."""
+    bad = message(body="Montant\0 12\r\n")
+    async with (
+        running_gateway(signing_material, server_tls, max_errors=3) as gw,
+        raw(gw.port()) as client,
+    ):
+        await client.greet()
+        for _ in range(3):
+            assert (await transaction(client, bad)).startswith("550 5.6.0 ")
+        assert await client.reply() == TOO_MANY_ERRORS
+        assert await client.closed()
+    assert gw.spool.puts == []
+
+
+async def test_the_error_budget_starts_again_with_each_accepted_message(
+    signing_material: SigningMaterial, server_tls: ssl.SSLContext
+) -> None:
+    """As in Postfix, a message accepted forgives the errors before it: a batch connection
+    that meets a refusal now and then over thousands of messages is never cut."""
+    async with (
+        running_gateway(signing_material, server_tls, max_errors=3) as gw,
+        raw(gw.port()) as client,
+    ):
+        await client.greet()
+        for _ in range(4):
+            await client.send(b"DATA\r\n" * 2)
+            assert [r[:3] for r in await replies(client, 2)] == ["503", "503"]
+            assert (await transaction(client, message())).startswith("250 2.0.0 Queued")
+        assert await client.command("DATA") == "503 5.5.1 Error: need RCPT command"
+        assert await client.command("DATA") == "503 5.5.1 Error: need RCPT command"
+        assert await client.command("DATA") == "503 5.5.1 Error: need RCPT command"
+        assert await client.reply() == TOO_MANY_ERRORS
+    assert len(gw.spool.puts) == 4
+
+
+async def test_recipients_over_the_limit_are_not_errors(
+    signing_material: SigningMaterial, server_tls: ssl.SSLContext
+) -> None:
+    """A client may pipeline more recipients than allowed and send the rest in the next
+    transaction (RFC 5321 4.5.3.1.10): its 452s are no errors (Postfix's
+    smtpd_recipient_overshoot_limit); the junk budget bounds them."""
+    async with (
+        running_gateway(signing_material, server_tls, max_errors=2, max_recipients=3) as gw,
+        raw(gw.port()) as client,
+    ):
+        await client.greet()
+        rcpts = b"".join(b"RCPT TO:<m%d@example.org>\r\n" % i for i in range(10))
+        await client.send(f"MAIL FROM:<decomptes@{DOMAIN}>\r\n".encode() + rcpts)
+        codes = [r[:3] for r in await replies(client, 11)]
+        assert codes == ["250"] * 4 + ["452"] * 7
+        assert (await client.command("DATA")).startswith("354 ")
+        await client.send(message() + b".\r\n")
+        assert (await client.reply()).startswith("250 2.0.0 Queued")
+    assert len(gw.spool.puts) == 1
+
+
+async def test_max_errors_0_sets_no_error_budget(
+    signing_material: SigningMaterial, server_tls: ssl.SSLContext
+) -> None:
+    async with (
+        running_gateway(signing_material, server_tls, max_errors=0) as gw,
+        raw(gw.port()) as client,
+    ):
+        await client.greet()
+        await client.send(b"DATA\r\n" * 300)
+        assert set(await replies(client, 300)) == {"503 5.5.1 Error: need RCPT command"}
+        assert await client.command("NOOP") == "250 2.0.0 OK"
+
+
 # ---------------------------------------------------------------------------- implicit TLS
 
 
@@ -1550,6 +1671,92 @@ async def test_a_slow_smtps_handshake_is_cut_and_frees_its_place(
         assert_no_traceback(caplog)
         async with smtps(gw.port("smtps"), client_tls) as client:
             assert (await client.greet()).startswith("250-")
+
+
+async def _stalled_after_starttls(port: int, hello: bytes) -> Raw:
+    client = await Raw.connect(port)
+    await client.greet()
+    assert await client.command("STARTTLS") == "220 2.0.0 Ready to start TLS"
+    await client.send(hello)
+    return client
+
+
+@pytest.mark.parametrize("hello", [b"", PARTIAL_HELLO], ids=["silent", "partial_hello"])
+async def test_a_stalled_starttls_handshake_is_cut_and_frees_its_place(
+    signing_material: SigningMaterial,
+    server_tls: ssl.SSLContext,
+    client_tls: ssl.SSLContext,
+    caplog: pytest.LogCaptureFixture,
+    hello: bytes,
+) -> None:
+    """limits.tls_handshake_timeout bounds the handshake after STARTTLS as it bounds the
+    smtps one: the connection is closed and its place, per address too, is free again."""
+    caplog.set_level(logging.INFO)
+    async with running_gateway(
+        signing_material, server_tls, tls_handshake_timeout=0.3, max_connections_per_ip=2
+    ) as gw:
+        stalled = [await _stalled_after_starttls(gw.port("submission"), hello) for _ in range(2)]
+        try:
+            async with raw(gw.port()) as third:  # the address has used up its places
+                assert await third.reply() == (
+                    "421 4.7.0 Too many connections from your address, try again later"
+                )
+            for client in stalled:
+                await until_closed(client)  # within 5 s, not asyncio's default of 60
+        finally:
+            for client in stalled:
+                client.close()
+        await sessions_ended(gw)
+        assert caplog.text.count("event=tls_failed client_ip=127.0.0.1") == 2
+        assert "SSL handshake is taking longer than 0.3 seconds" in caplog.text
+        assert_no_traceback(caplog)
+        async with raw(gw.port("submission")) as client:
+            await client.greet()
+            await starttls(client, client_tls)
+
+
+async def test_a_starttls_handshake_dripped_a_byte_at_a_time_is_cut_at_the_timeout(
+    signing_material: SigningMaterial, server_tls: ssl.SSLContext
+) -> None:
+    """The timeout bounds the whole handshake, not the silence between its bytes."""
+    async with running_gateway(signing_material, server_tls, tls_handshake_timeout=0.3) as gw:
+        client = await _stalled_after_starttls(gw.port("submission"), b"")
+        try:
+            async with asyncio.timeout(5):
+                for byte in PARTIAL_HELLO:
+                    await client.send(bytes([byte]))
+                    await asyncio.sleep(0.1)
+                    if client.reader.at_eof() or client.writer.is_closing():
+                        break
+                await until_closed(client)
+        except ConnectionError:
+            pass  # the gateway closed the socket while a byte was on its way
+        finally:
+            client.close()
+        await sessions_ended(gw)
+
+
+async def test_a_timeout_during_the_starttls_handshake_frees_its_place(
+    signing_material: SigningMaterial, server_tls: ssl.SSLContext, client_tls: ssl.SSLContext
+) -> None:
+    """The command timeout, coming first, closes a connection in its handshake just as
+    well: closing aiosmtpd's TLS layer then must not leave the session counted."""
+    async with running_gateway(
+        signing_material,
+        server_tls,
+        command_timeout=0.3,
+        tls_handshake_timeout=30.0,
+        max_connections_per_ip=1,
+    ) as gw:
+        client = await _stalled_after_starttls(gw.port("submission"), PARTIAL_HELLO)
+        try:
+            await until_closed(client)
+        finally:
+            client.close()
+        await sessions_ended(gw)
+        async with raw(gw.port("submission")) as again:
+            await again.greet()
+            await starttls(again, client_tls)
 
 
 # ---------------------------------------------------------------------------- content refusals
