@@ -333,6 +333,19 @@ async def test_a_transaction_pipelined_behind_a_message_in_its_segment_is_served
 # ---------------------------------------------------------------------------- policy
 
 
+async def test_help_is_answered_214_with_an_enhanced_status_code(gateway: Gateway) -> None:
+    """RFC 5321 4.3.2: HELP's success is 211 or 214 (aiosmtpd answers 250); RFC 2034 3:
+    once ENHANCEDSTATUSCODES is advertised, a 2xx reply carries one too."""
+    async with raw(gateway.port()) as client:
+        await client.greet()
+        listed = await client.command("HELP")
+        syntax = await client.command("HELP mail")
+        unknown = await client.command("HELP FOO")
+    assert listed.startswith("214 2.0.0 Supported commands: AUTH EHLO HELO HELP MAIL NOOP ")
+    assert syntax == "214 2.0.0 Syntax: MAIL FROM: <address> [SP <mail-parameters>]"
+    assert unknown.startswith("501 5.5.4 Supported commands: ")
+
+
 async def test_outsider_cannot_relay(gateway: Gateway) -> None:
     async with raw(gateway.port(), source=OUTSIDER) as client:
         await client.greet()
