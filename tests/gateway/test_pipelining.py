@@ -360,6 +360,31 @@ async def test_data_refused_gives_the_accepted_recipients_its_reply() -> None:
     assert scripted.messages == []
 
 
+@pytest.mark.parametrize("pipelining", [True, False], ids=["pipelined", "lock-step"])
+@pytest.mark.parametrize("refused", ["DATA", "END"])
+async def test_recipients_refused_keep_their_own_reply_when_the_data_is_refused(
+    pipelining: bool, refused: str
+) -> None:
+    """A recipient refused at RCPT keeps that reply when DATA or the message is refused
+    afterwards, with or without PIPELINING (in lock step aiosmtplib's sendmail gave every
+    recipient the data's refusal: a 452 became a bounce, a 550 5.1.1 a retry)."""
+    scripted = Downstream(
+        pipelining=pipelining,
+        script={
+            "RCPT": replies("250 ok", "452 4.5.3 full", "550 5.1.1 no c"),
+            refused: replies("554 5.6.0 refused"),
+        },
+    )
+    async with delivering(scripted) as delivery:
+        outcomes = await send(delivery, "a@x.example", "b@x.example", "c@x.example")
+    assert [(o.status, o.reply) for o in outcomes] == [
+        ("permanent", "554 5.6.0 refused"),
+        ("transient", "452 4.5.3 full"),
+        ("permanent", "550 5.1.1 no c"),
+    ]
+    assert scripted.messages == []
+
+
 async def test_end_of_data_refused_is_classified() -> None:
     scripted = Downstream(script={"END": replies("554 5.6.0 content refused")})
     async with delivering(scripted) as delivery:
