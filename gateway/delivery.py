@@ -565,6 +565,15 @@ class Delivery:
             return [by_rcpt[r] for r in rcpts], True
         except aiosmtplib.SMTPServerDisconnected:
             raise
+        except aiosmtplib.SMTPDataError as exc:
+            # The recipients refused at RCPT keep their own reply, as when pipelining.
+            kept = client.refused_at_rcpt if isinstance(client, QueuedSMTP) else {}
+            return [
+                _classify(kept[r].code, kept[r].message, r)
+                if r in kept
+                else _classify(exc.code, exc.message, r)
+                for r in rcpts
+            ], client.is_connected
         except aiosmtplib.SMTPResponseException as exc:
             return [_classify(exc.code, exc.message, r) for r in rcpts], client.is_connected
         except aiosmtplib.SMTPNotSupported as exc:

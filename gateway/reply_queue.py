@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import Callable
+import types
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Final
 
 import aiosmtplib
 import aiosmtplib.protocol
 from aiosmtplib.response import SMTPResponse
+from aiosmtplib.typing import Default
 
 from gateway.dot_stuffing import data_body
 
@@ -167,6 +169,24 @@ class ReplyQueue(aiosmtplib.protocol.SMTPProtocol):
 
 class QueuedSMTP(aiosmtplib.SMTP):
     """aiosmtplib's client, reading its replies through a `ReplyQueue`."""
+
+    # The recipients the last lock-step `sendmail` saw refused at RCPT, with their replies:
+    # when DATA or the message is refused afterwards, aiosmtplib raises that refusal alone.
+    refused_at_rcpt: Mapping[str, SMTPResponse] = types.MappingProxyType({})
+
+    async def _send_recipients(
+        self,
+        recipients: Sequence[str],
+        options: Iterable[str],
+        encoding: str = "ascii",
+        timeout: float | Default | None = Default.token,  # noqa: ASYNC109
+    ) -> dict[str, SMTPResponse]:
+        self.refused_at_rcpt = types.MappingProxyType({})
+        refused: dict[str, SMTPResponse] = await super()._send_recipients(
+            recipients, options, encoding, timeout
+        )
+        self.refused_at_rcpt = refused
+        return refused
 
     async def _create_connection(self, timeout: float | None) -> SMTPResponse:  # noqa: ASYNC109
         greeting = await super()._create_connection(timeout)

@@ -861,13 +861,29 @@ class GatewaySMTP(SMTP):
                 self._writer.write(b"".join(gathered))
         await self._writer.drain()
 
+    @syntax("HELP [command]")
+    async def _help(self, arg: str) -> None:
+        """aiosmtpd's HELP, its success answered 214 with an enhanced status code: RFC
+        5321 4.3.2 has HELP answered 211 or 214 (aiosmtpd answers 250), and RFC 2034 3 a
+        status code on every 2xx reply but the greeting's and EHLO's."""
+        self._gathered = []
+        try:
+            await SMTP.smtp_HELP(self, arg)
+        finally:
+            gathered, self._gathered = self._gathered, None
+            for reply in gathered:
+                if reply.startswith(b"250 "):
+                    reply = b"214 2.0.0 " + reply[4:]
+                self._writer.write(reply)
+        await self._writer.drain()
+
     # Commands that move no mail, counted (JUNK_COMMANDS, JUNK_WHEN_REFUSED).
     smtp_STARTTLS = _junk_counted("STARTTLS", _starttls)
     smtp_NOOP = _junk_counted("NOOP", SMTP.smtp_NOOP)
     smtp_RSET = _junk_counted("RSET", SMTP.smtp_RSET)
     smtp_VRFY = _junk_counted("VRFY", SMTP.smtp_VRFY)
     smtp_EXPN = _junk_counted("EXPN", SMTP.smtp_EXPN)
-    smtp_HELP = _junk_counted("HELP", SMTP.smtp_HELP)
+    smtp_HELP = _junk_counted("HELP", _help)
     smtp_EHLO = _junk_counted("EHLO", _ehlo)
     smtp_HELO = _junk_counted("HELO", SMTP.smtp_HELO)
     smtp_MAIL = _junk_counted("MAIL", SMTP.smtp_MAIL)

@@ -232,6 +232,50 @@ async def test_without_pipelining_each_command_waits_for_its_reply() -> None:
     assert len(scripted.messages) == 2
 
 
+async def test_unusual_but_legal_replies_cut_to_single_bytes_pair_with_their_commands() -> None:
+    """A multi-line 251 (RFC 5321 3.4: accepted, to be forwarded), a 452 for one
+    recipient only, a multi-line greeting and 354, each reply arriving a byte or two per
+    segment: each recipient gets its own reply, and the session stays in step."""
+    scripted = Downstream(
+        greeting=b"220-downstream.test\r\n220 ESMTP\r\n",
+        script={
+            "RCPT": replies(
+                "251-2.1.5 forwarded\r\n251 2.1.5 to elsewhere", "452 4.5.3 full", "250 ok"
+            ),
+            "DATA": replies("354-go\r\n354 ahead"),
+        },
+        pieces=400,
+    )  # fmt: skip
+    async with delivering(scripted) as delivery:
+        a, b, c = await send(delivery, "a@x.example", "b@x.example", "c@x.example")
+        (later,) = await send(delivery, "d@x.example")
+    assert [(o.status, o.reply) for o in (a, b, c)] == [
+        ("delivered", "250 2.0.0 queued"),
+        ("transient", "452 4.5.3 full"),
+        ("delivered", "250 2.0.0 queued"),
+    ]
+    assert later.status == "delivered"
+    assert scripted.connections == 1
+    assert scripted.messages == [
+        (SENDER, ["a@x.example", "c@x.example"], MESSAGE),
+        (SENDER, ["d@x.example"], MESSAGE),
+    ]
+
+
+async def test_a_250_to_data_delivers_nothing_and_the_session_is_not_reused() -> None:
+    """DATA answered 250 instead of 354: the body was never asked for, so nothing is
+    delivered (as in lock step, where aiosmtplib raises on it), and a server out of step
+    is not trusted with the next transaction."""
+    scripted = Downstream(script={"DATA": replies("250 2.0.0 what body?")})
+    async with delivering(scripted) as delivery:
+        (outcome,) = await send(delivery, "a@x.example")
+        (later,) = await send(delivery, "b@x.example")
+    assert (outcome.status, outcome.reply) == ("transient", "250 2.0.0 what body?")
+    assert later.status == "delivered"
+    assert scripted.connections == 2
+    assert scripted.messages == [(SENDER, ["b@x.example"], MESSAGE)]
+
+
 # --- refusals --------------------------------------------------------------------------
 
 
@@ -313,6 +357,31 @@ async def test_data_refused_gives_the_accepted_recipients_its_reply() -> None:
         a, b = await send(delivery, "a@x.example", "b@x.example")
     assert (a.status, a.reply) == ("transient", "451 4.3.0 later")
     assert (b.status, b.reply) == ("permanent", "550 5.1.1 no b")
+    assert scripted.messages == []
+
+
+@pytest.mark.parametrize("pipelining", [True, False], ids=["pipelined", "lock-step"])
+@pytest.mark.parametrize("refused", ["DATA", "END"])
+async def test_recipients_refused_keep_their_own_reply_when_the_data_is_refused(
+    pipelining: bool, refused: str
+) -> None:
+    """A recipient refused at RCPT keeps that reply when DATA or the message is refused
+    afterwards, with or without PIPELINING (in lock step aiosmtplib's sendmail gave every
+    recipient the data's refusal: a 452 became a bounce, a 550 5.1.1 a retry)."""
+    scripted = Downstream(
+        pipelining=pipelining,
+        script={
+            "RCPT": replies("250 ok", "452 4.5.3 full", "550 5.1.1 no c"),
+            refused: replies("554 5.6.0 refused"),
+        },
+    )
+    async with delivering(scripted) as delivery:
+        outcomes = await send(delivery, "a@x.example", "b@x.example", "c@x.example")
+    assert [(o.status, o.reply) for o in outcomes] == [
+        ("permanent", "554 5.6.0 refused"),
+        ("transient", "452 4.5.3 full"),
+        ("permanent", "550 5.1.1 no c"),
+    ]
     assert scripted.messages == []
 
 
@@ -487,3 +556,20 @@ async def test_aiosmtpd_over_starttls_pipelines_after_the_second_ehlo(
     (received,) = tls_peer.messages
     assert received.tls
     assert received.data == MESSAGE
+
+
+async def test_aiosmtpd_gets_a_message_of_dot_lines_byte_for_byte(pipelining_peer: Peer) -> None:
+    """Dots at the very start, lone "." and ".." lines, a "." line just before the end:
+    each stuffed on the way and unstuffed by a real server into the bytes sealed."""
+    dotted = (
+        b".\r\n..\r\n.a\r\nFrom: s@caisses.example\r\nSubject: dots\r\n\r\n"
+        b".\r\n..\r\n. \r\nx.\r\n...\r\n.\r\n"
+    )
+    peer = pipelining_peer
+    delivery = Delivery(Smarthost(peer.host, peer.port), local_hostname="gw.test", timeout=5)
+    try:
+        (outcome,) = await delivery.deliver(SENDER, ["a@x.example"], dotted)
+    finally:
+        await delivery.close()
+    assert outcome.status == "delivered"
+    assert [m.data for m in peer.messages] == [dotted]

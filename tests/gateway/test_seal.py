@@ -152,6 +152,40 @@ def test_both_dkim_signatures_verify_with_perl_mail_dkim(
     assert lines[1].startswith("pass a=ed25519-sha256 d=caisses.example s=s202611e")
 
 
+_AUTHOR = b"From: Caisses <decomptes@caisses.example>\r\nTo: m@example.org\r\n"
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        _AUTHOR + b"Subject: un\r\n\tdeux  trois \r\n   quatre\r\n\r\nx\r\n",
+        _AUTHOR + b"Subject:\t\tx\t \r\nX-A:   \r\n\r\nline \t \r\n\t\r\n  a  b\t\tc \r\n",
+        _AUTHOR + b"Subject: a\r\nSubject: b\r\nTo: n@example.org\r\nReply-To: <a@b.example>\r\n"
+        b"Reply-To: <c@d.example>\r\n\r\nx\r\n",
+        _AUTHOR + b"Subject: e\r\n\r\n",
+        _AUTHOR + b"Subject: e\r\n",
+        _AUTHOR + b"Subject: e\r\n\r\nlast line without CRLF",
+        _AUTHOR + b"Subject: e\r\n\r\n\r\n\r\n\r\n",
+        _AUTHOR + b"Subject: " + b"x" * 990 + b"\r\nX-Long:" + b" word" * 400 + b"\r\n\r\nx\r\n",
+        _AUTHOR + b"Subject: a\r\n \r\n\t\r\n b\r\nCc:\r\n\r\nx\r\n",
+        _AUTHOR + "Subject: Décompte  é\r\n\r\nx   \r\n  \r\n \t \r\n".encode(),
+    ],
+    ids=[
+        "folded-subject", "tabs-and-trailing-blanks", "repeated-fields", "empty-body",
+        "no-body", "no-final-crlf", "only-blank-lines", "long-fields", "blank-continuations",
+        "8bit-field-blank-body-lines",
+    ],
+)  # fmt: skip
+def test_odd_but_legal_messages_verify_with_both_checkers(
+    raw: bytes, signing_material: SigningMaterial, tmp_path: Path
+) -> None:
+    """The relaxed canonicalisation and the shared header hash read unusual headers and
+    bodies as dkimpy and Mail::DKIM do (RFC 6376 3.4.2, 3.4.4)."""
+    assert (
+        check_sealed(seal(raw, signing_material, DocumentRules()), signing_material, tmp_path) == []
+    )
+
+
 def test_each_signature_fails_on_its_own_under_another_key(sealed: Sealed, tmp_path: Path) -> None:
     # Same selectors and domain, other keys: the verifiers really check each signature.
     impostor = dns_records(make_material())

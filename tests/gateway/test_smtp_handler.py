@@ -304,7 +304,47 @@ async def test_pipelined_transaction_gets_one_reply_per_command(gateway: Gateway
     assert [r[:3] for r in replies] == ["250", "250", "354", "250"]
 
 
+_ENVELOPE = f"MAIL FROM:<decomptes@{DOMAIN}>\r\nRCPT TO:<membre@example.org>\r\nDATA\r\n"
+
+
+@pytest.mark.parametrize("oversized", [False, True], ids=["fits", "oversized"])
+async def test_a_transaction_pipelined_behind_a_message_in_its_segment_is_served(
+    gateway: Gateway, oversized: bool
+) -> None:
+    """The end of one message, the next transaction and QUIT in one TCP segment: the
+    commands after the "." are read as commands (not lost in the message, nor part of
+    it), also when the message before was too big and thrown away as it came."""
+    first = message(body=("x" * 70 + "\r\n") * (1000 if oversized else 1))
+    second = message(body="second\r\n")
+    pipelined = (
+        _ENVELOPE.encode() + first + b".\r\n" + _ENVELOPE.encode() + second + b".\r\nQUIT\r\n"
+    )
+    async with raw(gateway.port()) as client:
+        await client.greet()
+        await client.send(pipelined)
+        replies = [await client.reply() for _ in range(9)]
+    assert [r[:3] for r in replies] == [
+        "250", "250", "354", "552" if oversized else "250", "250", "250", "354", "250", "221"
+    ]  # fmt: skip
+    assert [p.data.endswith(b"\r\n\r\nsecond\r\n") for p in gateway.spool.puts] == (
+        [True] if oversized else [False, True]
+    )
+
+
 # ---------------------------------------------------------------------------- policy
+
+
+async def test_help_is_answered_214_with_an_enhanced_status_code(gateway: Gateway) -> None:
+    """RFC 5321 4.3.2: HELP's success is 211 or 214 (aiosmtpd answers 250); RFC 2034 3:
+    once ENHANCEDSTATUSCODES is advertised, a 2xx reply carries one too."""
+    async with raw(gateway.port()) as client:
+        await client.greet()
+        listed = await client.command("HELP")
+        syntax = await client.command("HELP mail")
+        unknown = await client.command("HELP FOO")
+    assert listed.startswith("214 2.0.0 Supported commands: AUTH EHLO HELO HELP MAIL NOOP ")
+    assert syntax == "214 2.0.0 Syntax: MAIL FROM: <address> [SP <mail-parameters>]"
+    assert unknown.startswith("501 5.5.4 Supported commands: ")
 
 
 async def test_outsider_cannot_relay(gateway: Gateway) -> None:
@@ -1213,6 +1253,21 @@ async def test_starttls_on_the_implicit_tls_listener_is_refused(
         assert await client.command("NOOP") == "250 2.0.0 OK"
     await sessions_ended(gateway)
     assert_no_traceback(caplog)
+
+
+async def test_commands_pipelined_behind_starttls_are_never_run(
+    gateway: Gateway, client_tls: ssl.SSLContext
+) -> None:
+    """CVE-2011-0411: clear text sent in the STARTTLS segment (a man in the middle's
+    injection) is thrown away, not read as the first commands of the TLS session."""
+    async with raw(gateway.port()) as client:
+        await client.greet()
+        await client.send(f"STARTTLS\r\nMAIL FROM:<decomptes@{DOMAIN}>\r\n".encode())
+        assert await client.reply() == "220 2.0.0 Ready to start TLS"
+        await client.writer.start_tls(client_tls, server_hostname=HOST)
+        # Had MAIL been run, its "503 send EHLO first" would come before EHLO's reply.
+        assert (await client.command("EHLO client.test")).startswith("250-gateway.test")
+        assert (await client.command(f"MAIL FROM:<decomptes@{DOMAIN}>")).startswith("250 ")
 
 
 async def _garbage_after_starttls(gw: Gateway, tls: ssl.SSLContext) -> None:
