@@ -43,9 +43,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from aiosmtpd.smtp import Envelope, Session
 
 from gateway import server
+from gateway.__main__ import session_limits
 from gateway.metrics import Metrics
 from gateway.settings import ClientSettings, LimitsSettings
-from gateway.smtp_handler import AuthGuard, GatewaySMTP, Handler, SessionLimits, Sessions
+from gateway.smtp_handler import AuthGuard, GatewaySMTP, Handler, Sessions
 from gateway.spool import Envelope as SpoolEnvelope
 
 MESSAGE = Path(__file__).resolve().parents[2] / "shared/bench/postfix-opendkim/message.eml"
@@ -172,15 +173,7 @@ async def _run(args: argparse.Namespace, tls: ssl.SSLContext) -> list[float]:
         [server.ListenerSpec("relay", "127.0.0.1", 0)],
         hostname="gateway.caisses.example",
         tls=tls,
-        limits=SessionLimits(
-            max_message_size=limits.max_message_size,
-            max_recipients=limits.max_recipients,
-            command_timeout=limits.command_timeout,
-            data_timeout=limits.data_timeout,
-            max_line_length=limits.max_line_length,
-            max_junk_commands=limits.max_junk_commands,
-            tls_handshake_timeout=limits.tls_handshake_timeout,
-        ),
+        limits=session_limits(limits),
         sessions=Sessions(limits.max_connections, limits.max_connections_per_ip),
     )
     port = receiver.address("relay")[1]

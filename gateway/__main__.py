@@ -52,6 +52,7 @@ from gateway.seal import DocumentRules, Sealed
 from gateway.sealer import Sealer
 from gateway.settings import (
     ConfigError,
+    LimitsSettings,
     ListenerSettings,
     Settings,
     hash_password,
@@ -526,16 +527,7 @@ async def run(settings: Settings, lane: int | None = None, parent: int | None = 
                 _listeners(settings),
                 hostname=hostname,
                 tls=tls,
-                limits=SessionLimits(
-                    max_message_size=limits.max_message_size,
-                    max_recipients=limits.max_recipients,
-                    command_timeout=limits.command_timeout,
-                    data_timeout=limits.data_timeout,
-                    max_line_length=limits.max_line_length,
-                    max_junk_commands=limits.max_junk_commands,
-                    max_errors=limits.max_errors,
-                    tls_handshake_timeout=limits.tls_handshake_timeout,
-                ),
+                limits=session_limits(limits),
                 sessions=Sessions(limits.max_connections, limits.max_connections_per_ip),
                 reuse_port=lane is not None,
             )
@@ -570,6 +562,20 @@ async def run(settings: Settings, lane: int | None = None, parent: int | None = 
     # The exit stack stopped the scheduler, then closed metrics, delivery, sealer, spool.
     log.info("event=stopped")
     return EXIT_OK
+
+
+def session_limits(limits: LimitsSettings) -> SessionLimits:
+    """What each SMTP session is held to, from the `[limits]` settings."""
+    return SessionLimits(
+        max_message_size=limits.max_message_size,
+        max_recipients=limits.max_recipients,
+        command_timeout=limits.command_timeout,
+        data_timeout=limits.data_timeout,
+        max_line_length=limits.max_line_length,
+        max_junk_commands=limits.max_junk_commands,
+        max_errors=limits.max_errors,
+        tls_handshake_timeout=limits.tls_handshake_timeout,
+    )
 
 
 def settle_gc() -> None:
